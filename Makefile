@@ -1,0 +1,34 @@
+# `make demo` and `make test` work on a fresh machine: they build .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+EXTRAS ?= test,dask
+
+.PHONY: demo test lint bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m rhapsody_lab demo
+
+test: $(STAMP)
+	$(BIN)/ruff check rhapsody_lab tests bench
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[bench]"
+	$(BIN)/python bench/bench_concurrent.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check rhapsody_lab tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

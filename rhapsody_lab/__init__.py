@@ -1,0 +1,35 @@
+"""rhapsody_lab: a Jupyter-first workbench for heterogeneous AI-HPC workloads.
+
+``from rhapsody_lab import Session, ComputeTask``; backends live in
+``rhapsody_lab.backends`` and are imported only when used, so this import stays light.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+from .api import (
+    AITask,
+    BackendError,
+    BaseTask,
+    ComputeTask,
+    ResourceError,
+    RhapsodyError,
+    Session,
+    SessionError,
+    TaskExecutionError,
+    TaskValidationError,
+)
+from .backends.registry import discover_backends, get_backend
+
+try:
+    __version__ = _version("rhapsody-lab")
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0.0.0.dev0"
+
+__all__ = [
+    "__version__", "AITask", "BaseTask", "ComputeTask", "Session", "get_backend",
+    "discover_backends", "RhapsodyError", "BackendError", "TaskValidationError",
+    "TaskExecutionError", "SessionError", "ResourceError",
+]

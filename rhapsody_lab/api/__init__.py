@@ -1,0 +1,23 @@
+"""The user-facing API: tasks, the session, states, errors and the event stream."""
+
+from .backend import BaseBackend
+from .errors import (
+    BackendError,
+    ResourceError,
+    RhapsodyError,
+    SessionError,
+    TaskExecutionError,
+    TaskValidationError,
+)
+from .events import Event, EventStream
+from .session import Session
+from .states import CANCELED, DONE, FAILED, NEW, QUEUED, RUNNING, STATES, SUBMITTED, TERMINAL_STATES
+from .task import AITask, BaseTask, ComputeTask
+
+__all__ = [
+    "AITask", "BaseTask", "ComputeTask", "Session", "BaseBackend", "Event", "EventStream",
+    "RhapsodyError", "BackendError", "TaskValidationError", "TaskExecutionError",
+    "SessionError", "ResourceError",
+    "NEW", "SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED", "STATES",
+    "TERMINAL_STATES",
+]

@@ -1,0 +1,226 @@
+"""The backend contract every runtime implements, and the shared task bookkeeping.
+
+A backend is awaitable (``await backend`` initialises it and returns it), accepts tasks
+with ``submit_tasks`` (returning once they are queued, never waiting for them to run),
+reports every state change through ``emit`` (the session's event stream) and finishes
+each task with ``_finish`` on the event loop, which fills the task in place and resolves
+its future. ``capacity()`` is the number of slots, for utilisation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import BackendError, SessionError, TaskExecutionError
+from .states import CANCELED, DONE, FAILED, QUEUED
+
+__all__ = ["BaseBackend"]
+
+log = logging.getLogger(__name__)
+
+
+def _no_emit(event: tuple) -> None:
+    """Event sink of a backend used without a session."""
+
+
+class BaseBackend(ABC):
+    """Shared life cycle, callbacks and task bookkeeping of a backend."""
+
+    #: Task kinds this backend runs: "function", "executable", "ai".
+    task_kinds: frozenset[str] = frozenset({"function", "executable"})
+
+    def __init__(self, name: str):
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            raise SessionError(f"backend name must be a non-empty string without spaces, "
+                               f"got {name!r}; pass name=\"my_backend\"")
+        self._name = name
+        self.emit: Callable[[tuple], None] = _no_emit
+        self._callbacks: list[Callable[[dict, str], None]] = []
+        self._live: dict[str, Any] = {}
+        self._backend_state = "NEW"
+        self._init_lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_session: Callable[[], None] | None = None
+        self._work_dir: str | None = None
+
+    # -- identity and life cycle -------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The name tasks use to route here (``task.backend``)."""
+        return self._name
+
+    def __await__(self):
+        return self.initialize().__await__()
+
+    async def initialize(self) -> BaseBackend:
+        """Start the runtime (idempotent); returns the backend."""
+        if self._backend_state == "RUNNING":
+            return self
+        if self._backend_state in ("SHUTDOWN", "FAILED"):
+            raise BackendError(self.name, f"backend is {self._backend_state.lower()}; "
+                               "create a new backend to run more tasks")
+        if self._init_lock is None:
+            self._init_lock = asyncio.Lock()
+        async with self._init_lock:
+            if self._backend_state != "RUNNING":
+                self._loop = asyncio.get_running_loop()
+                self._backend_state = "STARTING"
+                try:
+                    await self._start()
+                except BaseException as exc:
+                    self._backend_state = "FAILED"
+                    if isinstance(exc, BackendError):
+                        raise
+                    if isinstance(exc, Exception):
+                        raise BackendError(self.name, f"could not start: {exc}") from exc
+                    raise
+                self._backend_state = "RUNNING"
+        return self
+
+    @abstractmethod
+    async def _start(self) -> None:
+        """Start the runtime; runs once, on the event loop."""
+
+    async def state(self) -> str:
+        """``"NEW"``, ``"STARTING"``, ``"RUNNING"``, ``"SHUTDOWN"`` or ``"FAILED"``."""
+        return self._backend_state
+
+    @property
+    def is_running(self) -> bool:
+        return self._backend_state == "RUNNING"
+
+    async def __aenter__(self) -> BaseBackend:
+        return await self.initialize()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Cancel every live task (ending its processes) and stop the runtime."""
+        if self._backend_state == "SHUTDOWN":
+            return
+        self._backend_state = "SHUTDOWN"
+        try:
+            await self._stop()
+        finally:
+            now = time.time()
+            for task in list(self._live.values()):
+                self._finish(task, CANCELED, now, reason="backend shut down")
+
+    async def _stop(self) -> None:
+        """Stop the runtime; tasks left in ``_live`` afterwards become CANCELED."""
+
+    # -- what the session uses ---------------------------------------------------------
+    def attach(self, emit: Callable[[tuple], None], wake: Callable[[], None] | None = None,
+               work_dir: str | None = None) -> None:
+        """Send this backend's events to ``emit`` (the session's event stream)."""
+        self.emit = emit
+        self._wake_session = wake
+        self._work_dir = work_dir
+
+    def can_run(self, task: dict) -> bool:
+        """Whether this backend runs tasks of this kind."""
+        return _kind(task) in self.task_kinds
+
+    def check_task(self, task: dict) -> None:
+        """Raise ``TaskValidationError``/``ResourceError`` if this backend cannot run it."""
+
+    def is_live(self, uid: str) -> bool:
+        return uid in self._live
+
+    @abstractmethod
+    def capacity(self) -> int:
+        """Slots that can run a task at once (for utilisation)."""
+
+    @abstractmethod
+    async def submit_tasks(self, tasks: Sequence[dict]) -> None:
+        """Queue ``tasks``; return as soon as they are accepted."""
+
+    @abstractmethod
+    async def cancel_task(self, uid: str) -> bool:
+        """Cancel one task; True if it will not run to completion."""
+
+    async def cancel_all_tasks(self) -> int:
+        """Cancel every live task; returns how many were canceled."""
+        n = 0
+        for uid in list(self._live):
+            n += bool(await self.cancel_task(uid))
+        return n
+
+    def register_callback(self, func: Callable[[dict, str], None]) -> None:
+        """Call ``func(task, state)`` on the event loop at each state change seen here."""
+        if not callable(func):
+            raise SessionError(f"callback must be callable(task, state), got {func!r}")
+        self._callbacks.append(func)
+
+    def get_task_states_map(self) -> dict[str, str]:
+        """State of every live task, by uid."""
+        return {uid: t["state"] for uid, t in self._live.items()}
+
+    # -- helpers for implementations ---------------------------------------------------
+    def _ensure_running(self) -> None:
+        if self._backend_state != "RUNNING":
+            if self._backend_state == "NEW":
+                raise BackendError(self.name, "not initialised; `await backend` first (a "
+                                   "Session does it for you on submit)")
+            raise BackendError(self.name, f"backend is {self._backend_state.lower()}; "
+                               "it accepts no more tasks")
+
+    def _accept(self, tasks: Sequence[dict]) -> None:
+        """Record ``tasks`` as live and QUEUED here."""
+        now = time.time()
+        emit, live, name = self.emit, self._live, self._name
+        for task in tasks:
+            uid = task["uid"]
+            live[uid] = task
+            task["state"] = QUEUED
+            emit((now, uid, QUEUED, name, None))
+        if self._callbacks:
+            for task in tasks:
+                self._notify(task, QUEUED)
+
+    def _notify(self, task: dict, state: str) -> None:
+        for cb in self._callbacks:
+            try:
+                cb(task, state)
+            except Exception:
+                log.exception("callback %r of backend %s failed", cb, self.name)
+
+    def _finish(self, task: dict, state: str, now: float, slot: object = None,
+                reason: str | None = None) -> None:
+        """Move ``task`` to a terminal state (on the loop) and resolve its future."""
+        uid = task["uid"]
+        if self._live.pop(uid, None) is None and task["state"] in (DONE, FAILED, CANCELED):
+            return  # already final: terminal states never change
+        task["state"] = state
+        if state == CANCELED and reason and not task.get("stderr"):
+            task["stderr"] = f"canceled: {reason}"
+        self.emit((now, uid, state, self._name, slot))
+        fut = task._future if hasattr(task, "_future") else None
+        if fut is not None and not fut.done():
+            if state == FAILED:
+                exc = task.get("exception")
+                if exc is None:
+                    exc = TaskExecutionError(uid, task.get("stderr") or "", task.get("exit_code"))
+                    task["exception"] = exc
+                if isinstance(exc, StopIteration | StopAsyncIteration):
+                    exc = RuntimeError(f"task {uid} raised {exc!r}")  # futures refuse these
+                fut.set_exception(exc)
+                fut.exception()  # failures are recorded on the task; never log them as lost
+            else:
+                fut.set_result(task)
+        if self._callbacks:
+            self._notify(task, state)
+
+
+def _kind(task: dict) -> str:
+    if task.get("prompt") is not None:
+        return "ai"
+    if task.get("function") is not None:
+        return "function"
+    return "executable"

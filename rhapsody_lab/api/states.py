@@ -1,0 +1,27 @@
+"""Task states: ``NEW → SUBMITTED → QUEUED → RUNNING → DONE | FAILED | CANCELED``.
+
+States are plain strings so that ``task.state == "DONE"`` works; a backend may skip states
+it cannot see but never reorders them, and terminal states are final.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NEW", "SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED",
+           "STATES", "TERMINAL_STATES", "state_rank"]
+
+NEW = "NEW"
+SUBMITTED = "SUBMITTED"
+QUEUED = "QUEUED"
+RUNNING = "RUNNING"
+DONE = "DONE"
+FAILED = "FAILED"
+CANCELED = "CANCELED"
+
+STATES: tuple[str, ...] = (NEW, SUBMITTED, QUEUED, RUNNING, DONE, FAILED, CANCELED)
+TERMINAL_STATES: frozenset[str] = frozenset({DONE, FAILED, CANCELED})
+_RANK = {s: i for i, s in enumerate(STATES[:5])} | {FAILED: 4, CANCELED: 4}
+
+
+def state_rank(state: str) -> int:
+    """Position of ``state`` in the life cycle (terminal states share the last rank)."""
+    return _RANK[state]

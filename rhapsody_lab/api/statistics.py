@@ -1,0 +1,180 @@
+"""Session statistics computed from the event stream, O(1) per event, bounded memory.
+
+Only live tasks are remembered (their state and three timestamps); finished tasks leave
+running sums and fixed-size log-scale histograms behind, so 100,000 tasks cost the same
+memory as 10.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["Statistics", "LatencyHistogram"]
+
+_TERMINAL = frozenset(("DONE", "FAILED", "CANCELED"))
+
+
+class LatencyHistogram:
+    """Log-scale histogram from 1 µs to ~1e5 s, 20 buckets a decade (≈12% resolution)."""
+
+    __slots__ = ("counts", "n", "total", "min", "max")
+    _PER_DECADE = 20
+    _LOW = 1e-6
+    _BUCKETS = 11 * _PER_DECADE
+
+    def __init__(self) -> None:
+        self.counts = [0] * self._BUCKETS
+        self.n = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = 0.0
+
+    def add(self, value: float) -> None:
+        if value < 0.0:
+            value = 0.0
+        self.n += 1
+        self.total += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+        if value <= self._LOW:
+            i = 0
+        else:
+            i = int(math.log10(value / self._LOW) * self._PER_DECADE)
+            if i >= self._BUCKETS:
+                i = self._BUCKETS - 1
+        self.counts[i] += 1
+
+    def quantile(self, q: float) -> float:
+        """Approximate ``q`` quantile (upper edge of its bucket, clipped to min/max)."""
+        if not self.n:
+            return 0.0
+        rank = q * self.n
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank and c:
+                edge = self._LOW * 10 ** ((i + 1) / self._PER_DECADE)
+                return min(max(edge, self.min), self.max)
+        return self.max
+
+    def summary(self) -> dict[str, float]:
+        if not self.n:
+            return {"count": 0, "mean": 0.0, "min": 0.0, "p50": 0.0, "p95": 0.0,
+                    "p99": 0.0, "max": 0.0}
+        return {"count": self.n, "mean": self.total / self.n, "min": self.min,
+                "p50": self.quantile(0.5), "p95": self.quantile(0.95),
+                "p99": self.quantile(0.99), "max": self.max}
+
+
+class Statistics:
+    """An inline event subscriber that keeps counts, latencies and throughput."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.by_backend: dict[str, Counter[str]] = {}
+        self._live: dict[str, list] = {}  # uid -> [state, t_submit, t_queued, t_running]
+        self.total = LatencyHistogram()
+        self.queue = LatencyHistogram()
+        self.execution = LatencyHistogram()
+        self.total_tasks = 0
+        self.finished = 0
+        self.first_time: float | None = None
+        self.last_time: float | None = None
+        self._window: list[tuple[float, int]] = []  # (second, finished in it), last 10 s
+
+    def __call__(self, batch: Sequence[tuple]) -> None:
+        counts = self.counts
+        live = self._live
+        for t, uid, state, backend, _slot in batch:
+            rec = live.get(uid)
+            if rec is None:
+                if state in _TERMINAL:
+                    # terminal without a record: failed before any earlier event
+                    self._new(uid, t, backend)
+                    rec = live[uid]
+                else:
+                    self._new(uid, t, backend)
+                    rec = live[uid]
+                    if state == "SUBMITTED":
+                        continue
+            prev = rec[0]
+            if prev == state:
+                continue
+            counts[prev] -= 1
+            counts[state] += 1
+            bc = self.by_backend.get(backend)
+            if bc is None:
+                bc = self.by_backend[backend] = Counter()
+            bc[prev] -= 1
+            bc[state] += 1
+            rec[0] = state
+            if state == "QUEUED":
+                rec[2] = t
+            elif state == "RUNNING":
+                rec[3] = t
+            elif state in _TERMINAL:
+                del live[uid]
+                t0 = rec[1]
+                self.total.add(t - t0)
+                start = rec[3]
+                if start is not None:
+                    self.queue.add(start - (rec[2] if rec[2] is not None else t0))
+                    self.execution.add(t - start)
+                self._finish(t)
+
+    def _new(self, uid: str, t: float, backend: str) -> None:
+        self._live[uid] = ["SUBMITTED", t, None, None]
+        self.counts["SUBMITTED"] += 1
+        bc = self.by_backend.get(backend)
+        if bc is None:
+            bc = self.by_backend[backend] = Counter()
+        bc["SUBMITTED"] += 1
+        self.total_tasks += 1
+        if self.first_time is None:
+            self.first_time = t
+
+    def _finish(self, t: float) -> None:
+        self.finished += 1
+        self.last_time = t
+        second = int(t)
+        w = self._window
+        if w and w[-1][0] == second:
+            w[-1] = (second, w[-1][1] + 1)
+        else:
+            w.append((second, 1))
+            if len(w) > 11:
+                del w[0]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The dictionary ``Session.get_statistics()`` returns (times in seconds)."""
+        counts = Counter({k: v for k, v in self.counts.items() if v > 0})
+        span = 0.0
+        if self.first_time is not None and self.last_time is not None:
+            span = max(self.last_time - self.first_time, 0.0)
+        recent = sum(c for _, c in self._window[:-1][-10:])
+        recent_span = min(len(self._window[:-1]), 10)
+        return {
+            "counts": counts,
+            "summary": {
+                "total_tasks": self.total_tasks,
+                "finished_tasks": self.finished,
+                "avg_total": self.total.total / self.total.n if self.total.n else 0.0,
+                "avg_queue": self.queue.total / self.queue.n if self.queue.n else 0.0,
+                "avg_execution": (self.execution.total / self.execution.n
+                                  if self.execution.n else 0.0),
+            },
+            "latencies": {"total": self.total.summary(), "queue": self.queue.summary(),
+                          "execution": self.execution.summary()},
+            "throughput": {
+                "overall": self.finished / span if span > 0 else 0.0,
+                "recent": recent / recent_span if recent_span else 0.0,
+                "span": span,
+            },
+            "backends": {name: Counter({k: v for k, v in c.items() if v > 0})
+                         for name, c in self.by_backend.items()},
+        }

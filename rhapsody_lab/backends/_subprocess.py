@@ -1,0 +1,185 @@
+"""Running one executable task as a child process: capture, timeout, kill the whole group.
+
+Children start in their own session (process group) so cancelling or timing out a task
+ends the process *and* everything it spawned. Used from worker threads (the GIL is
+released while the child runs), which the anchors measured at about twice the rate of
+asyncio subprocesses for short commands.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..api.errors import TaskValidationError
+
+__all__ = ["ExecOptions", "exec_options", "run_executable", "kill_group"]
+
+_KNOWN = ("cwd", "env", "shell", "timeout")
+_TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
+
+
+class ExecOptions(tuple):
+    """``(cwd, env, shell, timeout)`` read once from ``task_backend_specific_kwargs``."""
+
+    __slots__ = ()
+
+
+_DEFAULT = ExecOptions((None, None, False, None))
+
+
+def exec_options(task: dict) -> ExecOptions:
+    """Validate and extract the execution options of ``task`` (TaskValidationError)."""
+    kw = task.get("task_backend_specific_kwargs")
+    if not kw:
+        return _DEFAULT
+    uid = task["uid"]
+    cwd, env, shell, timeout = (kw.get(k) for k in _KNOWN)
+    if cwd is not None and not isinstance(cwd, str | os.PathLike):
+        raise TaskValidationError(uid, f"cwd must be a directory path, got {cwd!r}",
+                                  field="task_backend_specific_kwargs.cwd")
+    if env is not None:
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str | int | float) for k, v in env.items()):
+            raise TaskValidationError(
+                uid, "env must be a dict of str to str, e.g. {'OMP_NUM_THREADS': '2'}",
+                field="task_backend_specific_kwargs.env")
+        env = {k: str(v) for k, v in env.items()}
+    if not isinstance(shell, bool):
+        raise TaskValidationError(uid, f"shell must be True or False, got {shell!r}",
+                                  field="task_backend_specific_kwargs.shell")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+            timeout, int | float) or timeout <= 0):
+        raise TaskValidationError(uid, f"timeout must be a number of seconds > 0, got "
+                                  f"{timeout!r}", field="task_backend_specific_kwargs.timeout")
+    return ExecOptions((None if cwd is None else os.fspath(cwd), env, shell, timeout))
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal the process group of ``proc`` (its children included)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    kill_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(_TERM_GRACE)
+    except subprocess.TimeoutExpired:
+        kill_group(proc, signal.SIGKILL)
+    # the leader may be gone while its group lives on: make sure the group is dead
+    kill_group(proc, signal.SIGKILL)
+
+
+def run_executable(task: dict, opts: ExecOptions,
+                   register: Callable[[subprocess.Popen | None], Any] | None = None) -> str:
+    """Run ``task``'s executable, fill stdout/stderr/exit_code; return DONE or FAILED.
+
+    ``register(proc)`` is called once the child exists (so it can be cancelled) and
+    ``register(None)`` once it has ended.
+    """
+    cwd, env, shell, timeout = opts
+    exe = task["executable"]
+    args = [str(a) for a in task["arguments"]]
+    if shell:
+        cmd: Any = " ".join([exe, *args])
+    else:
+        cmd = [exe, *args]
+    if env is not None:
+        env = {**os.environ, **env}
+    try:
+        proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    except FileNotFoundError as exc:
+        missing = cwd if (cwd and not os.path.isdir(cwd)) else exe
+        what = "working directory" if missing == cwd else "executable"
+        return _spawn_failed(task, 127, f"{what} not found: {missing} ({exc.strerror})")
+    except PermissionError as exc:
+        return _spawn_failed(task, 126, f"cannot execute {exe}: {exc.strerror}")
+    except OSError as exc:
+        return _spawn_failed(task, 126, f"cannot start {shlex.join([exe, *args])}: {exc}")
+    if register is not None:
+        register(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _terminate(proc)
+        out, err = proc.communicate()
+    finally:
+        if register is not None:
+            register(None)
+    task["stdout"] = out.decode(errors="replace")
+    task["stderr"] = err.decode(errors="replace")
+    task["exit_code"] = proc.returncode
+    if timed_out:
+        from ..api.errors import TaskExecutionError
+        task["stderr"] += f"\n[rhapsody_lab] timed out after {timeout}s; process group killed"
+        task["exception"] = TaskExecutionError(task["uid"], f"timed out after {timeout}s",
+                                               proc.returncode)
+        return "FAILED"
+    return "DONE" if proc.returncode == 0 else "FAILED"
+
+
+def _spawn_failed(task: dict, code: int, message: str) -> str:
+    from ..api.errors import TaskExecutionError
+    task["stdout"] = ""
+    task["stderr"] = message
+    task["exit_code"] = code
+    task["exception"] = TaskExecutionError(task["uid"], message, code)
+    return "FAILED"
+
+
+class ProcessTable:
+    """Children of running executable tasks, by uid, so they can be cancelled."""
+
+    def __init__(self) -> None:
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._killed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def register_for(self, uid: str) -> Callable[[subprocess.Popen | None], None]:
+        def register(proc: subprocess.Popen | None) -> None:
+            with self._lock:
+                if proc is None:
+                    self._procs.pop(uid, None)
+                    return
+                self._procs[uid] = proc
+                killed = uid in self._killed
+            if killed:
+                kill_group(proc, signal.SIGKILL)
+        return register
+
+    def kill(self, uid: str) -> bool:
+        """End the process group of ``uid``; True if it was running."""
+        with self._lock:
+            self._killed.add(uid)
+            proc = self._procs.get(uid)
+        if proc is None:
+            return False
+        threading.Thread(target=_terminate, args=(proc,), daemon=True).start()
+        return True
+
+    def was_killed(self, uid: str) -> bool:
+        with self._lock:
+            return uid in self._killed
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._killed.discard(uid)
+
+    def kill_all(self) -> None:
+        with self._lock:
+            procs = list(self._procs.items())
+            self._killed.update(uid for uid, _ in procs)
+        for _, proc in procs:
+            kill_group(proc, signal.SIGKILL)

@@ -1,0 +1,329 @@
+"""ConcurrentExecutionBackend: a thread or process pool on the local machine.
+
+Where time goes matters here (see ANCHORS.md): the event loop never creates one asyncio
+task or one ``concurrent.futures.Future`` per thread task. Worker threads pull tasks from
+one queue, fill results into the task dict, append ``(task, state, time, slot)`` to a
+completion deque and wake the loop at most once per batch; the loop finishes the batch.
+Process-pool functions are shipped with cloudpickle once per distinct function, and
+executables always run from driver threads (a subprocess needs no worker process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import CancelledError, Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from ..api.backend import BaseBackend
+from ..api.errors import BackendError, SessionError, TaskExecutionError
+from ..api.states import CANCELED, DONE, FAILED, RUNNING
+from ._proc_worker import call_blob
+from ._subprocess import ProcessTable, exec_options, run_executable
+
+__all__ = ["ConcurrentExecutionBackend"]
+
+_CANCELED = object()  # claim marker: the task was canceled before a worker took it
+_DRAIN_BUDGET = 4_000  # completions finished per loop callback (keeps the loop responsive)
+_PUMP_CHUNK = 256      # process-pool submissions per loop callback
+
+
+def _default_workers() -> int:
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+class ConcurrentExecutionBackend(BaseBackend):
+    """Runs functions and executables on local threads (default) or processes.
+
+    ``executor`` may be a ``ThreadPoolExecutor`` (its threads run this backend's workers)
+    or a ``ProcessPoolExecutor`` (functions run in its processes); its ``max_workers``
+    sets the slot count. ``max_workers`` alone builds a thread pool of that size.
+    """
+
+    def __init__(self, executor: Executor | None = None, name: str = "concurrent",
+                 max_workers: int | None = None):
+        super().__init__(name)
+        if executor is not None and not isinstance(executor, ThreadPoolExecutor |
+                                                   ProcessPoolExecutor):
+            raise SessionError(
+                f"executor must be a ThreadPoolExecutor or ProcessPoolExecutor, got "
+                f"{type(executor).__name__}; for Dask use DaskExecutionBackend")
+        if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(
+                max_workers, int) or max_workers < 1):
+            raise SessionError(f"max_workers must be an integer >= 1, got {max_workers!r}")
+        self.executor = executor
+        self._processes = isinstance(executor, ProcessPoolExecutor)
+        if executor is not None:
+            self._workers = executor._max_workers  # type: ignore[attr-defined]
+        else:
+            self._workers = max_workers or _default_workers()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._claims: dict[str, Any] = {}
+        self._done: deque = deque()
+        self._wake_pending = False
+        self._threads: list[threading.Thread] = []
+        self._procs = ProcessTable()
+        self._pending: deque = deque()     # process-pool tasks not yet handed to the pool
+        self._pool_futs: dict[str, Any] = {}
+        self._blobs: dict[Any, bytes] = {}
+        self._pump_scheduled = False
+
+    # -- life cycle --------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """``"threads"`` or ``"processes"``."""
+        return "processes" if self._processes else "threads"
+
+    def capacity(self) -> int:
+        return self._workers
+
+    async def _start(self) -> None:
+        if self._processes:
+            # Start every worker process now, before this backend starts threads: a fork
+            # while other threads hold locks can deadlock the child (or the pool).
+            futs = [self.executor.submit(os.getpid) for _ in range(self._workers)]
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in futs))
+        if isinstance(self.executor, ThreadPoolExecutor):
+            for slot in range(self._workers):
+                self.executor.submit(self._worker, slot)
+            return
+        for slot in range(self._workers):
+            t = threading.Thread(target=self._worker, args=(slot,), daemon=True,
+                                 name=f"rhapsody-{self.name}-{slot}")
+            t.start()
+            self._threads.append(t)
+
+    async def _stop(self) -> None:
+        for uid in list(self._live):
+            self._claims.setdefault(uid, _CANCELED)
+        self._procs.kill_all()
+        for _ in range(self._workers):
+            self._queue.put(None)
+        if self._processes:
+            for fut in self._pool_futs.values():
+                fut.cancel()
+            procs = list((getattr(self.executor, "_processes", None) or {}).values())
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: [p.join(5) for p in procs])
+        elif self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        self._drain()  # deliver what already finished before the rest become CANCELED
+
+    # -- submission --------------------------------------------------------------------
+    def check_task(self, task: dict) -> None:
+        if task.get("executable") is not None:
+            exec_options(task)
+
+    async def submit_tasks(self, tasks: Sequence[dict]) -> None:
+        self._ensure_running()
+        self._accept(tasks)
+        if self._processes:
+            put = self._queue.put
+            pending = self._pending
+            for task in tasks:
+                if task["function"] is not None:
+                    pending.append(task)
+                else:
+                    put(task)
+            if pending and not self._pump_scheduled:
+                self._pump_scheduled = True
+                self._loop.call_soon(self._pump)
+        else:
+            put = self._queue.put
+            for task in tasks:
+                put(task)
+
+    async def cancel_task(self, uid: str) -> bool:
+        task = self._live.get(uid)
+        if task is None:
+            return False
+        if self._claims.setdefault(uid, _CANCELED) is _CANCELED:
+            self._finish(task, CANCELED, time.time(), reason="canceled before it started")
+            return True
+        fut = self._pool_futs.get(uid)
+        if fut is not None and fut.cancel():
+            self._finish(task, CANCELED, time.time(), reason="canceled before it started")
+            return True
+        if task.get("executable") is not None and self._procs.kill(uid):
+            return True  # the worker reports CANCELED once the process group is gone
+        return False  # a running Python function cannot be interrupted safely
+
+    # -- worker threads ----------------------------------------------------------------
+    def _worker(self, slot: int) -> None:
+        get = self._queue.get
+        claims = self._claims
+        name = self._name
+        done = self._done.append
+        clock = time.time
+        while True:
+            task = get()
+            if task is None:
+                return
+            uid = task["uid"]
+            if claims.setdefault(uid, slot) is _CANCELED:
+                continue
+            self.emit((clock(), uid, RUNNING, name, slot))  # read each time: attach may follow
+            if self._callbacks:
+                done((task, RUNNING, 0.0, slot))
+            fn = task["function"]
+            if fn is not None:
+                state = _run_function(task, fn)
+            else:
+                try:
+                    state = run_executable(task, exec_options(task),
+                                           self._procs.register_for(uid))
+                except Exception as exc:  # never lose a task to an unexpected error
+                    state = _record_failure(task, exc)
+                if self._procs.was_killed(uid):
+                    state = CANCELED
+                    self._procs.forget(uid)
+            done((task, state, clock(), slot))
+            if not self._wake_pending:
+                self._wake()
+
+    def _wake(self) -> None:
+        self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # loop closed: the session is gone, nothing to deliver to
+            pass
+
+    # -- completion (event loop) -------------------------------------------------------
+    def _drain(self) -> None:
+        self._wake_pending = False
+        done = self._done
+        pop = done.popleft
+        finish = self._finish
+        claims = self._claims
+        n = 0
+        while done and n < _DRAIN_BUDGET:
+            task, state, t, slot = pop()
+            n += 1
+            if state is RUNNING:
+                self._notify(task, RUNNING)
+                continue
+            claims.pop(task["uid"], None)
+            finish(task, state, t, slot)
+        if done:
+            self._wake_pending = True
+            self._loop.call_soon(self._drain)
+        if self._wake_session is not None:
+            self._wake_session()
+
+    # -- process pool ------------------------------------------------------------------
+    def _blob(self, fn: Any) -> bytes:
+        key = fn if _hashable(fn) else id(fn)
+        blob = self._blobs.get(key)
+        if blob is None:
+            import cloudpickle
+            blob = cloudpickle.dumps(fn)
+            if len(self._blobs) > 1024:
+                self._blobs.clear()
+            self._blobs[key] = blob
+        return blob
+
+    def _pump(self) -> None:
+        """Hand queued function tasks to the process pool, a chunk per loop turn."""
+        self._pump_scheduled = False
+        pending = self._pending
+        claims = self._claims
+        n = 0
+        while pending and n < _PUMP_CHUNK and self.is_running:
+            task = pending.popleft()
+            uid = task["uid"]
+            if claims.setdefault(uid, "pool") is _CANCELED:
+                continue
+            n += 1
+            try:
+                blob = self._blob(task["function"])
+                fut = self.executor.submit(call_blob, blob, task["args"], task["kwargs"])
+            except Exception as exc:
+                claims.pop(uid, None)
+                state = _record_failure(task, exc)
+                self._finish(task, state, time.time())
+                continue
+            self._pool_futs[uid] = fut
+            fut.add_done_callback(functools.partial(self._pool_done, task))
+        if pending and self.is_running:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _pool_done(self, task: dict, fut: Any) -> None:
+        """Runs on the pool's manager thread: record the outcome, wake the loop."""
+        uid = task["uid"]
+        now = time.time()
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            t0, t1, pid, value = fut.result()
+            self.emit((t0, uid, RUNNING, self._name, pid))
+            task["return_value"] = value
+            task["stdout"] = _text(value)
+            task["exit_code"] = 0
+            state, now, slot = DONE, t1, pid
+        else:
+            if isinstance(exc, CancelledError):
+                return
+            if isinstance(exc, BrokenProcessPool):
+                exc = BackendError(self._name, f"a worker process died while task {uid} "
+                                   "was queued or running (killed, or out of memory)")
+            state, slot = _record_failure(task, exc), None
+        self._pool_futs.pop(uid, None)
+        self._done.append((task, state, now, slot))
+        if not self._wake_pending:
+            self._wake()
+
+
+def _run_function(task: dict, fn: Any) -> str:
+    try:
+        value = fn(*task["args"], **task["kwargs"])
+        if asyncio.iscoroutine(value):
+            value = asyncio.run(value)
+    except BaseException as exc:  # noqa: BLE001 - a task's failure is data, not ours
+        return _record_failure(task, exc)
+    task["return_value"] = value
+    task["stdout"] = _text(value)
+    task["exit_code"] = 0
+    return DONE
+
+
+def _record_failure(task: dict, exc: BaseException) -> str:
+    task["exception"] = exc
+    cause = exc.__cause__
+    remote = getattr(cause, "tb", None)  # a process pool's remote traceback text
+    if isinstance(remote, str):
+        task["stderr"] = remote
+    else:
+        task["stderr"] = "".join(traceback.format_exception(exc))
+    task["exit_code"] = 1
+    if not isinstance(exc, Exception):  # SystemExit & co. must not escape an await
+        task["exception"] = TaskExecutionError(task["uid"], repr(exc), 1)
+    return FAILED
+
+
+def _text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:  # an object whose __str__ fails must not fail the task
+        return object.__repr__(value)
+
+
+def _hashable(fn: Any) -> bool:
+    try:
+        hash(fn)
+    except TypeError:
+        return False
+    return True

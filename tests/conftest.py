@@ -1,0 +1,57 @@
+"""Shared fixtures. ``async def`` tests run on a fresh event loop each (no plugin needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(__file__)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    """Run coroutine test functions with ``asyncio.run``."""
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        names = pyfuncitem._fixtureinfo.argnames
+        kwargs = {n: pyfuncitem.funcargs[n] for n in names}
+        asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=240))
+        return True
+    return None
+
+
+@pytest.fixture
+def no_children():
+    """Assert a test leaves no child process of this interpreter behind."""
+    yield
+    import time
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        kids = _children()
+        if not kids:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"child processes left behind: {kids}")
+
+
+def _children() -> list[str]:
+    me = str(os.getpid())
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\x00", b" ").decode(errors="replace")
+            out.append(f"{pid}:{cmd}")
+    return out
