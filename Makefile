@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-EXTRAS ?= test,dask
+EXTRAS ?= test,dask,dashboard,notebook,dragon
 
 .PHONY: demo test lint bench venv clean
 
