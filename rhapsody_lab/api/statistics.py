@@ -140,7 +140,8 @@ class Statistics:
 
     def _finish(self, t: float) -> None:
         self.finished += 1
-        self.last_time = t
+        if self.last_time is None or t > self.last_time:
+            self.last_time = t
         second = int(t)
         w = self._window
         if w and w[-1][0] == second:

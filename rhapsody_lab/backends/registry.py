@@ -38,9 +38,12 @@ def backend_class(name: str) -> type:
     return getattr(mod, cls)
 
 
-def get_backend(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Create the backend registered as ``name`` (await it, or let a Session start it)."""
-    return backend_class(name)(*args, **kwargs)
+def get_backend(backend_name: str, /, *args: Any, **kwargs: Any) -> Any:
+    """Create the backend registered as ``backend_name`` (await it, or let a Session start it).
+
+    Keyword arguments go to the backend's constructor, ``name=`` included.
+    """
+    return backend_class(backend_name)(*args, **kwargs)
 
 
 def discover_backends() -> dict[str, bool]:

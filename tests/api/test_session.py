@@ -1,0 +1,234 @@
+"""Session: the RHAPSODY contract (wait modes, exceptions, routing, statistics) on real threads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import rhapsody_lab
+from rhapsody_lab.api import AITask, ComputeTask, Session
+from rhapsody_lab.api.errors import (
+    BackendError,
+    RhapsodyError,
+    SessionError,
+    TaskExecutionError,
+    TaskValidationError,
+)
+from rhapsody_lab.backends import ConcurrentExecutionBackend
+
+
+def hello():
+    import socket
+    return f"Hello from {socket.gethostname()}!"
+
+
+def boom():
+    raise KeyError("missing")
+
+
+def slow(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+async def test_tutorial_basic_example_shape():
+    backend = await ConcurrentExecutionBackend()
+    session = Session(backends=[backend])
+    task = ComputeTask(function=hello)
+    async with session:
+        futures = await session.submit_tasks([task])
+        results = await asyncio.gather(*futures)
+    assert results == [task]
+    assert task.state == "DONE" and task.return_value.startswith("Hello from ")
+    assert task.stdout == task.return_value and task.backend == "concurrent"
+    assert await backend.state() == "SHUTDOWN"
+
+
+async def test_three_wait_modes_and_exception_mapping():
+    async with Session([ConcurrentExecutionBackend()]) as session:
+        ok = ComputeTask(function=hello)
+        raised = ComputeTask(function=boom)
+        exe = ComputeTask(executable="/bin/sh", arguments=["-c", "echo oops >&2; exit 4"])
+        tasks = [ok, raised, exe]
+        futures = await session.submit_tasks(tasks)
+        # 1. wait_tasks never raises on failure
+        assert await session.wait_tasks(tasks, timeout=30) == tasks
+        assert [t.state for t in tasks] == ["DONE", "FAILED", "FAILED"]
+        assert isinstance(raised.exception, KeyError) and "KeyError" in raised.stderr
+        assert exe.exit_code == 4 and exe.stderr == "oops\n"
+        # 2. gather raises the first failure; return_exceptions collects all
+        with pytest.raises(KeyError):
+            await asyncio.gather(*futures)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert results[0] is ok and isinstance(results[1], KeyError)
+        err = results[2]
+        assert isinstance(err, TaskExecutionError) and isinstance(err, RhapsodyError)
+        assert err.task_uid == exe.uid and err.exit_code == 4 and "oops" in str(err)
+        # 3. await future / await task raise for their own task only
+        assert await futures[0] is ok and await ok is ok
+        with pytest.raises(TaskExecutionError):
+            await exe
+
+
+async def test_submit_returns_before_tasks_run():
+    async with Session([ConcurrentExecutionBackend(max_workers=2)]) as session:
+        tasks = [ComputeTask(function=slow, args=(0.3,)) for _ in range(4)]
+        t0 = time.perf_counter()
+        futures = await session.submit_tasks(tasks)
+        assert time.perf_counter() - t0 < 0.2
+        assert len(futures) == 4 and not any(f.done() for f in futures)
+        await asyncio.gather(*futures)
+        assert [t.return_value for t in tasks] == [0.3] * 4
+
+
+async def test_wait_tasks_timeout_raises_and_tasks_go_on():
+    async with Session([ConcurrentExecutionBackend(max_workers=1)]) as session:
+        t = ComputeTask(function=slow, args=(0.5,))
+        await session.submit_tasks([t])
+        with pytest.raises(asyncio.TimeoutError, match="0/1 tasks finished"):
+            await session.wait_tasks([t], timeout=0.05)
+        await session.wait_tasks([t])
+        assert t.state == "DONE"
+
+
+async def test_explicit_and_implicit_routing():
+    a = ConcurrentExecutionBackend(name="local_cpu", max_workers=1)
+    b = ConcurrentExecutionBackend(name="hpc_gpu", max_workers=1)
+    await asyncio.gather(a, b)
+    async with Session(backends=[a, b]) as session:
+        t1 = ComputeTask(function=hello, backend=a.name)
+        t2 = ComputeTask(function=hello, backend=b.name)
+        t3 = ComputeTask(function=hello)
+        await session.submit_tasks([t1, t2, t3])
+        await asyncio.gather(t1, t2, t3)
+        assert (t1.backend, t2.backend, t3.backend) == ("local_cpu", "hpc_gpu", "local_cpu")
+        assert session.get_statistics()["backends"]["hpc_gpu"] == {"DONE": 1}
+
+
+async def test_unknown_backend_refuses_the_whole_call():
+    async with Session([ConcurrentExecutionBackend()]) as session:
+        good = ComputeTask(function=hello)
+        bad = ComputeTask(function=hello, backend="nope")
+        with pytest.raises(SessionError) as err:
+            await session.submit_tasks([good, bad])
+        assert str(err.value).startswith(
+            f"Backend 'nope' requested by task {bad.uid} not found")
+        assert isinstance(err.value, ValueError)
+        assert good.state == "NEW" and good.future is None  # nothing was submitted
+
+
+async def test_ai_task_without_inference_backend_is_refused():
+    async with Session([ConcurrentExecutionBackend()]) as session:
+        with pytest.raises(TaskValidationError, match="inference backend"):
+            await session.submit_tasks([AITask(prompt="2+2?")])
+        with pytest.raises(TaskValidationError, match="cannot run ai tasks"):
+            await session.submit_tasks([AITask(prompt="2+2?", backend="concurrent")])
+
+
+async def test_resubmission_and_duplicate_uids_are_refused():
+    async with Session([ConcurrentExecutionBackend()]) as session:
+        t = ComputeTask(function=hello)
+        await session.submit_tasks([t])
+        with pytest.raises(SessionError, match="already submitted"):
+            await session.submit_tasks([t])
+        a, b = ComputeTask(function=hello, uid="same"), ComputeTask(function=hello, uid="same")
+        with pytest.raises(TaskValidationError, match="uid"):
+            await session.submit_tasks([a, b])
+        with pytest.raises(SessionError, match="list of tasks"):
+            await session.submit_tasks(ComputeTask(function=hello))
+        with pytest.raises(TaskValidationError, match="ComputeTask"):
+            await session.submit_tasks([{"function": hello}])
+        await session.wait_tasks([t])
+
+
+async def test_closed_session_and_bad_backends():
+    session = Session()
+    with pytest.raises(SessionError, match="no backend"):
+        await session.submit_tasks([ComputeTask(function=hello)])
+    with pytest.raises(SessionError, match="pass the class"):
+        session.add_backend(ConcurrentExecutionBackend)
+    with pytest.raises(SessionError, match="list of backends"):
+        Session(backends="concurrent")
+    session.add_backend(ConcurrentExecutionBackend(name="x"))
+    with pytest.raises(SessionError, match="already registered"):
+        session.add_backend(ConcurrentExecutionBackend(name="x"))
+    await session.close()
+    with pytest.raises(SessionError, match="closed"):
+        await session.submit_tasks([ComputeTask(function=hello)])
+    with pytest.raises(SessionError, match="not submitted"):
+        await session.wait_tasks([ComputeTask(function=hello)])
+    with pytest.raises(SessionError, match="timeout"):
+        await Session().wait_tasks([], timeout=-1)
+
+
+async def test_backend_used_after_shutdown_raises_backend_error():
+    backend = await ConcurrentExecutionBackend()
+    await backend.shutdown()
+    with pytest.raises(BackendError, match="shutdown"):
+        await backend.initialize()
+    with pytest.raises(BackendError):
+        await backend.submit_tasks([ComputeTask(function=hello)])
+
+
+async def test_statistics_shape_and_values():
+    async with Session([ConcurrentExecutionBackend(max_workers=2)]) as session:
+        tasks = [ComputeTask(function=slow, args=(0.05,)) for _ in range(4)]
+        tasks.append(ComputeTask(function=boom))
+        await session.submit_tasks(tasks)
+        await session.wait_tasks(tasks)
+        stats = session.get_statistics()
+    assert stats["counts"] == {"DONE": 4, "FAILED": 1}
+    s = stats["summary"]
+    assert s["total_tasks"] == 5
+    assert 0.04 < s["avg_execution"] < 0.5 and s["avg_total"] >= s["avg_execution"]
+    assert s["avg_queue"] >= 0 and stats["latencies"]["execution"]["count"] == 5
+    assert stats["throughput"]["overall"] > 0 and stats["capacity"] == {"concurrent": 2}
+
+
+async def test_register_callback_sees_every_state_on_the_loop():
+    backend = await ConcurrentExecutionBackend(max_workers=1)
+    seen = []
+    loop_thread = []
+
+    def cb(task, state):
+        import threading
+        loop_thread.append(threading.current_thread().name)
+        seen.append((task["uid"], state))
+
+    backend.register_callback(cb)
+    async with Session([backend]) as session:
+        t = ComputeTask(function=hello)
+        await session.submit_tasks([t])
+        await t
+    assert [s for _, s in seen] == ["QUEUED", "RUNNING", "DONE"]
+    assert set(loop_thread) == {"MainThread"}
+
+
+def test_top_level_names_and_registry():
+    for name in ("ComputeTask", "AITask", "BaseTask", "Session", "get_backend",
+                 "discover_backends", "__version__", "RhapsodyError", "BackendError",
+                 "TaskValidationError", "TaskExecutionError", "SessionError", "ResourceError"):
+        assert hasattr(rhapsody_lab, name), name
+    backend = rhapsody_lab.get_backend("concurrent", name="viaregistry")
+    assert isinstance(backend, ConcurrentExecutionBackend) and backend.name == "viaregistry"
+    assert rhapsody_lab.discover_backends()["concurrent"] is True
+    with pytest.raises(SessionError, match="unknown backend"):
+        rhapsody_lab.get_backend("nope")
+
+
+def test_import_is_light_and_fast():
+    code = ("import time,sys; t=time.perf_counter(); import rhapsody_lab; "
+            "import rhapsody_lab.api; d=time.perf_counter()-t; "
+            "heavy=[m for m in ('dask','distributed','bokeh','IPython','dragon','cloudpickle') "
+            "if m in sys.modules]; print(d, heavy)")
+    best = min(float(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                    text=True, check=True, env={**os.environ}).stdout.split()[0])
+               for _ in range(3))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert out.strip().endswith("[]"), out
+    assert best < 0.3, f"import took {best:.3f}s"

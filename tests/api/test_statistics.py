@@ -1,0 +1,39 @@
+"""Statistics from events: counts follow state, latencies from timestamps, bounded memory."""
+
+from __future__ import annotations
+
+from rhapsody_lab.api.statistics import LatencyHistogram, Statistics
+
+
+def test_counts_and_latencies_from_a_known_event_sequence():
+    s = Statistics()
+    s([(10.0, "a", "SUBMITTED", "b1", None), (10.5, "a", "QUEUED", "b1", None),
+       (11.0, "a", "RUNNING", "b1", 0), (13.0, "a", "DONE", "b1", 0),
+       (10.0, "b", "SUBMITTED", "b1", None), (12.0, "b", "FAILED", "b1", None)])
+    snap = s.snapshot()
+    assert snap["counts"] == {"DONE": 1, "FAILED": 1}
+    assert snap["summary"]["total_tasks"] == 2
+    assert snap["summary"]["avg_total"] == (3.0 + 2.0) / 2
+    assert snap["summary"]["avg_queue"] == 0.5  # QUEUED 10.5 -> RUNNING 11.0
+    assert snap["summary"]["avg_execution"] == 2.0
+    assert snap["latencies"]["execution"]["count"] == 1
+    assert snap["backends"]["b1"] == {"DONE": 1, "FAILED": 1}
+    assert snap["throughput"]["overall"] == 2 / 3.0
+
+
+def test_live_state_is_forgotten_once_terminal():
+    s = Statistics()
+    for i in range(1000):
+        s([(1.0, f"t{i}", "SUBMITTED", "b", None), (2.0, f"t{i}", "DONE", "b", None)])
+    assert not s._live and s.counts["DONE"] == 1000
+
+
+def test_histogram_quantiles_are_within_bucket_resolution():
+    h = LatencyHistogram()
+    for v in range(1, 1001):
+        h.add(v / 1000.0)  # 1 ms .. 1 s uniform
+    q = h.summary()
+    assert q["count"] == 1000 and abs(q["mean"] - 0.5005) < 1e-9
+    assert 0.5 <= q["p50"] <= 0.5 * 1.13
+    assert 0.95 <= q["p95"] <= 0.95 * 1.13
+    assert q["max"] == 1.0 and q["min"] == 0.001
