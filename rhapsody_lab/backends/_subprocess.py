@@ -39,7 +39,8 @@ def exec_options(task: dict) -> ExecOptions:
     if not kw:
         return _DEFAULT
     uid = task["uid"]
-    cwd, env, shell, timeout = (kw.get(k) for k in _KNOWN)
+    cwd, env, timeout = kw.get("cwd"), kw.get("env"), kw.get("timeout")
+    shell = kw.get("shell", False)
     if cwd is not None and not isinstance(cwd, str | os.PathLike):
         raise TaskValidationError(uid, f"cwd must be a directory path, got {cwd!r}",
                                   field="task_backend_specific_kwargs.cwd")

@@ -34,6 +34,7 @@ __all__ = ["ConcurrentExecutionBackend"]
 _CANCELED = object()  # claim marker: the task was canceled before a worker took it
 _DRAIN_BUDGET = 4_000  # completions finished per loop callback (keeps the loop responsive)
 _PUMP_CHUNK = 256      # process-pool submissions per loop callback
+_RETRY = "RETRY"       # pseudo-state: a worker process died under the task; run it again
 
 
 def _default_workers() -> int:
@@ -75,6 +76,10 @@ class ConcurrentExecutionBackend(BaseBackend):
         self._pool_futs: dict[str, Any] = {}
         self._blobs: dict[Any, bytes] = {}
         self._pump_scheduled = False
+        # tasks handed to the pool at once: enough to keep it busy, few enough that a dying
+        # worker process (which fails everything the pool holds) touches only a few tasks
+        self._max_inflight = max(64, 16 * self._workers)
+        self._retried: set[str] = set()
 
     # -- life cycle --------------------------------------------------------------------
     @property
@@ -215,7 +220,13 @@ class ConcurrentExecutionBackend(BaseBackend):
                 self._notify(task, RUNNING)
                 continue
             claims.pop(task["uid"], None)
+            if state is _RETRY:
+                self._pending.appendleft(task)
+                continue
             finish(task, state, t, slot)
+        if self._pending and not self._pump_scheduled and self.is_running:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
         if done:
             self._wake_pending = True
             self._loop.call_soon(self._drain)
@@ -239,8 +250,11 @@ class ConcurrentExecutionBackend(BaseBackend):
         self._pump_scheduled = False
         pending = self._pending
         claims = self._claims
+        if getattr(self.executor, "_broken", False) and self.is_running:
+            self._replace_pool()
+        room = min(_PUMP_CHUNK, self._max_inflight - len(self._pool_futs))
         n = 0
-        while pending and n < _PUMP_CHUNK and self.is_running:
+        while pending and n < room and self.is_running:
             task = pending.popleft()
             uid = task["uid"]
             if claims.setdefault(uid, "pool") is _CANCELED:
@@ -256,9 +270,16 @@ class ConcurrentExecutionBackend(BaseBackend):
                 continue
             self._pool_futs[uid] = fut
             fut.add_done_callback(functools.partial(self._pool_done, task))
-        if pending and self.is_running:
+        if pending and self.is_running and len(self._pool_futs) < self._max_inflight:
             self._pump_scheduled = True
             self._loop.call_soon(self._pump)
+
+    def _replace_pool(self) -> None:
+        """Swap a broken process pool for a new one of the same size and start method."""
+        old = self.executor
+        ctx = getattr(old, "_mp_context", None)
+        self.executor = ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx)
+        old.shutdown(wait=False, cancel_futures=True)
 
     def _pool_done(self, task: dict, fut: Any) -> None:
         """Runs on the pool's manager thread: record the outcome, wake the loop."""
@@ -275,12 +296,19 @@ class ConcurrentExecutionBackend(BaseBackend):
             task["exit_code"] = 0
             state, now, slot = DONE, t1, pid
         else:
-            if isinstance(exc, CancelledError):
-                return
+            if isinstance(exc, CancelledError) or not self.is_running:
+                return  # shutting down: the task becomes CANCELED, not FAILED
+            state, slot = None, None
             if isinstance(exc, BrokenProcessPool):
-                exc = BackendError(self._name, f"a worker process died while task {uid} "
-                                   "was queued or running (killed, or out of memory)")
-            state, slot = _record_failure(task, exc), None
+                if uid not in self._retried:
+                    self._retried.add(uid)
+                    state = _RETRY
+                else:
+                    exc = BackendError(self._name, f"a worker process died twice while "
+                                       f"task {uid} was in the pool (killed, crashed or out "
+                                       "of memory); it was not retried again")
+            if state is None:
+                state = _record_failure(task, exc)
         self._pool_futs.pop(uid, None)
         self._done.append((task, state, now, slot))
         if not self._wake_pending:
