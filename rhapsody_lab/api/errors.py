@@ -7,12 +7,12 @@ RHAPSODY's signatures so code catching them, or reading their attributes, runs u
 from __future__ import annotations
 
 __all__ = [
-    "RhapsodyError",
     "BackendError",
-    "TaskValidationError",
-    "TaskExecutionError",
-    "SessionError",
     "ResourceError",
+    "RhapsodyError",
+    "SessionError",
+    "TaskExecutionError",
+    "TaskValidationError",
 ]
 
 

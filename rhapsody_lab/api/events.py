@@ -36,7 +36,7 @@ class Event(NamedTuple):
 #: A subscriber takes a batch of events (plain tuples in ``Event`` field order).
 Subscriber = Callable[[Sequence[tuple]], None]
 
-_MAX_INLINE_BATCH = 20_000  # bound the time one flush holds the loop
+_MAX_INLINE_BATCH = 4_000  # bound the time one flush holds the loop
 
 
 class _Threaded:

@@ -18,14 +18,18 @@ from typing import Any
 from .backend import BaseBackend, _kind
 from .errors import SessionError, TaskValidationError
 from .events import EventStream, Subscriber
+from .states import CANCELED, NEW, SUBMITTED
 from .statistics import Statistics
-from .states import NEW, SUBMITTED
 from .task import BaseTask
 
 __all__ = ["Session"]
 
 _session_counter = itertools.count(0)
-_CHUNK = 2_000  # tasks handled between two yields to the event loop
+_CHUNK = 2_000  # tasks handed to backends between two yields to the event loop
+_YIELD_AFTER = 0.010  # seconds of submit work between two yields to the event loop
+_FLUSH_BUDGET = 0.008  # seconds of event delivery per backend batch
+_FLUSH_LIMIT = 4_000  # events delivered per backend batch (bounds one loop callback)
+_FIRST_HANDOFF = 256  # handed over before submit_tasks returns (enough to fill the slots)
 
 
 class Session:
@@ -44,6 +48,8 @@ class Session:
         self._stats = Statistics()
         self.events.subscribe(self._stats, inline=True)
         self._closed = False
+        self._pending_handoff: dict[str, BaseTask] = {}
+        self._handoffs: set[asyncio.Task] = set()
         self.created = time.time()
         if isinstance(backends, BaseBackend):
             backends = [backends]
@@ -71,7 +77,14 @@ class Session:
             raise SessionError(f"a backend named '{backend.name}' is already registered; "
                                "give the second one another name=")
         self.backends[backend.name] = backend
-        backend.attach(self.events.emit, self.events.flush_soon, self.work_dir)
+        backend.attach(self.events.emit, self._flush_events, self.work_dir)
+
+    def _flush_events(self) -> None:
+        """Backends call this after finishing a batch: observation keeps pace with dispatch."""
+        t0 = time.perf_counter()
+        flush = self.events.flush
+        while flush(limit=_FLUSH_LIMIT) and time.perf_counter() - t0 < _FLUSH_BUDGET:
+            pass
 
     async def start(self) -> Session:
         """Initialise every backend that is not running yet (concurrently)."""
@@ -130,66 +143,144 @@ class Session:
         return [n for n, b in self.backends.items() if kind in b.task_kinds]
 
     # -- submission --------------------------------------------------------------------
+    def _route_all(self, tasks: list) -> list[BaseBackend]:
+        """Route every task or raise before anything is submitted (the hot loop of submit)."""
+        default: dict[str, BaseBackend | None] = {}
+        routed: list[BaseBackend] = []
+        append = routed.append
+        last_type = last_backend = None
+        last_fn = False
+        for task in tasks:
+            if task.__class__ is last_type and task["backend"] is None and \
+                    task["state"] == NEW and not task.get("task_backend_specific_kwargs") \
+                    and (task.get("function") is not None) is last_fn:
+                append(last_backend)  # same kind as the previous task: same default route
+                continue
+            backend = self._route(task, default)
+            state = task["state"]
+            if state != NEW:
+                raise SessionError(
+                    f"task {task['uid']} was already submitted (state {state}); create a new "
+                    "task to run the same work again")
+            if task.get("task_backend_specific_kwargs"):
+                backend.check_task(task)
+            append(backend)
+            if task["backend"] is None and not task.get("task_backend_specific_kwargs"):
+                last_type, last_backend = task.__class__, backend
+                last_fn = task.get("function") is not None
+            else:
+                last_type = None
+        return routed
+
     async def submit_tasks(self, tasks: Iterable[BaseTask]) -> list[asyncio.Future]:
-        """Route and queue ``tasks``; return their futures (in order) once accepted."""
+        """Route and queue ``tasks``; return their futures (in order) once accepted.
+
+        Everything is validated first: if any task is refused, none is submitted. The first
+        tasks are handed to their backends before this returns, the rest right after, in
+        chunks, while the caller goes on (a task is SUBMITTED until its backend has it).
+        """
         self._check_open()
         if isinstance(tasks, BaseTask) or not isinstance(tasks, Iterable):
             raise SessionError("submit_tasks expects a list of tasks; write "
                                "submit_tasks([task])")
         tasks = tasks if isinstance(tasks, list) else list(tasks)
+        if not tasks:
+            return []
         loop = asyncio.get_running_loop()
         self.events.bind(loop)
         # 1. validate and route everything before anything is submitted
-        default: dict[str, BaseBackend | None] = {}
         routed: list[BaseBackend] = []
-        seen: set[str] = set()
-        for i, task in enumerate(tasks):
-            backend = self._route(task, default)
-            uid = task["uid"]
-            state = task["state"]
-            if state != NEW:
-                raise SessionError(
-                    f"task {uid} was already submitted (state {state}); create a new task "
-                    "to run the same work again")
-            if uid in seen or backend.is_live(uid):
-                raise TaskValidationError(uid, "another task with this uid is already "
-                                          "submitted; leave uid unset for an automatic one",
-                                          field="uid")
-            seen.add(uid)
-            backend.check_task(task)
-            routed.append(backend)
-            if i % _CHUNK == _CHUNK - 1:
-                await asyncio.sleep(0)
+        uids: set[str] = set()
+        last_yield = time.perf_counter()
+        for start in range(0, len(tasks), _CHUNK):
+            part = tasks[start:start + _CHUNK]
+            routed += self._route_all(part)
+            uids.update([t["uid"] for t in part])
+            if time.perf_counter() - last_yield > _YIELD_AFTER:
+                await asyncio.sleep(0)  # a huge call must not freeze the loop (or a notebook)
+                last_yield = time.perf_counter()
+        if len(uids) != len(tasks) or any(not b._live.keys().isdisjoint(uids)
+                                           for b in set(routed)) or \
+                not self._pending_handoff.keys().isdisjoint(uids):
+            raise TaskValidationError(self._duplicate_uid(tasks), "another task with this "
+                                      "uid is already submitted; leave uid unset for an "
+                                      "automatic one", field="uid")
         for backend in set(routed):
             if not backend.is_running:
                 await backend.initialize()
-        # 2. bind futures, record SUBMITTED, hand each backend its share
-        futures: list[asyncio.Future] = []
+        # 2. bind futures, record SUBMITTED
         create = loop.create_future
         emit = self.events.emit
+        bind = object.__setattr__
+        now = time.time()
+        futures: list[asyncio.Future] = []
         for start in range(0, len(tasks), _CHUNK):
-            groups: dict[BaseBackend, list] = {}
-            now = time.time()
-            for task, backend in zip(tasks[start:start + _CHUNK],
-                                     routed[start:start + _CHUNK], strict=True):
-                fut = create()
-                task.bind_future(fut)
-                futures.append(fut)
-                name = backend.name
+            end = start + _CHUNK
+            part = [create() for _ in range(min(_CHUNK, len(tasks) - start))]
+            futures += part
+            for task, fut, backend in zip(tasks[start:end], part, routed[start:end],
+                                          strict=True):
+                bind(task, "_future", fut)
+                name = backend._name
                 task["backend"] = name
                 task["state"] = SUBMITTED
                 emit((now, task["uid"], SUBMITTED, name, None))
-                group = groups.get(backend)
-                if group is None:
-                    groups[backend] = [task]
-                else:
-                    group.append(task)
-            for backend, group in groups.items():
-                await backend.submit_tasks(group)
-            if start + _CHUNK < len(tasks):
+            if end < len(tasks) and time.perf_counter() - last_yield > _YIELD_AFTER:
                 await asyncio.sleep(0)
+                last_yield = time.perf_counter()
+        # 3. hand the first tasks over now, the rest in the background
+        first = _FIRST_HANDOFF
+        await self._hand_off(tasks[:first], routed[:first])
+        if len(tasks) > first:
+            rest, rest_routed = tasks[first:], routed[first:]
+            self._pending_handoff.update(zip([t["uid"] for t in rest], rest, strict=True))
+            job = loop.create_task(self._hand_off_all(rest, rest_routed))
+            self._handoffs.add(job)
+            job.add_done_callback(self._handoffs.discard)
         self.events.flush_soon()
         return futures
+
+    def _duplicate_uid(self, tasks: list) -> str:
+        seen: set[str] = set()
+        for t in tasks:
+            uid = t["uid"]
+            if uid in seen or uid in self._pending_handoff or any(
+                    b.is_live(uid) for b in self.backends.values()):
+                return uid
+            seen.add(uid)
+        return "?"
+
+    async def _hand_off(self, tasks: list, routed: list) -> None:
+        groups: dict[BaseBackend, list] = {}
+        for task, backend in zip(tasks, routed, strict=True):
+            if task["state"] != SUBMITTED:
+                continue  # canceled before its backend got it
+            group = groups.get(backend)
+            if group is None:
+                groups[backend] = [task]
+            else:
+                group.append(task)
+        for backend, group in groups.items():
+            try:
+                await backend.submit_tasks(group)
+            except Exception as exc:  # the backend refused: fail these tasks, keep the rest
+                now = time.time()
+                for task in group:
+                    if task["state"] == SUBMITTED:
+                        task["exception"] = exc
+                        task["stderr"] = f"backend {backend.name} refused the task: {exc}"
+                        backend._finish(task, "FAILED", now)
+
+    async def _hand_off_all(self, tasks: list, routed: list) -> None:
+        pending = self._pending_handoff
+        for start in range(0, len(tasks), _CHUNK):
+            await asyncio.sleep(0)
+            part = tasks[start:start + _CHUNK]
+            if self._closed:
+                break
+            await self._hand_off(part, routed[start:start + _CHUNK])
+            for t in part:
+                pending.pop(t["uid"], None)
 
     async def wait_tasks(self, tasks: Iterable[BaseTask], timeout: float | None = None
                          ) -> list[BaseTask]:
@@ -202,18 +293,14 @@ class Session:
             raise SessionError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
         futs = []
         for t in tasks:
-            fut = getattr(t, "_future", None)
+            fut = t._future if isinstance(t, BaseTask) else None
             if fut is None:
                 raise SessionError(f"task {t.get('uid')} was not submitted; "
                                    "submit it with session.submit_tasks([...]) first")
             if not fut.done():
                 futs.append(fut)
         if futs:
-            _done, pending = await asyncio.wait(futs, timeout=timeout)
-            if pending:
-                raise asyncio.TimeoutError(
-                    f"wait_tasks timed out after {timeout}s: {len(tasks) - len(pending)}/"
-                    f"{len(tasks)} tasks finished")
+            await _wait_all(futs, timeout, len(tasks))
         return tasks
 
     async def cancel_task(self, task: BaseTask | str) -> bool:
@@ -222,7 +309,14 @@ class Session:
         for backend in self.backends.values():
             if backend.is_live(uid):
                 return await backend.cancel_task(uid)
+        waiting = self._pending_handoff.pop(uid, None)
+        if waiting is not None and waiting["state"] == SUBMITTED:
+            self._cancel_unhanded(waiting, "canceled before it reached its backend")
+            return True
         return False
+
+    def _cancel_unhanded(self, task: BaseTask, reason: str) -> None:
+        self.backends[task["backend"]]._finish(task, CANCELED, time.time(), reason=reason)
 
     async def cancel_tasks(self, tasks: Iterable[BaseTask | str]) -> int:
         """Cancel several tasks; returns how many were canceled."""
@@ -252,8 +346,16 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        for job in list(self._handoffs):
+            job.cancel()
+        for task in list(self._pending_handoff.values()):
+            if task["state"] == SUBMITTED:
+                self._cancel_unhanded(task, "session closed before it reached its backend")
+        self._pending_handoff.clear()
         results = await asyncio.gather(*(b.shutdown() for b in self.backends.values()),
                                        return_exceptions=True)
+        while self.events.flush(limit=_FLUSH_LIMIT):
+            await asyncio.sleep(0)  # deliver the backlog without blocking the loop
         self.events.close()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -264,3 +366,31 @@ class Session:
         counts = {k: v for k, v in self._stats.counts.items() if v > 0}
         state = "closed" if self._closed else "open"
         return f"<Session {self.uid} {state} backends={list(self.backends)} tasks={counts}>"
+
+
+async def _wait_all(futs: list[asyncio.Future], timeout: float | None, total: int) -> None:
+    """Wait for every future, O(1) work per completion (``asyncio.wait`` is O(n) at the end)."""
+    loop = asyncio.get_running_loop()
+    all_done = loop.create_future()
+    left = len(futs)
+
+    def one_done(_fut: asyncio.Future) -> None:
+        nonlocal left
+        left -= 1
+        if not left and not all_done.done():
+            all_done.set_result(None)
+
+    last_yield = time.perf_counter()
+    for i, fut in enumerate(futs):
+        fut.add_done_callback(one_done)
+        if not i & 1023 and time.perf_counter() - last_yield > _YIELD_AFTER:
+            await asyncio.sleep(0)
+            last_yield = time.perf_counter()
+    try:
+        await asyncio.wait_for(asyncio.shield(all_done), timeout)
+    except asyncio.TimeoutError:
+        for fut in futs:
+            fut.remove_done_callback(one_done)
+        raise asyncio.TimeoutError(
+            f"wait_tasks timed out after {timeout}s: {total - left}/{total} tasks "
+            "finished") from None

@@ -6,8 +6,18 @@ it cannot see but never reorders them, and terminal states are final.
 
 from __future__ import annotations
 
-__all__ = ["NEW", "SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED",
-           "STATES", "TERMINAL_STATES", "state_rank"]
+__all__ = [
+    "CANCELED",
+    "DONE",
+    "FAILED",
+    "NEW",
+    "QUEUED",
+    "RUNNING",
+    "STATES",
+    "SUBMITTED",
+    "TERMINAL_STATES",
+    "state_rank",
+]
 
 NEW = "NEW"
 SUBMITTED = "SUBMITTED"

@@ -15,7 +15,7 @@ from typing import Any
 from .errors import TaskValidationError
 from .states import NEW
 
-__all__ = ["BaseTask", "ComputeTask", "AITask"]
+__all__ = ["AITask", "BaseTask", "ComputeTask"]
 
 _uid_counter = itertools.count(1)
 

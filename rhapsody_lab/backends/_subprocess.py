@@ -18,7 +18,7 @@ from typing import Any
 
 from ..api.errors import TaskValidationError
 
-__all__ = ["ExecOptions", "exec_options", "run_executable", "kill_group"]
+__all__ = ["ExecOptions", "exec_options", "kill_group", "run_executable"]
 
 _KNOWN = ("cwd", "env", "shell", "timeout")
 _TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL

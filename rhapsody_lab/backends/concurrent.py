@@ -11,7 +11,6 @@ executables always run from driver threads (a subprocess needs no worker process
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import queue
 import threading
@@ -19,22 +18,21 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import CancelledError, Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from ..api.backend import BaseBackend
-from ..api.errors import BackendError, SessionError, TaskExecutionError
+from ..api.errors import SessionError, TaskExecutionError
 from ..api.states import CANCELED, DONE, FAILED, RUNNING
-from ._proc_worker import call_blob
+from ._pool import RETRY, PoolFeeder
 from ._subprocess import ProcessTable, exec_options, run_executable
 
 __all__ = ["ConcurrentExecutionBackend"]
 
 _CANCELED = object()  # claim marker: the task was canceled before a worker took it
-_DRAIN_BUDGET = 4_000  # completions finished per loop callback (keeps the loop responsive)
-_PUMP_CHUNK = 256      # process-pool submissions per loop callback
-_RETRY = "RETRY"       # pseudo-state: a worker process died under the task; run it again
+_DRAIN_BUDGET = 2_000  # completions finished per loop callback (keeps the loop responsive)
+_DRAIN_SECONDS = 0.008
+_PUMP_CHUNK = 512      # process-pool tasks handed over per loop callback
 
 
 def _default_workers() -> int:
@@ -72,14 +70,9 @@ class ConcurrentExecutionBackend(BaseBackend):
         self._wake_pending = False
         self._threads: list[threading.Thread] = []
         self._procs = ProcessTable()
-        self._pending: deque = deque()     # process-pool tasks not yet handed to the pool
-        self._pool_futs: dict[str, Any] = {}
-        self._blobs: dict[Any, bytes] = {}
         self._pump_scheduled = False
-        # tasks handed to the pool at once: enough to keep it busy, few enough that a dying
-        # worker process (which fails everything the pool holds) touches only a few tasks
-        self._max_inflight = max(64, 16 * self._workers)
-        self._retried: set[str] = set()
+        self._feeder = PoolFeeder(executor, self._workers, self._name, lambda: self.emit,
+                                  self._report) if self._processes else None
 
     # -- life cycle --------------------------------------------------------------------
     @property
@@ -112,9 +105,9 @@ class ConcurrentExecutionBackend(BaseBackend):
         self._procs.kill_all()
         for _ in range(self._workers):
             self._queue.put(None)
-        if self._processes:
-            for fut in self._pool_futs.values():
-                fut.cancel()
+        if self._feeder is not None:
+            self._feeder.cancel_all()
+            self.executor = self._feeder.executor  # it may have replaced a broken pool
             procs = list((getattr(self.executor, "_processes", None) or {}).values())
             self.executor.shutdown(wait=False, cancel_futures=True)
             for p in procs:
@@ -134,9 +127,9 @@ class ConcurrentExecutionBackend(BaseBackend):
     async def submit_tasks(self, tasks: Sequence[dict]) -> None:
         self._ensure_running()
         self._accept(tasks)
-        if self._processes:
+        if self._feeder is not None:
             put = self._queue.put
-            pending = self._pending
+            pending = self._feeder.pending
             for task in tasks:
                 if task["function"] is not None:
                     pending.append(task)
@@ -155,10 +148,6 @@ class ConcurrentExecutionBackend(BaseBackend):
         if task is None:
             return False
         if self._claims.setdefault(uid, _CANCELED) is _CANCELED:
-            self._finish(task, CANCELED, time.time(), reason="canceled before it started")
-            return True
-        fut = self._pool_futs.get(uid)
-        if fut is not None and fut.cancel():
             self._finish(task, CANCELED, time.time(), reason="canceled before it started")
             return True
         if task.get("executable") is not None and self._procs.kill(uid):
@@ -213,18 +202,22 @@ class ConcurrentExecutionBackend(BaseBackend):
         finish = self._finish
         claims = self._claims
         n = 0
+        deadline = time.perf_counter() + _DRAIN_SECONDS
         while done and n < _DRAIN_BUDGET:
             task, state, t, slot = pop()
             n += 1
+            if not n & 255 and time.perf_counter() > deadline:
+                n = _DRAIN_BUDGET  # out of time: finish the rest in the next callback
             if state is RUNNING:
                 self._notify(task, RUNNING)
                 continue
             claims.pop(task["uid"], None)
-            if state is _RETRY:
-                self._pending.appendleft(task)
+            if state is RETRY:
+                self._feeder.pending.appendleft(task)
                 continue
             finish(task, state, t, slot)
-        if self._pending and not self._pump_scheduled and self.is_running:
+        if self._feeder is not None and self._feeder.pending and not self._pump_scheduled \
+                and self.is_running and self._feeder.room() > 0:
             self._pump_scheduled = True
             self._loop.call_soon(self._pump)
         if done:
@@ -234,85 +227,29 @@ class ConcurrentExecutionBackend(BaseBackend):
             self._wake_session()
 
     # -- process pool ------------------------------------------------------------------
-    def _blob(self, fn: Any) -> bytes:
-        key = fn if _hashable(fn) else id(fn)
-        blob = self._blobs.get(key)
-        if blob is None:
-            import cloudpickle
-            blob = cloudpickle.dumps(fn)
-            if len(self._blobs) > 1024:
-                self._blobs.clear()
-            self._blobs[key] = blob
-        return blob
-
-    def _pump(self) -> None:
-        """Hand queued function tasks to the process pool, a chunk per loop turn."""
-        self._pump_scheduled = False
-        pending = self._pending
-        claims = self._claims
-        if getattr(self.executor, "_broken", False) and self.is_running:
-            self._replace_pool()
-        room = min(_PUMP_CHUNK, self._max_inflight - len(self._pool_futs))
-        n = 0
-        while pending and n < room and self.is_running:
-            task = pending.popleft()
-            uid = task["uid"]
-            if claims.setdefault(uid, "pool") is _CANCELED:
-                continue
-            n += 1
-            try:
-                blob = self._blob(task["function"])
-                fut = self.executor.submit(call_blob, blob, task["args"], task["kwargs"])
-            except Exception as exc:
-                claims.pop(uid, None)
-                state = _record_failure(task, exc)
-                self._finish(task, state, time.time())
-                continue
-            self._pool_futs[uid] = fut
-            fut.add_done_callback(functools.partial(self._pool_done, task))
-        if pending and self.is_running and len(self._pool_futs) < self._max_inflight:
-            self._pump_scheduled = True
-            self._loop.call_soon(self._pump)
-
-    def _replace_pool(self) -> None:
-        """Swap a broken process pool for a new one of the same size and start method."""
-        old = self.executor
-        ctx = getattr(old, "_mp_context", None)
-        self.executor = ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx)
-        old.shutdown(wait=False, cancel_futures=True)
-
-    def _pool_done(self, task: dict, fut: Any) -> None:
-        """Runs on the pool's manager thread: record the outcome, wake the loop."""
-        uid = task["uid"]
-        now = time.time()
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is None:
-            t0, t1, pid, value = fut.result()
-            self.emit((t0, uid, RUNNING, self._name, pid))
-            task["return_value"] = value
-            task["stdout"] = _text(value)
-            task["exit_code"] = 0
-            state, now, slot = DONE, t1, pid
-        else:
-            if isinstance(exc, CancelledError) or not self.is_running:
-                return  # shutting down: the task becomes CANCELED, not FAILED
-            state, slot = None, None
-            if isinstance(exc, BrokenProcessPool):
-                if uid not in self._retried:
-                    self._retried.add(uid)
-                    state = _RETRY
-                else:
-                    exc = BackendError(self._name, f"a worker process died twice while "
-                                       f"task {uid} was in the pool (killed, crashed or out "
-                                       "of memory); it was not retried again")
-            if state is None:
-                state = _record_failure(task, exc)
-        self._pool_futs.pop(uid, None)
-        self._done.append((task, state, now, slot))
+    def _report(self, task: dict, state: str, t: float, slot: Any) -> None:
+        """Record an outcome from any thread and wake the loop (at most once per batch)."""
+        self._done.append((task, state, t, slot))
         if not self._wake_pending:
             self._wake()
+
+    def _pump(self) -> None:
+        """Hand queued function tasks to the process pool while it has room."""
+        self._pump_scheduled = False
+        feeder = self._feeder
+        pending = feeder.pending
+        claims = self._claims
+        batch = []
+        room = min(_PUMP_CHUNK, feeder.room())
+        while pending and len(batch) < room and self.is_running:
+            task = pending.popleft()
+            if claims.setdefault(task["uid"], "pool") is not _CANCELED:
+                batch.append(task)
+        if batch:
+            feeder.send(batch)
+        if pending and self.is_running and feeder.room() > 0:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
 
 
 def _run_function(task: dict, fn: Any) -> str:
@@ -320,7 +257,7 @@ def _run_function(task: dict, fn: Any) -> str:
         value = fn(*task["args"], **task["kwargs"])
         if asyncio.iscoroutine(value):
             value = asyncio.run(value)
-    except BaseException as exc:  # noqa: BLE001 - a task's failure is data, not ours
+    except BaseException as exc:
         return _record_failure(task, exc)
     task["return_value"] = value
     task["stdout"] = _text(value)
@@ -347,11 +284,3 @@ def _text(value: Any) -> str:
         return str(value)
     except Exception:  # an object whose __str__ fails must not fail the task
         return object.__repr__(value)
-
-
-def _hashable(fn: Any) -> bool:
-    try:
-        hash(fn)
-    except TypeError:
-        return False
-    return True
