@@ -29,7 +29,17 @@ except PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0.0.0.dev0"
 
 __all__ = [
-    "__version__", "AITask", "BaseTask", "ComputeTask", "Session", "get_backend",
-    "discover_backends", "RhapsodyError", "BackendError", "TaskValidationError",
-    "TaskExecutionError", "SessionError", "ResourceError",
+    "AITask",
+    "BackendError",
+    "BaseTask",
+    "ComputeTask",
+    "ResourceError",
+    "RhapsodyError",
+    "Session",
+    "SessionError",
+    "TaskExecutionError",
+    "TaskValidationError",
+    "__version__",
+    "discover_backends",
+    "get_backend",
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..api.errors import SessionError
 
-__all__ = ["BACKENDS", "backend_class", "get_backend", "discover_backends"]
+__all__ = ["BACKENDS", "backend_class", "discover_backends", "get_backend"]
 
 #: short name -> "module:Class" (relative to rhapsody_lab.backends)
 BACKENDS: dict[str, str] = {
