@@ -1,0 +1,139 @@
+"""The dashboard inside a notebook: a jupyter_bokeh ``BokehModel`` widget that streams.
+
+``show(session)`` returns a ``DashboardWidget``; displaying it renders the plots, and a
+timer owned by the widget calls every component's ``update()`` (on the kernel's event
+loop when there is one, so plots and the session share a thread and never race; else on
+a daemon thread). The timer holds the widget by weak reference: a dropped widget stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from ..api.errors import SessionError
+from ..observe.metrics import Metrics
+from .components import COMPONENTS, Component
+from .server import _metrics_of
+
+__all__ = ["DashboardWidget", "show"]
+
+DEFAULT_PLOTS = ("task-states", "throughput", "utilisation", "task-stream")
+
+
+class DashboardWidget:
+    """Live plots of one session's metrics, as a notebook widget."""
+
+    def __init__(self, metrics: Metrics, plots: Sequence[str] | None = None,
+                 interval: float = 0.5, start: bool = True):
+        from bokeh.layouts import column
+        plots = list(plots or DEFAULT_PLOTS)
+        unknown = [p for p in plots if p not in COMPONENTS]
+        if unknown:
+            raise SessionError(f"unknown plot(s) {unknown}; choose from {list(COMPONENTS)}")
+        if not isinstance(interval, int | float) or interval <= 0:
+            raise SessionError(f"interval must be a number of seconds > 0, got {interval!r}")
+        self.metrics = metrics
+        self.interval = float(interval)
+        self.components: dict[str, Component] = {p: COMPONENTS[p](metrics) for p in plots}
+        self.update()
+        self.root = column(*(c.root for c in self.components.values()),
+                           sizing_mode="stretch_width")
+        self._model: Any = None
+        self._stopped = threading.Event()
+        self._handle: asyncio.TimerHandle | None = None
+        self.updates = 0
+        if start:
+            self.start()
+
+    @property
+    def model(self) -> Any:
+        """The ``jupyter_bokeh.BokehModel`` (created on first use)."""
+        if self._model is None:
+            from jupyter_bokeh import BokehModel
+            self._model = BokehModel(self.root)
+        return self._model
+
+    def update(self) -> None:
+        """Pull new data into every plot (streams and patches only)."""
+        for c in self.components.values():
+            c.update()
+
+    # -- timer ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Refresh every ``interval`` seconds until ``stop()`` or the widget is dropped."""
+        self._stopped.clear()
+        ref = weakref.ref(self)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            self._handle = loop.call_later(self.interval, _loop_tick, ref, loop)
+        else:
+            threading.Thread(target=_thread_tick, args=(ref, self._stopped, self.interval),
+                             daemon=True, name="rhapsody-dashboard-widget").start()
+
+    def stop(self) -> None:
+        """Stop refreshing (the plots keep their data)."""
+        self._stopped.set()
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _step(self) -> None:
+        self.update()
+        self.updates += 1
+
+    # -- display -------------------------------------------------------------------------
+    def _summary(self) -> str:
+        s = self.metrics.summary()
+        counts = ", ".join(f"{k} {v}" for k, v in s["counts"].items()) or "no tasks yet"
+        return (f"rhapsody_lab dashboard: {s['total_tasks']} tasks ({counts}); "
+                f"backends {s['backends']}")
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
+        bundle = {"text/plain": self._summary(),
+                  "text/html": f"<pre>{html.escape(self._summary())}</pre>"}
+        try:
+            bundle.update(self.model._repr_mimebundle_(include=include, exclude=exclude)
+                          or {})
+        except Exception:  # no widget support here: the text fallbacks remain
+            pass
+        return bundle
+
+    def __repr__(self) -> str:
+        return f"<DashboardWidget {list(self.components)} {self._summary()}>"
+
+
+def _loop_tick(ref: weakref.ref, loop: asyncio.AbstractEventLoop) -> None:
+    widget = ref()
+    if widget is None or widget._stopped.is_set() or loop.is_closed():
+        return
+    try:
+        widget._step()
+    finally:
+        if not widget._stopped.is_set():
+            widget._handle = loop.call_later(widget.interval, _loop_tick, ref, loop)
+
+
+def _thread_tick(ref: weakref.ref, stopped: threading.Event, interval: float) -> None:
+    while not stopped.wait(interval):
+        widget = ref()
+        if widget is None:
+            return
+        widget._step()
+        del widget
+
+
+def show(target: Any, plots: Sequence[str] | None = None, interval: float = 0.5
+         ) -> DashboardWidget:
+    """Live dashboard of a Session (or Metrics) for a notebook; display the result.
+
+    Metrics are attached to the session on first use (events before that are not seen).
+    """
+    return DashboardWidget(_metrics_of(target), plots=plots, interval=interval)

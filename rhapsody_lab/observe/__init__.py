@@ -1,0 +1,23 @@
+"""Observers of a session's event stream: live metrics and a crash-proof journal.
+
+``attach_metrics(session)`` gives the shared ``Metrics`` (counts by state over time,
+throughput, utilisation, latency distributions, task stream) that dashboards read;
+``attach_journal(session)`` appends every event to a JSONL file in the session's work
+dir; ``load(path)`` replays a journal into ``Metrics`` (``load_dataframe`` into pandas)
+so a killed session can still be plotted. Only the event stream of ``rhapsody_lab.api``
+is used here; numpy is needed for metrics (the ``dashboard`` extra brings it).
+"""
+
+from .journal import Journal, attach_journal, load, load_dataframe, read_events
+from .metrics import STATES, Metrics, attach_metrics
+
+__all__ = [
+           "STATES",
+           "Journal",
+           "Metrics",
+           "attach_journal",
+           "attach_metrics",
+           "load",
+           "load_dataframe",
+           "read_events",
+]

@@ -1,0 +1,522 @@
+"""Live metrics of a session, per backend and overall, in bounded memory.
+
+``Metrics`` is an event-stream subscriber. Its ``__call__`` only queues the batch (O(1) per
+batch); a helper thread folds queued events into fixed-size ring buffers every
+``ingest_interval`` seconds, vectorised with numpy, so observing costs a few hundred
+nanoseconds per event instead of microseconds of Python per event. It keeps:
+
+- per time bin (``bin_width`` s, the last ``max_bins``): task counts by state, tasks
+  started and finished, busy slot-seconds, per backend;
+- latency histograms (queue: QUEUED/SUBMITTED -> RUNNING, execution: RUNNING -> end);
+- the task stream: the last ``max_rectangles`` (start, end, slot, state) bars.
+
+Readers (dashboards) take a short lock and get plain columns; they never see raw events.
+Only live tasks are remembered individually, so memory stays bounded at 100,000 tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from itertools import compress, repeat
+from operator import itemgetter
+from typing import Any
+
+from ..api.errors import SessionError
+
+__all__ = ["STATES", "Metrics", "attach_metrics"]
+
+#: States in display order; index 7 collects anything unknown.
+STATES: tuple[str, ...] = ("SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED",
+                           "NEW")
+_NS = 8
+_CODE = {s: i for i, s in enumerate(STATES)}
+_RUNNING, _DONE, _CANCELED = 2, 3, 5
+_HIST_LOW, _HIST_PER_DECADE, _HIST_BINS = -6, 10, 110  # 1 µs .. 1e5 s
+_CHUNK = 8_000  # events folded per lock hold (keeps readers' waits short)
+_g0, _g1, _g2, _g3, _g4 = (itemgetter(i) for i in range(5))
+
+
+def _np():
+    try:
+        import numpy
+    except ImportError as exc:  # pragma: no cover - numpy comes with the dashboard extra
+        raise SessionError("rhapsody_lab.observe metrics need numpy; install it with "
+                           "pip install 'rhapsody-lab[dashboard]'") from exc
+    return numpy
+
+
+class Metrics:
+    """Counts, throughput, utilisation, latencies and the task stream of one session."""
+
+    def __init__(self, *, bin_width: float = 0.5, max_bins: int = 7200,
+                 max_rectangles: int = 10_000, window: float = 5.0,
+                 capacity: Mapping[str, int] | Callable[[], Mapping[str, int]] | None = None,
+                 live: bool = True, ingest_interval: float = 0.1):
+        for field, value, low in (("bin_width", bin_width, 1e-3), ("window", window, 1e-3),
+                                  ("ingest_interval", ingest_interval, 0.0)):
+            if not isinstance(value, int | float) or value < low:
+                raise SessionError(f"{field} must be a number of seconds >= {low}, "
+                                   f"got {value!r}")
+        for field, value in (("max_bins", max_bins), ("max_rectangles", max_rectangles)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SessionError(f"{field} must be an integer >= 1, got {value!r}")
+        np = self._np = _np()
+        self.bin_width = float(bin_width)
+        self.window = float(window)
+        self.max_bins = max_bins
+        self.max_rectangles = max_rectangles
+        self.live = live
+        self._capacity_fn = capacity if callable(capacity) else None
+        self.capacity: dict[str, int] = dict(capacity) if isinstance(capacity, Mapping) else {}
+        self.backends: list[str] = []
+        self._bidx: dict[str, int] = {}
+        self._maxb = 4
+        r = max_bins
+        self._bcounts = np.zeros((r, self._maxb, _NS), np.int64)  # snapshot per bin
+        self._started = np.zeros((r, self._maxb), np.int64)
+        self._finished = np.zeros((r, self._maxb), np.int64)
+        self._busy = np.zeros((r, self._maxb), np.float64)
+        self._counts = np.zeros((self._maxb, _NS), np.int64)  # now
+        self._qhist = np.zeros((self._maxb, _HIST_BINS), np.int64)
+        self._xhist = np.zeros((self._maxb, _HIST_BINS), np.int64)
+        self._first: int | None = None  # oldest bin kept
+        self._cur: int | None = None    # newest bin
+        self._last: dict[str, int] = {}   # live uid -> backend * 8 + state
+        self._tq: dict[str, float] = {}   # uid -> time it was submitted/queued
+        self._tr: dict[str, float] = {}   # running uid -> start
+        self._rslot: dict[str, Any] = {}  # running uid -> slot
+        self._rects: deque[tuple] = deque(maxlen=max_rectangles)
+        self.rect_index = 0               # bars ever recorded (readers keep a cursor)
+        self._rows: dict[tuple[str, Any], int] = {}
+        self.total_tasks = 0
+        self.events_seen = 0
+        self.first_time: float | None = None
+        self.last_time: float | None = None
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._pending: deque[Sequence[tuple]] = deque()
+        self._interval = float(ingest_interval)
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # -- feeding -----------------------------------------------------------------------
+    def __call__(self, batch: Sequence[tuple]) -> None:
+        """Event-stream subscriber: queue ``batch``; a helper thread folds it in."""
+        self._pending.append(batch)
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="rhapsody-metrics")
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            if self._closed:
+                return
+            time.sleep(self._interval)  # coalesce: fold many batches at once
+            self._wake.clear()
+            self.sync()
+
+    def sync(self) -> Metrics:
+        """Fold every queued batch in now (readers see them afterwards)."""
+        pending = self._pending
+        with self._sync_lock:  # one folder at a time, or batches could be reordered
+            while pending:
+                events: list[tuple] = []
+                while pending and len(events) < 200_000:
+                    events.extend(pending.popleft())
+                self.ingest(events)
+        return self
+
+    def close(self) -> None:
+        """Fold what is queued and stop the helper thread."""
+        self.sync()
+        self._closed = True
+        self._wake.set()
+
+    def ingest(self, events: Sequence[tuple]) -> None:
+        """Fold ``events`` (``(time, uid, state, backend, slot)`` tuples) in, in order."""
+        n = len(events)
+        if not n:
+            return
+        np = self._np
+        ts = np.fromiter(map(_g0, events), np.float64, n)
+        bins = np.floor(ts / self.bin_width).astype(np.int64)
+        top = np.maximum.accumulate(bins)
+        cuts = (np.flatnonzero(np.diff(top)) + 1).tolist()
+        lo = 0
+        for hi in [*cuts, n]:
+            while lo < hi:
+                end = min(hi, lo + _CHUNK)
+                with self._lock:
+                    self._apply(events[lo:end], ts[lo:end], bins[lo:end], int(top[end - 1]))
+                lo = end
+
+    # -- bins ---------------------------------------------------------------------------
+    def _register(self, name: str) -> None:
+        np = self._np
+        i = len(self.backends)
+        self.backends.append(name)
+        self._bidx[name] = i
+        if name not in self.capacity and self._capacity_fn is not None:
+            try:
+                self.capacity.update(self._capacity_fn())
+            except Exception:  # a backend that cannot say its capacity: utilisation is 0
+                pass
+        if i >= self._maxb:
+            grow = self._maxb
+            self._maxb *= 2
+            pad = [(0, 0), (0, grow)]
+            self._bcounts = np.pad(self._bcounts, [*pad, (0, 0)])
+            self._started = np.pad(self._started, pad)
+            self._finished = np.pad(self._finished, pad)
+            self._busy = np.pad(self._busy, pad)
+            self._counts = np.pad(self._counts, [(0, grow), (0, 0)])
+            self._qhist = np.pad(self._qhist, [(0, grow), (0, 0)])
+            self._xhist = np.pad(self._xhist, [(0, grow), (0, 0)])
+
+    def _advance(self, b: int) -> None:
+        """Make ``b`` the newest bin; bins skipped carry the counts forward."""
+        cur = self._cur
+        r = self.max_bins
+        if cur is None or b - cur >= r:
+            self._first = self._cur = b
+            self._bcounts[:] = 0
+            self._started[:] = 0
+            self._finished[:] = 0
+            self._busy[:] = 0
+            self._bcounts[b % r] = self._counts
+            return
+        if b <= cur:
+            return
+        rows = [i % r for i in range(cur + 1, b + 1)]
+        self._bcounts[rows] = self._counts
+        self._started[rows] = 0
+        self._finished[rows] = 0
+        self._busy[rows] = 0
+        self._cur = b
+        if b - self._first >= r:
+            self._first = b - r + 1
+
+    def _apply(self, ev: Sequence[tuple], ts: Any, bins: Any, b: int) -> None:
+        np = self._np
+        n = len(ev)
+        self._advance(b)
+        first, r, nsb = self._first, self.max_bins, self._maxb
+        uids = list(map(_g1, ev))
+        states = list(map(_g2, ev))
+        names = list(map(_g3, ev))
+        for name in set(names):
+            if name not in self._bidx:
+                self._register(name)
+        nsb = self._maxb
+        codes = np.fromiter(map(_CODE.get, states, repeat(7)), np.int64, n)
+        if len(self.backends) == 1:
+            bc = np.zeros(n, np.int64)
+        else:
+            bc = np.fromiter(map(self._bidx.__getitem__, names), np.int64, n)
+        self.events_seen += n
+        t_min, t_max = float(ts.min()), float(ts.max())
+        if self.first_time is None or t_min < self.first_time:
+            self.first_time = t_min
+        if self.last_time is None or t_max > self.last_time:
+            self.last_time = t_max
+
+        # counts by state now: each task's state before this chunk leaves, its last enters
+        last = self._last
+        final = dict(zip(uids, (bc * _NS + codes).tolist(), strict=False))
+        old = np.fromiter(map(last.pop, final, repeat(-1)), np.int64, len(final))
+        new = np.fromiter(final.values(), np.int64, len(final))
+        size = nsb * _NS
+        flat = self._counts.reshape(-1)
+        known = old >= 0
+        flat -= np.bincount(old[known], minlength=size)
+        flat += np.bincount(new, minlength=size)
+        self.total_tasks += int(len(old) - known.sum())
+        term = ((new % _NS) >= _DONE) & ((new % _NS) <= _CANCELED)
+        last.update(final)
+        if term.any():
+            for uid in compress(final, term.tolist()):
+                del last[uid]
+        # this bin and any later one already opened end with these counts
+        self._bcounts[[i % r for i in range(max(b, first), self._cur + 1)]] = self._counts
+
+        # per-bin started / finished, clipped to the bins still kept
+        keep = bins >= first
+        ring = bins % r
+        is_run = codes == _RUNNING
+        is_term = (codes >= _DONE) & (codes <= _CANCELED)
+        m = is_run & keep
+        if m.any():
+            np.add.at(self._started, (ring[m], bc[m]), 1)
+        m = is_term & keep
+        if m.any():
+            np.add.at(self._finished, (ring[m], bc[m]), 1)
+
+        # queue latency: first QUEUED (else SUBMITTED) -> RUNNING
+        is_wait = codes <= 1
+        if is_wait.any():
+            mask = is_wait.tolist()
+            self._tq.update(zip(compress(uids, mask), ts[is_wait].tolist(), strict=False))
+        slots = None
+        if is_run.any():
+            mask = is_run.tolist()
+            ru = list(compress(uids, mask))
+            rt = ts[is_run]
+            q0 = np.fromiter(map(self._tq.pop, ru, repeat(math.nan)), np.float64, len(ru))
+            self._hist(self._qhist, bc[is_run], rt - q0)
+            slots = list(map(_g4, ev))
+            self._tr.update(zip(ru, rt.tolist(), strict=False))
+            self._rslot.update(zip(ru, compress(slots, mask), strict=False))
+        if not is_term.any():
+            return
+        mask = is_term.tolist()
+        tu = list(compress(uids, mask))
+        te = ts[is_term]
+        tb = bc[is_term]
+        for uid in tu:  # canceled before running: forget its queue time
+            self._tq.pop(uid, None)
+        st = np.fromiter(map(self._tr.pop, tu, repeat(math.nan)), np.float64, len(tu))
+        rslots = list(map(self._rslot.pop, tu, repeat(None)))
+        ran = ~np.isnan(st)
+        if not ran.any():
+            return
+        dur = np.maximum(te - st, 0.0)
+        self._hist(self._xhist, tb[ran], dur[ran])
+        # busy slot-seconds per bin: the common case (start and end in one bin) vectorised
+        w = self.bin_width
+        sb = np.floor(st / w).astype(np.int64)
+        eb = bins[is_term]
+        one = ran & (sb == eb) & (eb >= first)
+        if one.any():
+            np.add.at(self._busy, (eb[one] % r, tb[one]), dur[one])
+        for i in np.flatnonzero(ran & (sb < eb)).tolist():
+            s, e, k = float(st[i]), float(te[i]), int(tb[i])
+            for j in range(max(int(sb[i]), first), int(eb[i]) + 1):
+                ov = min(e, (j + 1) * w) - max(s, j * w)
+                if ov > 0:
+                    self._busy[j % r, k] += ov
+        # the task stream keeps the newest bars only
+        if slots is None:
+            slots = list(map(_g4, ev))
+        tslots = list(compress(slots, mask))
+        tstates = list(compress(states, mask))
+        tnames = list(compress(names, mask))
+        idx = np.flatnonzero(ran)[-self.max_rectangles:].tolist()
+        rows = self._rows
+        add = self._rects.append
+        stl, tel = st.tolist(), te.tolist()
+        for i in idx:
+            slot = tslots[i]
+            if slot is None:
+                slot = rslots[i]
+            key = (tnames[i], slot)
+            y = rows.get(key)
+            if y is None:
+                y = rows[key] = len(rows)
+            add((stl[i], tel[i], tu[i], tnames[i], slot, tstates[i], y))
+        self.rect_index += len(idx)
+
+    def _hist(self, hist: Any, bc: Any, values: Any) -> None:
+        np = self._np
+        ok = ~np.isnan(values)
+        if not ok.any():
+            return
+        v = np.maximum(values[ok], 10.0 ** _HIST_LOW)
+        i = np.clip(((np.log10(v) - _HIST_LOW) * _HIST_PER_DECADE).astype(np.int64), 0,
+                    _HIST_BINS - 1)
+        np.add.at(hist, (bc[ok], i), 1)
+
+    # -- reading (any thread) ------------------------------------------------------------
+    def now(self) -> float:
+        """Wall-clock time while live; the last event's time for a finished journal."""
+        if self.live:
+            return time.time()
+        return self.last_time if self.last_time is not None else 0.0
+
+    def _sel(self, backend: str | None) -> Any:
+        if backend is None:
+            return slice(None)
+        i = self._bidx.get(backend)
+        if i is None:
+            raise SessionError(f"no events from a backend named {backend!r} yet; known: "
+                               f"{self.backends}")
+        return i
+
+    def series(self, backend: str | None = None, since: int | None = None
+               ) -> tuple[int, dict[str, list]]:
+        """Rows of time bins from bin ``since`` (or the oldest kept) to the newest.
+
+        Returns ``(first_bin, columns)``: ``time`` (bin start, ms since the epoch, for
+        Bokeh datetime axes), one column per state (tasks in it at the bin's end),
+        ``started``/``finished`` (tasks per second, rolling over ``window``),
+        ``busy`` (mean busy slots) and ``utilisation`` (busy / capacity). The newest bin
+        is still open: read it again (and patch it) on the next call.
+        """
+        np = self._np
+        with self._lock:
+            if self._cur is None:
+                return (since or 0), {}
+            w, r = self.bin_width, self.max_bins
+            now = self.now()
+            if self.live:
+                self._advance(int(now // w))
+            first, cur = self._first, self._cur
+            lo = first if since is None else max(since, first)
+            if lo > cur:
+                return lo, {}
+            sel = self._sel(backend)
+            nwin = max(1, round(self.window / w))
+            ext = max(first, lo - nwin + 1)
+            idx = np.arange(ext, cur + 1)
+            ring = idx % r
+            counts = self._bcounts[ring][:, sel]
+            started = self._started[ring][:, sel]
+            finished = self._finished[ring][:, sel]
+            busy = self._busy[ring][:, sel].astype(np.float64)
+            if backend is None:
+                counts, started = counts.sum(axis=1), started.sum(axis=1)
+                finished, busy = finished.sum(axis=1), busy.sum(axis=1)
+                cap = sum(self.capacity.get(b, 0) for b in self.backends)
+            else:
+                cap = self.capacity.get(backend, 0)
+            want = None if backend is None else self._bidx[backend]
+            # tasks still running contribute up to now
+            for uid, s in self._tr.items():
+                if want is not None and self._last.get(uid, -1) // _NS != want:
+                    continue
+                for j in range(max(int(s // w), ext), cur + 1):
+                    ov = min(now, (j + 1) * w) - max(s, j * w)
+                    if ov > 0:
+                        busy[j - ext] += ov
+        secs = np.full(len(idx), w)
+        secs[-1] = min(max(now - cur * w, 1e-3), w)
+        k = lo - ext
+        cs = np.concatenate([[0.0], np.cumsum(secs)])
+        cst = np.concatenate([[0], np.cumsum(started)])
+        cfi = np.concatenate([[0], np.cumsum(finished)])
+        hi = np.arange(k, len(idx)) + 1
+        lo_w = np.maximum(hi - nwin, 0)
+        span = cs[hi] - cs[lo_w]
+        data: dict[str, list] = {"time": (idx[k:] * w * 1000.0).tolist()}
+        for i, s in enumerate(STATES):
+            data[s] = counts[k:, i].tolist()
+        data["started"] = ((cst[hi] - cst[lo_w]) / span).tolist()
+        data["finished"] = ((cfi[hi] - cfi[lo_w]) / span).tolist()
+        b = busy[k:] / secs[k:]
+        data["busy"] = b.tolist()
+        data["utilisation"] = (b / cap if cap else np.zeros_like(b)).tolist()
+        return lo, data
+
+    def rectangles(self, since: int = 0) -> tuple[int, dict[str, list]]:
+        """Task-stream bars recorded after cursor ``since``; returns ``(cursor, columns)``.
+
+        Columns: ``start``/``end`` (ms since the epoch), ``y`` (row), ``row`` (label
+        ``backend/slot``), ``uid``, ``backend``, ``state``, ``duration`` (s).
+        """
+        with self._lock:
+            total = self.rect_index
+            n = min(total - since, len(self._rects))
+            rects = list(self._rects)[len(self._rects) - n:] if n > 0 else []
+        cols: dict[str, list] = {k: [] for k in ("start", "end", "y", "row", "uid",
+                                                 "backend", "state", "duration")}
+        for s, e, uid, name, slot, state, y in rects:
+            cols["start"].append(s * 1000.0)
+            cols["end"].append(e * 1000.0)
+            cols["y"].append(y)
+            cols["row"].append(f"{name}/{slot}")
+            cols["uid"].append(uid)
+            cols["backend"].append(name)
+            cols["state"].append(state)
+            cols["duration"].append(e - s)
+        return total, cols
+
+    def rows(self) -> dict[int, str]:
+        """Task-stream row number -> ``backend/slot`` label."""
+        with self._lock:
+            return {y: f"{name}/{slot}" for (name, slot), y in self._rows.items()}
+
+    def latency(self, backend: str | None = None) -> dict[str, list]:
+        """Histograms: ``left``/``right`` bucket edges (s), ``queue``/``execution`` counts."""
+        np = self._np
+        with self._lock:
+            sel = self._sel(backend) if self.backends else slice(None)
+            q = self._qhist[sel]
+            x = self._xhist[sel]
+        if backend is None:
+            q, x = q.sum(axis=0), x.sum(axis=0)
+        edges = 10.0 ** (_HIST_LOW + np.arange(_HIST_BINS + 1) / _HIST_PER_DECADE)
+        return {"left": edges[:-1].tolist(), "right": edges[1:].tolist(),
+                "queue": q.tolist(), "execution": x.tolist()}
+
+    def counts(self, backend: str | None = None) -> dict[str, int]:
+        """Tasks in each state now (only states with tasks)."""
+        with self._lock:
+            if not self.backends:
+                return {}
+            c = self._counts[self._sel(backend)]
+            c = c.sum(axis=0) if backend is None else c
+            return {s: int(v) for s, v in zip(STATES, c.tolist(), strict=False) if v}
+
+    def summary(self) -> dict[str, Any]:
+        """A small dictionary for text reprs and reports."""
+        span = 0.0
+        if self.first_time is not None and self.last_time is not None:
+            span = self.last_time - self.first_time
+        lat = self.latency()
+        out: dict[str, Any] = {"total_tasks": self.total_tasks, "counts": self.counts(),
+                               "span": span, "backends": list(self.backends),
+                               "capacity": dict(self.capacity)}
+        for key in ("queue", "execution"):
+            out[f"{key}_p50"] = _quantile(lat["right"], lat[key], 0.5)
+            out[f"{key}_p95"] = _quantile(lat["right"], lat[key], 0.95)
+        done = sum(out["counts"].get(s, 0) for s in ("DONE", "FAILED", "CANCELED"))
+        out["throughput"] = done / span if span > 0 else 0.0
+        return out
+
+
+def _quantile(edges: list[float], counts: list[int], q: float) -> float:
+    total = sum(counts)
+    if not total:
+        return 0.0
+    seen = 0
+    for edge, c in zip(edges, counts, strict=True):
+        seen += c
+        if seen >= q * total:
+            return edge
+    return edges[-1]
+
+
+_attached: dict[int, tuple[Any, Metrics]] = {}
+
+
+def attach_metrics(session: Any, **options: Any) -> Metrics:
+    """The ``Metrics`` of ``session`` (created and subscribed on first call, then shared).
+
+    Events emitted before the first call are not seen. ``options`` go to ``Metrics``.
+    """
+    events = getattr(session, "events", None)
+    if events is None or not hasattr(events, "subscribe"):
+        raise SessionError(f"attach_metrics needs a rhapsody_lab Session, got "
+                           f"{type(session).__name__}")
+    import weakref
+    key = id(session)
+    hit = _attached.get(key)
+    if hit is not None and hit[0]() is session:
+        return hit[1]
+    backends = session.backends
+
+    def capacity() -> dict[str, int]:
+        return {name: b.capacity() for name, b in list(backends.items())}
+
+    metrics = Metrics(capacity=capacity, **options)
+    metrics.capacity.update(capacity())
+    events.subscribe(metrics)
+    _attached[key] = (weakref.ref(session, lambda _r: _attached.pop(key, None)), metrics)
+    return metrics
