@@ -1,0 +1,133 @@
+"""Code that runs inside Dragon processes: pool chunks (native mode) and process ranks.
+
+Only the standard library and cloudpickle are imported here, so pool workers and task
+processes start fast. Results cross process boundaries pickled; a value the standard
+pickle refuses travels cloudpickled (``_Cloud``), and one nothing can pickle becomes a
+failure that says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import pickle
+import sys
+import time
+import traceback
+from typing import Any
+
+#: Marks the line a function rank writes its pickled outcome on (after its own output).
+RESULT_MARK = "\x1eRHAPSODY_LAB_RESULT:"
+
+_SIMPLE = (type(None), bool, int, float, str, bytes)
+_fns: dict[tuple, Any] = {}
+
+
+class _Cloud:
+    """A value that only cloudpickle can carry."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes):
+        self.blob = blob
+
+
+def restore(value: Any) -> Any:
+    """Undo ``_portable`` on the driver side."""
+    if type(value) is _Cloud:
+        import cloudpickle
+        return cloudpickle.loads(value.blob)
+    return value
+
+
+def _portable(value: Any) -> Any:
+    if type(value) in _SIMPLE:
+        return value
+    try:
+        pickle.dumps(value)
+        return value
+    except Exception:
+        import cloudpickle
+        return _Cloud(cloudpickle.dumps(value))  # raises if nothing can carry it
+
+
+def _portable_exc(exc: BaseException) -> BaseException:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _load(token: str, fid: int, blob: bytes) -> Any:
+    fn = _fns.get((token, fid))
+    if fn is None:
+        import cloudpickle
+        fn = cloudpickle.loads(blob)
+        if len(_fns) > 512:
+            _fns.clear()
+        _fns[(token, fid)] = fn
+    return fn
+
+
+def _call(fn: Any, args: tuple, kwargs: dict) -> Any:
+    value = fn(*args, **kwargs)
+    if asyncio.iscoroutine(value):
+        value = asyncio.run(value)
+    return value
+
+
+def run_chunk(token: str, blobs: dict, items: list) -> tuple[int, list]:
+    """Run ``items`` ``[(fid, args, kwargs), ...]`` in this pool worker.
+
+    Returns ``(pid, [(ok, start, end, value_or_exception, traceback_text), ...])``.
+    """
+    out = []
+    clock = time.time
+    for fid, args, kwargs in items:
+        t0 = clock()
+        try:
+            value = _portable(_call(_load(token, fid, blobs[fid]), args, kwargs))
+            out.append((True, t0, clock(), value, None))
+        except BaseException as exc:
+            out.append((False, t0, clock(), _portable_exc(exc),
+                        "".join(traceback.format_exception(exc))))
+    return os.getpid(), out
+
+
+def process_main(blob: bytes, args: tuple, kwargs: dict) -> None:
+    """Entry point of one function rank: run it, print the outcome line, exit 0/1."""
+    import cloudpickle
+    try:
+        value = _call(cloudpickle.loads(blob), args, kwargs)
+        payload = (True, _portable(value), None)
+        code = 0
+    except BaseException as exc:
+        tb = "".join(traceback.format_exception(exc))
+        sys.stderr.write(tb)
+        payload = (False, _portable_exc(exc), tb)
+        code = 1
+    try:
+        data = cloudpickle.dumps(payload)
+    except Exception as exc:
+        data = cloudpickle.dumps((False, RuntimeError(f"result cannot be pickled: {exc}"),
+                                  None))
+        code = 1
+    sys.stderr.flush()
+    sys.stdout.write("\n" + RESULT_MARK + base64.b64encode(data).decode() + "\n")
+    sys.stdout.flush()
+    sys.exit(code)
+
+
+def parse_rank_output(text: str) -> tuple[str, tuple | None]:
+    """Split a function rank's stdout into (its own output, outcome or None)."""
+    i = text.rfind("\n" + RESULT_MARK)
+    if i < 0:
+        return text, None
+    line = text[i + 1 + len(RESULT_MARK):].split("\n", 1)[0]
+    try:
+        import cloudpickle
+        return text[:i], cloudpickle.loads(base64.b64decode(line))
+    except Exception:
+        return text[:i], None

@@ -1,0 +1,177 @@
+"""Run under `dragon -s modes.py OUTDIR`: every execution mode, one JSON line per check."""
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+from rhapsody_lab.api import ComputeTask, Session
+from rhapsody_lab.api.errors import ResourceError, TaskValidationError
+from rhapsody_lab.backends import DragonExecutionBackendV3
+
+OUT = sys.argv[1]
+
+
+def report(check, **fields):
+    print(json.dumps({"check": check, **fields}, default=repr), flush=True)
+
+
+def square(x):
+    return x * x
+
+
+async def async_host(tag):
+    import socket
+    await asyncio.sleep(0)
+    return f"[{tag}] {socket.gethostname()}"
+
+
+def rank_info(scale=1):
+    return {"rank": int(os.environ["RHAPSODY_RANK"]), "n": int(os.environ["RHAPSODY_NRANKS"]),
+            "pid": os.getpid(), "cwd": os.getcwd(), "env": os.environ.get("MY_VAR"),
+            "scale": scale}
+
+
+def fail_on_rank1():
+    if os.environ["RHAPSODY_RANK"] == "1":
+        raise ValueError("rank one exploded")
+    return "ok"
+
+
+def boom(msg):
+    raise KeyError(msg)
+
+
+def crash():
+    os._exit(7)
+
+
+def sleeper(s):
+    time.sleep(s)
+    return "woke"
+
+
+def pid_then_sleep(path):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(60)
+
+
+def fields(t):
+    return {k: t.get(k) for k in ("uid", "state", "return_value", "stdout", "stderr",
+                                  "exit_code")} | {"exception": repr(t.get("exception"))}
+
+
+async def main():
+    backend = await DragonExecutionBackendV3(num_workers=2)
+    report("started", seconds=backend.startup_seconds, capacity=backend.capacity())
+    shm_before = sorted(os.listdir("/dev/shm"))
+    async with Session(backends=[backend]) as s:
+        tpl = {"cwd": OUT, "env": {"MY_VAR": "hello"}}
+        tasks = {
+            "native": ComputeTask(function=square, args=(7,)),
+            "native_async": ComputeTask(function=async_host, args=("native",)),
+            "fn_process": ComputeTask(function=rank_info, kwargs={"scale": 3},
+                                      task_backend_specific_kwargs={"process_template": tpl}),
+            "fn_job": ComputeTask(function=rank_info, task_backend_specific_kwargs={
+                "process_templates": [(2, tpl), (1, {"env": {"MY_VAR": "other"}})]}),
+            "exe_process": ComputeTask(executable="/bin/bash", arguments=[
+                "-c", "echo cwd=$(pwd) var=$MY_VAR; echo to-err >&2"],
+                task_backend_specific_kwargs={"process_template": tpl}),
+            "exe_job": ComputeTask(executable="/bin/bash", arguments=[
+                "-c", "echo rank=$RHAPSODY_RANK of $RHAPSODY_NRANKS"],
+                task_backend_specific_kwargs={"process_templates": [(2, {}), (2, {})]}),
+            "exe_default": ComputeTask(executable="hostname"),
+            "mpi_ranks": ComputeTask(executable="/bin/bash", arguments=[
+                "-c", "echo mpi-rank=$RHAPSODY_RANK"],
+                task_backend_specific_kwargs={"type": "mpi", "ranks": 3}),
+            "native_raises": ComputeTask(function=boom, args=("bad-key",)),
+            "job_rank_fails": ComputeTask(function=fail_on_rank1, task_backend_specific_kwargs={
+                "process_templates": [(2, {})]}),
+            "process_crash": ComputeTask(function=crash,
+                                         task_backend_specific_kwargs={"process_template": {}}),
+            "exe_fails": ComputeTask(executable="/bin/bash", arguments=[
+                "-c", "echo partial; echo oops >&2; exit 3"],
+                task_backend_specific_kwargs={"process_templates": [(1, {}), (1, {})]}),
+            "exe_missing": ComputeTask(executable="/no/such/binary",
+                                       task_backend_specific_kwargs={"process_template": {}}),
+            "exe_timeout": ComputeTask(executable="/bin/sleep", arguments=["30"],
+                                       task_backend_specific_kwargs={
+                                           "process_template": {}, "timeout": 1.0}),
+            "fn_timeout": ComputeTask(function=sleeper, args=(30,),
+                                      task_backend_specific_kwargs={"timeout": 1.5}),
+        }
+        t0 = time.time()
+        futs = await s.submit_tasks(list(tasks.values()))
+        report("submit_returned", seconds=time.time() - t0, n=len(futs))
+        await s.wait_tasks(list(tasks.values()), timeout=120)
+        for name, t in tasks.items():
+            report(name, **fields(t))
+        # tasks after failures still run: the session stays usable
+        many = [ComputeTask(function=square, args=(i,)) for i in range(2000)]
+        t0 = time.time()
+        await s.submit_tasks(many)
+        await s.wait_tasks(many, timeout=120)
+        report("after_failures", seconds=time.time() - t0,
+               ok=all(t.return_value == i * i for i, t in enumerate(many)),
+               states=sorted({t.state for t in many}))
+        # bad input
+        for name, kw in {
+            "bad_host": {"process_template": {"policy": {"placement": "HOST_NAME",
+                                                         "host_name": "nohost"}}},
+            "bad_cpu": {"process_templates": [(1, {"policy": {"cpu_affinity": [999]}})]},
+            "bad_gpu": {"process_template": {"policy": {"gpu_affinity": [0]}}},
+            "bad_key": {"process_template": {"target": "/bin/true"}},
+            "bad_n": {"process_templates": [(0, {})]},
+        }.items():
+            t = ComputeTask(executable="/bin/true", task_backend_specific_kwargs=kw)
+            try:
+                await s.submit_tasks([t])
+                report(name, raised=None, state=t.state)
+            except (ResourceError, TaskValidationError) as exc:
+                report(name, raised=type(exc).__name__, message=str(exc), state=t.state)
+        # cancel a running process task, then close with tasks still running
+        long_proc = ComputeTask(executable="/bin/sleep", arguments=["60"],
+                                task_backend_specific_kwargs={"process_template": {}})
+        await s.submit_tasks([long_proc])
+        await asyncio.sleep(1.0)
+        canceled = await s.cancel_task(long_proc)
+        await s.wait_tasks([long_proc], timeout=20)
+        report("cancel_running", returned=canceled, state=long_proc.state)
+        left = [ComputeTask(executable="/bin/sleep", arguments=["60"],
+                            task_backend_specific_kwargs={"process_templates": [(2, {})]}),
+                ComputeTask(function=pid_then_sleep, args=(os.path.join(OUT, "pids"),),
+                            task_backend_specific_kwargs={"process_templates": [(2, {})]})]
+        await s.submit_tasks(left)
+        await asyncio.sleep(1.5)
+        pids = sorted(backend.seen_pids)
+        with open(os.path.join(OUT, "pids")) as f:
+            pids += [int(x) for x in f.read().split()]
+        t0 = time.time()
+    report("close", seconds=time.time() - t0, states=[t.state for t in left])
+    time.sleep(0.5)
+    alive = [p for p in pids if _alive(p)]
+    sleeps = [p for p in os.listdir("/proc") if p.isdigit() and _cmd(p) == "/bin/sleep 60"]
+    report("leftover_pids", pids=len(pids), alive=alive, sleeps=sleeps,
+           new_shm=sorted(set(os.listdir("/dev/shm")) - set(shm_before)))
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmd(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
