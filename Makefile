@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-EXTRAS ?= test,dask,dashboard,notebook,dragon
+EXTRAS ?= test,dask,dashboard,notebook,dragon,inference
 
 .PHONY: demo test lint bench venv clean
 

@@ -1,0 +1,19 @@
+"""Inference backends (vLLM and other OpenAI-compatible servers), imported when first used.
+
+``rhapsody_lab.backends.inference.DragonVllmInferenceBackend`` is the class registered as
+``"dragon_vllm"`` (and ``VllmInferenceBackend`` as ``"vllm"``); aiohttp is imported only
+when one of them is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DragonVllmInferenceBackend", "VllmInferenceBackend"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import vllm
+        return getattr(vllm, name)
+    raise AttributeError(f"module 'rhapsody_lab.backends.inference' has no attribute {name!r}")

@@ -1,0 +1,295 @@
+"""Services: long-running processes (an inference server, a database) beside short tasks.
+
+A ``Service`` is a command started once, with a log file, an endpoint and a readiness check
+(an HTTP URL that answers 2xx once the service can take work)::
+
+    svc = Service("vllm", [python, "-m", "vllm.entrypoints.openai.api_server", ...],
+                  ready_url="http://127.0.0.1:8001/v1/models",
+                  endpoint="http://127.0.0.1:8001/v1")
+    await svc.start()   # launches the process and waits until it is ready
+    ...
+    await svc.stop()    # SIGTERM to its process group, SIGKILL after ``stop_timeout``
+
+If the process exits or never becomes ready, ``start()``/``ready()`` raise ``BackendError``
+with the last lines of its log. A service never restarts itself: its death is reported to
+``on_exit`` callbacks (from a watcher thread) and whoever owns it decides. The process is
+independent of any event loop, so one service can outlive the loop that started it.
+
+Placement: a local child process (its own session/process group). Under a Dragon runtime
+the process is still started on the node running the caller (Dragon placement is a
+follow-up); ``placement`` records what was used. Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+
+from .api.errors import BackendError
+
+__all__ = ["Service", "free_port", "http_get"]
+
+_counter = itertools.count(1)
+_LIVE: weakref.WeakSet[Service] = weakref.WeakSet()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+async def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """``GET url`` with the standard library (http only); returns (status, body)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http":
+        def fetch() -> tuple[int, bytes]:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.status, r.read()
+        return await asyncio.wait_for(asyncio.to_thread(fetch), timeout + 1)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+
+    async def go() -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0].split()
+        if len(status_line) < 2 or not status_line[1].isdigit():
+            raise ConnectionError(f"no HTTP answer from {url}")
+        return int(status_line[1]), body
+    return await asyncio.wait_for(go(), timeout)
+
+
+class Service:
+    """A long-running process with a readiness check, a log file and an endpoint."""
+
+    def __init__(self, name: str, command: Sequence[str], *, ready_url: str | None = None,
+                 endpoint: str | None = None, env: Mapping[str, str] | None = None,
+                 cwd: str | None = None, log_file: str | None = None,
+                 startup_timeout: float = 600.0, stop_timeout: float = 15.0,
+                 poll_interval: float = 0.5, placement: str = "auto"):
+        if not isinstance(name, str) or not name:
+            raise BackendError("service", f"name must be a non-empty string, got {name!r}")
+        if isinstance(command, str) or not command or not all(
+                isinstance(c, str) for c in command):
+            raise BackendError(name, f"command must be a non-empty list of strings, got "
+                               f"{command!r}")
+        for field, v in (("startup_timeout", startup_timeout), ("stop_timeout", stop_timeout),
+                         ("poll_interval", poll_interval)):
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                raise BackendError(name, f"{field} must be a number of seconds > 0, got {v!r}")
+        if placement not in ("auto", "local", "dragon"):
+            raise BackendError(name, f"placement must be 'auto', 'local' or 'dragon', got "
+                               f"{placement!r}")
+        self.name = name
+        self.command = list(command)
+        self.ready_url = ready_url
+        self.endpoint = endpoint
+        self.env = dict(env) if env else {}
+        self.cwd = cwd
+        if log_file is None:
+            log_file = os.path.join(tempfile.gettempdir(),
+                                    f"rhapsody-service-{name}-{os.getpid()}-{next(_counter)}.log")
+        self.log_file = log_file
+        self.startup_timeout = float(startup_timeout)
+        self.stop_timeout = float(stop_timeout)
+        self.poll_interval = float(poll_interval)
+        self.requested_placement = placement
+        self.placement = "local"
+        self.state = "NEW"  # NEW, STARTING, READY, STOPPED, FAILED
+        self.returncode: int | None = None
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self._proc: subprocess.Popen | None = None
+        self._stopping = False
+        self._exit_callbacks: list[Callable[[Service], None]] = []
+        self._watcher: threading.Thread | None = None
+
+    # -- information -------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def is_alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def tail(self, n: int = 30) -> str:
+        """The last ``n`` lines of the log."""
+        try:
+            with open(self.log_file, errors="replace") as f:
+                return "".join(deque(f, maxlen=n)).rstrip()
+        except OSError:
+            return ""
+
+    def on_exit(self, callback: Callable[[Service], None]) -> None:
+        """Call ``callback(service)`` (from a watcher thread) when the process ends."""
+        self._exit_callbacks.append(callback)
+
+    def __repr__(self) -> str:
+        return (f"<Service {self.name} {self.state} pid={self.pid} endpoint={self.endpoint} "
+                f"log={self.log_file}>")
+
+    # -- life cycle --------------------------------------------------------------------
+    async def start(self, wait_ready: bool = True) -> Service:
+        """Launch the process; with ``wait_ready`` also wait until it answers."""
+        if self.state != "NEW":
+            raise BackendError(self.name, f"service is {self.state.lower()}; create a new "
+                               "Service to start it again")
+        if self.requested_placement in ("auto", "dragon") and _under_dragon():
+            # Dragon placement of services is a follow-up: the process runs on this node.
+            self.placement = "local (dragon runtime detected)"
+        env = dict(os.environ)
+        env.update(self.env)
+        os.makedirs(os.path.dirname(os.path.abspath(self.log_file)), exist_ok=True)
+        self.state = "STARTING"
+        self.started_at = time.time()
+        with open(self.log_file, "ab") as log:
+            try:
+                self._proc = subprocess.Popen(
+                    self.command, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, start_new_session=True)
+            except OSError as exc:
+                self.state = "FAILED"
+                raise BackendError(self.name, f"could not launch {self.command[0]!r}: "
+                                   f"{exc}") from exc
+        _LIVE.add(self)
+        self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                         name=f"rhapsody-service-{self.name}")
+        self._watcher.start()
+        if wait_ready:
+            try:
+                await self.ready()
+            except BaseException:
+                await self.stop()
+                self.state = "FAILED"
+                raise
+        return self
+
+    async def ready(self, timeout: float | None = None) -> Service:
+        """Wait until the readiness URL answers 2xx; raise if the process ends first."""
+        if self.state == "READY":
+            return self
+        if self._proc is None:
+            raise BackendError(self.name, "service was not started; `await service.start()`")
+        timeout = self.startup_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        last_err = "no answer yet"
+        while True:
+            if self._proc.poll() is not None:
+                self.state = "FAILED"
+                raise BackendError(self.name, f"service exited with code "
+                                   f"{self._proc.returncode} before it was ready "
+                                   f"(command {' '.join(self.command)!r}); last log lines "
+                                   f"of {self.log_file}:\n{self.tail()}")
+            if self.ready_url is None:
+                break
+            try:
+                status, _ = await http_get(self.ready_url, timeout=min(5.0, timeout))
+                if 200 <= status < 300:
+                    break
+                last_err = f"HTTP {status}"
+            except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                last_err = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise BackendError(self.name, f"service not ready at {self.ready_url} after "
+                                   f"{timeout:g}s ({last_err}); last log lines of "
+                                   f"{self.log_file}:\n{self.tail()}")
+            await asyncio.sleep(self.poll_interval)
+        self.state = "READY"
+        self.ready_at = time.time()
+        return self
+
+    async def stop(self) -> None:
+        """End the process group: SIGTERM, then SIGKILL after ``stop_timeout``."""
+        if self._proc is None:
+            if self.state == "NEW":
+                self.state = "STOPPED"
+            return
+        self._stopping = True
+        await asyncio.to_thread(self._terminate)
+        if self.state != "FAILED":
+            self.state = "STOPPED"
+
+    def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # the group may hold children (vLLM's engine core) after the leader is gone
+        _signal_group(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        self.returncode = proc.returncode
+        _LIVE.discard(self)
+
+    def kill(self) -> None:
+        """End the process group at once (no grace period); the owner sees an exit."""
+        if self._proc is not None and self._proc.poll() is None:
+            _signal_group(self._proc.pid, signal.SIGKILL)
+
+    def _watch(self) -> None:
+        proc = self._proc
+        assert proc is not None
+        proc.wait()
+        self.returncode = proc.returncode
+        if not self._stopping:
+            self.state = "FAILED"
+            _signal_group(proc.pid, signal.SIGKILL)  # no orphans of a dead leader
+        for cb in list(self._exit_callbacks):
+            try:
+                cb(self)
+            except Exception:  # pragma: no cover - a callback must not kill the watcher
+                import logging
+                logging.getLogger(__name__).exception("exit callback of %s failed", self.name)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _under_dragon() -> bool:
+    return bool(os.environ.get("DRAGON_MY_PUID") and os.environ.get("DRAGON_INF_PD"))
+
+
+@atexit.register
+def _stop_all() -> None:
+    """No service outlives the interpreter that started it."""
+    for svc in list(_LIVE):
+        with contextlib.suppress(Exception):
+            svc._stopping = True
+            svc._terminate()
