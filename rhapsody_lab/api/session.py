@@ -28,7 +28,8 @@ _session_counter = itertools.count(0)
 _CHUNK = 2_000  # tasks handed to backends between two yields to the event loop
 _YIELD_AFTER = 0.010  # seconds of submit work between two yields to the event loop
 _FLUSH_BUDGET = 0.008  # seconds of event delivery per backend batch
-_FLUSH_LIMIT = 4_000  # events delivered per backend batch (bounds one loop callback)
+_FLUSH_LIMIT = 4_000
+_FLUSH_MIN = 1_000  # events pending before a backend batch triggers a flush  # events delivered per backend batch (bounds one loop callback)
 _FIRST_HANDOFF = 256  # handed over before submit_tasks returns (enough to fill the slots)
 
 
@@ -80,7 +81,13 @@ class Session:
         backend.attach(self.events.emit, self._flush_events, self.work_dir)
 
     def _flush_events(self) -> None:
-        """Backends call this after finishing a batch: observation keeps pace with dispatch."""
+        """Backends call this after finishing a batch: observation keeps pace with dispatch.
+
+        A small backlog is left to the stream's timer (every 0.1 s), keeping observer work
+        off the critical path of one-task-at-a-time loops.
+        """
+        if self.events.pending < _FLUSH_MIN:
+            return
         t0 = time.perf_counter()
         flush = self.events.flush
         while flush(limit=_FLUSH_LIMIT) and time.perf_counter() - t0 < _FLUSH_BUDGET:
@@ -237,7 +244,6 @@ class Session:
             job = loop.create_task(self._hand_off_all(rest, rest_routed))
             self._handoffs.add(job)
             job.add_done_callback(self._handoffs.discard)
-        self.events.flush_soon()
         return futures
 
     def _duplicate_uid(self, tasks: list) -> str:
