@@ -1,0 +1,154 @@
+"""The journal: every event on disk, survives a killed process, reloads into metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from rhapsody_lab.api import ComputeTask, Session
+from rhapsody_lab.api.errors import SessionError
+from rhapsody_lab.backends import ConcurrentExecutionBackend
+from rhapsody_lab.observe import attach_journal, load, load_dataframe, read_events
+from rhapsody_lab.observe.journal import Journal, encode_lines
+
+
+def noop():
+    return None
+
+
+def boom():
+    raise RuntimeError("no")
+
+
+async def test_journal_records_every_event_and_reloads(tmp_path):
+    async with Session([ConcurrentExecutionBackend(max_workers=2)], work_dir=tmp_path,
+                       uid="journaled") as s:
+        journal = attach_journal(s)
+        assert journal.path == os.path.join(str(tmp_path), "journaled.journal.jsonl")
+        tasks = [ComputeTask(function=noop) for _ in range(300)]
+        tasks += [ComputeTask(function=boom) for _ in range(5)]
+        await s.submit_tasks(tasks)
+        await s.wait_tasks(tasks)
+        s.events.drain()
+        stats = s.get_statistics()
+    journal.close()
+    events = list(read_events(journal.path))
+    assert len(events) == 4 * 305  # SUBMITTED, QUEUED, RUNNING, DONE|FAILED each
+    assert {e[2] for e in events} == {"SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED"}
+    assert all(abs(e[0] - time.time()) < 600 for e in events)
+
+    m = load(journal.path)
+    assert m.counts() == dict(stats["counts"]) == {"DONE": 300, "FAILED": 5}
+    assert m.capacity == {"concurrent": 2}
+    assert m.meta["session"] == "journaled"
+    assert m.rectangles(0)[0] == 305
+
+    df = load_dataframe(journal.path)
+    assert list(df.columns[:5]) == ["time", "uid", "state", "backend", "slot"]
+    assert len(df) == 4 * 305
+    assert df.groupby("state").size()["FAILED"] == 5
+
+    import pandas as pd  # the file is plain JSON lines: pandas reads it directly too
+    raw = pd.read_json(journal.path, lines=True)
+    assert (raw[2] == "DONE").sum() == 300
+
+
+def test_torn_last_line_and_odd_values_are_tolerated(tmp_path):
+    path = tmp_path / "j.jsonl"
+    j = Journal(path, session_uid="s", capacity={"b": 3})
+    odd = 'we"ird],[uid\n'
+    j([(1.5, "t1", "SUBMITTED", "b", None), (1.6, odd, "QUEUED", "b", ("host", [1, 2])),
+       (1.7, "t1", "RUNNING", "b", {"gpu": 0}), (1.9, "t1", "DONE", "b", object())])
+    j.close()
+    with open(path, "a") as f:
+        f.write('[1900000,"t2","QUEU')  # the writer died mid-line
+    events = list(read_events(path))
+    assert [e[1] for e in events] == ["t1", odd, "t1", "t1"]
+    assert events[1][4] == ["host", [1, 2]]
+    assert events[0][0] == pytest.approx(1.5)
+    m = load(path)
+    assert m.counts() == {"QUEUED": 1, "DONE": 1}
+    assert m.capacity == {"b": 3}
+    with pytest.raises(SessionError, match="does not exist"):
+        load(tmp_path / "missing.jsonl")
+    with pytest.raises(SessionError, match="folder"):
+        Journal(tmp_path / "no" / "such" / "dir.jsonl")
+
+
+_KILLED = textwrap.dedent("""
+    import asyncio, sys, time
+    from rhapsody_lab.api import ComputeTask, Session
+    from rhapsody_lab.backends import ConcurrentExecutionBackend
+    from rhapsody_lab.observe import attach_journal
+
+    def nap():
+        time.sleep(0.01)
+
+    async def main():
+        s = Session([ConcurrentExecutionBackend(max_workers=2)], work_dir=sys.argv[1],
+                    uid="doomed")
+        await s.start()
+        attach_journal(s)
+        tasks = [ComputeTask(function=nap) for _ in range(100_000)]
+        await s.submit_tasks(tasks)
+        print("submitted", flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+""")
+
+
+def test_journal_survives_a_killed_kernel(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "submitted"
+        path = tmp_path / "doomed.journal.jsonl"
+        deadline = time.time() + 30
+        while time.time() < deadline:  # wait until some tasks have finished on disk
+            if path.exists() and path.read_text().count('"DONE"') >= 20:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    m = load(path)  # plotted after the kernel died
+    counts = m.counts()
+    assert counts.get("DONE", 0) >= 20
+    assert m.total_tasks == 100_000  # every SUBMITTED event had been written
+    assert m.meta["session"] == "doomed"
+
+
+def test_load_of_100k_task_journal_is_fast(tmp_path):
+    path = tmp_path / "big.jsonl"
+    j = Journal(path, capacity={"c": 2})
+    t0 = 1_700_000_000.0
+    for start in range(0, 100_000, 5_000):
+        batch = []
+        for i in range(start, start + 5_000):
+            uid, t = f"task.{i:06d}", t0 + i * 1e-4
+            batch += [(t, uid, "SUBMITTED", "c", None), (t, uid, "QUEUED", "c", None),
+                      (t + 1e-5, uid, "RUNNING", "c", i % 2), (t + 5e-5, uid, "DONE", "c", i % 2)]
+        j(batch)
+    j.close()
+    began = time.perf_counter()
+    m = load(path)
+    took = time.perf_counter() - began
+    assert m.counts() == {"DONE": 100_000}
+    assert took < 5.0, f"loading 100,000 tasks took {took:.2f} s"
+
+
+def test_encoded_lines_are_json():
+    lines = encode_lines([(1.0, "a", "DONE", "b", 1), (2.0, "c", "RUNNING", "b", None)])
+    rows = [json.loads(x) for x in lines.decode().splitlines()]
+    assert rows == [[1_000_000, "a", "DONE", "b", 1], [2_000_000, "c", "RUNNING", "b", None]]
