@@ -28,8 +28,8 @@ _session_counter = itertools.count(0)
 _CHUNK = 2_000  # tasks handed to backends between two yields to the event loop
 _YIELD_AFTER = 0.010  # seconds of submit work between two yields to the event loop
 _FLUSH_BUDGET = 0.008  # seconds of event delivery per backend batch
-_FLUSH_LIMIT = 4_000
-_FLUSH_MIN = 1_000  # events pending before a backend batch triggers a flush  # events delivered per backend batch (bounds one loop callback)
+_FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callback)
+_FLUSH_MIN = 1_000  # events pending before a backend batch triggers a flush
 _FIRST_HANDOFF = 256  # handed over before submit_tasks returns (enough to fill the slots)
 
 
@@ -287,6 +287,8 @@ class Session:
             await self._hand_off(part, routed[start:start + _CHUNK])
             for t in part:
                 pending.pop(t["uid"], None)
+        if not pending:
+            self._pending_handoff = {}  # a dict never shrinks: let a burst's table go
 
     async def wait_tasks(self, tasks: Iterable[BaseTask], timeout: float | None = None
                          ) -> list[BaseTask]:

@@ -125,6 +125,8 @@ class Statistics:
                 finished.append(rec)
         if finished:
             self._finished(finished)
+            if not live:
+                self._live = {}  # a dict never shrinks: let a burst's table go
 
     def _finished(self, recs: list[list]) -> None:
         total_add, queue_add, exec_add = self.total.add, self.queue.add, self.execution.add
