@@ -9,6 +9,7 @@ chunks so a notebook stays responsive.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import time
@@ -49,7 +50,7 @@ class Session:
         self._stats = Statistics()
         self.events.subscribe(self._stats, inline=True)
         self._closed = False
-        self._pending_handoff: dict[str, BaseTask] = {}
+        self._pending: list[_HandOff] = []  # big submits still being handed to backends
         self._handoffs: set[asyncio.Task] = set()
         self.created = time.time()
         if isinstance(backends, BaseBackend):
@@ -159,13 +160,14 @@ class Session:
         last_fn = False
         for task in tasks:
             if task.__class__ is last_type and task["backend"] is None and \
-                    task["state"] == NEW and not task.get("task_backend_specific_kwargs") \
+                    task["state"] == NEW and task._future is None \
+                    and not task.get("task_backend_specific_kwargs") \
                     and (task.get("function") is not None) is last_fn:
                 append(last_backend)  # same kind as the previous task: same default route
                 continue
             backend = self._route(task, default)
             state = task["state"]
-            if state != NEW:
+            if state != NEW or task._future is not None:
                 raise SessionError(
                     f"task {task['uid']} was already submitted (state {state}); create a new "
                     "task to run the same work again")
@@ -208,49 +210,57 @@ class Session:
                 last_yield = time.perf_counter()
         if len(uids) != len(tasks) or any(not b._live.keys().isdisjoint(uids)
                                            for b in set(routed)) or \
-                not self._pending_handoff.keys().isdisjoint(uids):
+                any(not job.uids.isdisjoint(uids) for job in self._pending):
             raise TaskValidationError(self._duplicate_uid(tasks), "another task with this "
                                       "uid is already submitted; leave uid unset for an "
                                       "automatic one", field="uid")
         for backend in set(routed):
             if not backend.is_running:
                 await backend.initialize()
-        # 2. bind futures, record SUBMITTED
-        create = loop.create_future
-        emit = self.events.emit
+        # 2. bind a future to every task; the first ones become SUBMITTED now, the rest as
+        #    they are handed over (stamped with this call's time)
+        if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+            create = functools.partial(asyncio.Future, loop=loop)
+        else:
+            create = loop.create_future
         bind = object.__setattr__
         now = time.time()
         futures: list[asyncio.Future] = []
         for start in range(0, len(tasks), _CHUNK):
-            end = start + _CHUNK
             part = [create() for _ in range(min(_CHUNK, len(tasks) - start))]
             futures += part
-            for task, fut, backend in zip(tasks[start:end], part, routed[start:end],
-                                          strict=True):
+            for task, fut in zip(tasks[start:start + _CHUNK], part, strict=True):
                 bind(task, "_future", fut)
-                name = backend._name
-                task["backend"] = name
-                task["state"] = SUBMITTED
-                emit((now, task["uid"], SUBMITTED, name, None))
-            if end < len(tasks) and time.perf_counter() - last_yield > _YIELD_AFTER:
+            if time.perf_counter() - last_yield > _YIELD_AFTER:
                 await asyncio.sleep(0)
                 last_yield = time.perf_counter()
         # 3. hand the first tasks over now, the rest in the background
         first = _FIRST_HANDOFF
+        self._mark_submitted(tasks[:first], routed[:first], now)
         await self._hand_off(tasks[:first], routed[:first])
         if len(tasks) > first:
-            rest, rest_routed = tasks[first:], routed[first:]
-            self._pending_handoff.update(zip([t["uid"] for t in rest], rest, strict=True))
-            job = loop.create_task(self._hand_off_all(rest, rest_routed))
+            pending = _HandOff(uids, tasks[first:], routed[first:])
+            self._pending.append(pending)
+            job = loop.create_task(self._hand_off_all(pending, now))
             self._handoffs.add(job)
             job.add_done_callback(self._handoffs.discard)
         return futures
+
+    def _mark_submitted(self, tasks: list, routed: list, now: float) -> None:
+        emit = self.events.emit
+        for task, backend in zip(tasks, routed, strict=True):
+            if task["state"] != NEW:
+                continue  # canceled before its backend got it
+            name = backend._name
+            task["backend"] = name
+            task["state"] = SUBMITTED
+            emit((now, task["uid"], SUBMITTED, name, None))
 
     def _duplicate_uid(self, tasks: list) -> str:
         seen: set[str] = set()
         for t in tasks:
             uid = t["uid"]
-            if uid in seen or uid in self._pending_handoff or any(
+            if uid in seen or any(uid in job.uids for job in self._pending) or any(
                     b.is_live(uid) for b in self.backends.values()):
                 return uid
             seen.add(uid)
@@ -277,18 +287,17 @@ class Session:
                         task["stderr"] = f"backend {backend.name} refused the task: {exc}"
                         backend._finish(task, "FAILED", now)
 
-    async def _hand_off_all(self, tasks: list, routed: list) -> None:
-        pending = self._pending_handoff
-        for start in range(0, len(tasks), _CHUNK):
-            await asyncio.sleep(0)
-            part = tasks[start:start + _CHUNK]
-            if self._closed:
-                break
-            await self._hand_off(part, routed[start:start + _CHUNK])
-            for t in part:
-                pending.pop(t["uid"], None)
-        if not pending:
-            self._pending_handoff = {}  # a dict never shrinks: let a burst's table go
+    async def _hand_off_all(self, job: _HandOff, now: float) -> None:
+        try:
+            while job.next < len(job.tasks) and not self._closed:
+                await asyncio.sleep(0)
+                start, end = job.next, job.next + _CHUNK
+                part, routed = job.tasks[start:end], job.routed[start:end]
+                job.next = end
+                self._mark_submitted(part, routed, now)
+                await self._hand_off(part, routed)
+        finally:
+            self._pending.remove(job)
 
     async def wait_tasks(self, tasks: Iterable[BaseTask], timeout: float | None = None
                          ) -> list[BaseTask]:
@@ -317,14 +326,18 @@ class Session:
         for backend in self.backends.values():
             if backend.is_live(uid):
                 return await backend.cancel_task(uid)
-        waiting = self._pending_handoff.pop(uid, None)
-        if waiting is not None and waiting["state"] == SUBMITTED:
-            self._cancel_unhanded(waiting, "canceled before it reached its backend")
-            return True
+        for job in self._pending:
+            if uid in job.uids:
+                for i in range(job.next, len(job.tasks)):
+                    if job.tasks[i]["uid"] == uid and job.tasks[i]["state"] == NEW:
+                        self._cancel_unhanded(job.tasks[i], job.routed[i],
+                                              "canceled before it reached its backend")
+                        return True
         return False
 
-    def _cancel_unhanded(self, task: BaseTask, reason: str) -> None:
-        self.backends[task["backend"]]._finish(task, CANCELED, time.time(), reason=reason)
+    def _cancel_unhanded(self, task: BaseTask, backend: BaseBackend, reason: str) -> None:
+        task["backend"] = backend.name
+        backend._finish(task, CANCELED, time.time(), reason=reason)
 
     async def cancel_tasks(self, tasks: Iterable[BaseTask | str]) -> int:
         """Cancel several tasks; returns how many were canceled."""
@@ -356,10 +369,12 @@ class Session:
         self._closed = True
         for job in list(self._handoffs):
             job.cancel()
-        for task in list(self._pending_handoff.values()):
-            if task["state"] == SUBMITTED:
-                self._cancel_unhanded(task, "session closed before it reached its backend")
-        self._pending_handoff.clear()
+        for pending in self._pending:
+            for task, backend in zip(pending.tasks[pending.next:],
+                                     pending.routed[pending.next:], strict=True):
+                if task["state"] == NEW:
+                    self._cancel_unhanded(task, backend, "session closed before it reached "
+                                          "its backend")
         results = await asyncio.gather(*(b.shutdown() for b in self.backends.values()),
                                        return_exceptions=True)
         while self.events.flush(limit=_FLUSH_LIMIT):
@@ -402,3 +417,15 @@ async def _wait_all(futs: list[asyncio.Future], timeout: float | None, total: in
         raise asyncio.TimeoutError(
             f"wait_tasks timed out after {timeout}s: {total - left}/{total} tasks "
             "finished") from None
+
+
+class _HandOff:
+    """The part of one big ``submit_tasks`` call not yet handed to its backends."""
+
+    __slots__ = ("next", "routed", "tasks", "uids")
+
+    def __init__(self, uids: set[str], tasks: list, routed: list):
+        self.uids = uids
+        self.tasks = tasks
+        self.routed = routed
+        self.next = 0

@@ -232,3 +232,17 @@ def test_import_is_light_and_fast():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert out.strip().endswith("[]"), out
     assert best < 0.3, f"import took {best:.3f}s"
+
+
+async def test_cancel_and_close_while_a_big_submit_is_still_being_handed_over():
+    async with Session([ConcurrentExecutionBackend(max_workers=1)]) as session:
+        tasks = [ComputeTask(function=slow, args=(0.001,)) for _ in range(3000)]
+        await session.submit_tasks(tasks)
+        last = tasks[-1]
+        assert await session.cancel_task(last.uid) is True
+        assert last.state == "CANCELED" and await last is last
+        with pytest.raises(TaskValidationError, match="uid"):
+            await session.submit_tasks([ComputeTask(function=hello, uid=tasks[-2].uid)])
+    assert all(t.state in ("DONE", "CANCELED") for t in tasks)
+    assert sum(t.state == "CANCELED" for t in tasks) >= 1
+    assert all(t.future.done() for t in tasks)
