@@ -486,6 +486,13 @@ class VllmInferenceBackend(BaseBackend):
             raise BackendError(self.name, f"no answer from endpoint {self._endpoint} within "
                                f"request_timeout={self.request_timeout:g}s") from exc
         except (aiohttp.ClientError, OSError) as exc:
+            svc = self.service
+            if svc is not None and self._failure is None:
+                for _ in range(10):  # the socket closes a moment before the exit is seen
+                    if not svc.is_alive():
+                        self._service_exited(svc)
+                        break
+                    await asyncio.sleep(0.05)
             if self._failure is not None:
                 raise self._failure from exc
             raise BackendError(self.name, f"endpoint {self._endpoint} unreachable or "
