@@ -38,7 +38,8 @@ __all__ = ["DragonExecutionBackend", "DragonExecutionBackendV3"]
 
 _CANCELED = object()
 _DRAIN_BUDGET = 4_000
-_CHUNK = 256          # most native tasks in one pool call
+_CHUNK = 1024        # most native tasks in one pool call
+_CHUNK_SECONDS = 0.05  # aim for chunks of about this much work once task times are known
 _MAX_LAUNCHERS = 64   # process/job tasks starting or running at once
 
 _NOT_UNDER_DRAGON = (
@@ -72,6 +73,7 @@ class DragonExecutionBackendV3(BaseBackend):
         self._native_q: queue.SimpleQueue = queue.SimpleQueue()
         self._feeder: threading.Thread | None = None
         self._inflight: threading.Semaphore | None = None
+        self._task_seconds = 0.01  # running estimate of one native task's run time
         self._claims: dict[str, Any] = {}
         self._fids: dict[Any, int] = {}
         self._blobs: dict[int, bytes] = {}
@@ -207,7 +209,10 @@ class DragonExecutionBackendV3(BaseBackend):
                 return
             self._inflight.acquire()
             batch = [first]
-            while len(batch) < _CHUNK:
+            # a chunk holds what is queued, up to about _CHUNK_SECONDS of work (by the
+            # running estimate), so long tasks stay balanced between the workers
+            size = min(_CHUNK, max(1, int(_CHUNK_SECONDS / self._task_seconds)))
+            while len(batch) < size:
                 try:
                     t = get_nowait()
                 except queue.Empty:
@@ -246,6 +251,9 @@ class DragonExecutionBackendV3(BaseBackend):
         self._inflight.release()
         pid, outs = result
         self.seen_pids.add(pid)
+        if outs:
+            per_task = max(1e-6, (outs[-1][2] - outs[0][1]) / len(outs))
+            self._task_seconds = 0.5 * self._task_seconds + 0.5 * per_task
         emit, name, done = self.emit, self._name, self._done.append
         for task, (ok, t0, t1, value, tb) in zip(tasks, outs, strict=True):
             emit((t0, task["uid"], RUNNING, name, pid))

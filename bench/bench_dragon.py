@@ -1,0 +1,248 @@
+"""Null function tasks through DragonExecutionBackendV3 vs raw Dragon, in one Dragon run.
+
+    .venv/bin/python bench/bench_dragon.py [--n 5000] [--reps 3] [--no-rhapsody]
+
+Started with plain python it launches itself under ``dragon -s`` (timing the runtime's
+start-up and teardown from outside) and prints the measurements as ratios to the raw
+Dragon ``multiprocessing`` Pool measured in the same run. RHAPSODY 0.6.0's Dragon backend
+(``pip install rhapsody-py==0.6.0``) runs too when it imports; it is built on Dragon's
+``Batch`` (~2 tasks/s here), so it gets a smaller N and a deadline, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def noop(x=None):
+    return None
+
+
+def out(kind: str, **fields) -> None:
+    print(json.dumps({"bench": kind, "t": time.time(), **fields}), flush=True)
+
+
+# -- inside the Dragon runtime ---------------------------------------------------------
+def raw_map(pool, n: int) -> float:
+    t = time.time()
+    pool.map(noop, range(n))
+    return time.time() - t
+
+
+def raw_pool_extras(n: int, workers: int) -> None:
+    import multiprocessing as mp
+    t0 = time.time()
+    pool = mp.get_context("dragon").Pool(workers)
+    pool.apply_async(noop).get()
+    out("raw_pool_start", seconds=time.time() - t0)
+    for _ in range(3):
+        t = time.time()
+        rs = [pool.apply_async(noop, (i,)) for i in range(min(n, 1000))]
+        for r in rs:
+            r.get()
+        out("raw_pool_apply_async", n=len(rs), seconds=time.time() - t)
+    t = time.time()
+    pool.close()
+    pool.join()
+    out("raw_pool_close", seconds=time.time() - t)
+
+
+async def direct(backend, n: int) -> float:
+    """The backend alone (no Session): submit_tasks until every task is finished."""
+    from rhapsody_lab.api import ComputeTask
+    tasks = [ComputeTask(function=noop) for _ in range(n)]
+    left = [n]
+    done = asyncio.Event()
+
+    def on_state(task, state):
+        if state == "DONE":
+            left[0] -= 1
+            if not left[0]:
+                done.set()
+    backend._callbacks[:] = [on_state]
+    t = time.time()
+    await backend.submit_tasks(tasks)
+    await done.wait()
+    dt = time.time() - t
+    backend._callbacks[:] = []
+    return dt
+
+
+async def ours_vs_raw(n: int, reps: int, workers: int) -> None:
+    """Alternate raw map and the backend, rep by rep, so load changes hit both alike."""
+    import multiprocessing as mp
+
+    from rhapsody_lab.api import ComputeTask, Session
+    from rhapsody_lab.backends import DragonExecutionBackendV3
+    t0 = time.time()
+    backend = await DragonExecutionBackendV3(num_workers=workers)
+    out("ours_start", seconds=time.time() - t0)
+    raw = mp.get_context("dragon").Pool(workers)
+    raw.map(noop, range(100))
+    async with Session(backends=[backend]) as s:
+        warm = [ComputeTask(function=noop) for _ in range(100)]
+        await s.submit_tasks(warm)
+        await s.wait_tasks(warm)
+        for _ in range(reps):
+            out("raw_pool_map", n=n, seconds=await asyncio.to_thread(raw_map, raw, n))
+            tasks = [ComputeTask(function=noop) for _ in range(n)]
+            t = time.time()
+            await s.submit_tasks(tasks)
+            t_sub = time.time() - t
+            await s.wait_tasks(tasks)
+            dt = time.time() - t
+            assert all(x.state == "DONE" for x in tasks)
+            out("ours", n=n, seconds=dt, submit_seconds=t_sub)
+            out("ours_direct", n=n, seconds=await direct(backend, n))
+        # one task in flight at a time (the agentic-loop case)
+        lat = []
+        for _ in range(200):
+            task = ComputeTask(function=noop)
+            t = time.time()
+            await s.submit_tasks([task])
+            await task
+            lat.append(time.time() - t)
+        out("ours_roundtrip", median_ms=1000 * statistics.median(lat))
+        raw.close()
+        raw.join()
+        t = time.time()
+    out("ours_close", seconds=time.time() - t)
+
+
+async def theirs(n: int, deadline: float) -> None:
+    try:
+        import logging
+        logging.disable(logging.WARNING)
+        from rhapsody.api import ComputeTask, Session
+        from rhapsody.backends import DragonExecutionBackendV3 as Theirs
+    except Exception as exc:  # not installed / does not import here
+        out("rhapsody_skip", reason=f"{type(exc).__name__}: {exc}")
+        return
+    try:
+        t0 = time.time()
+        backend = await Theirs()
+        out("rhapsody_start", seconds=time.time() - t0)
+        session = Session(backends=[backend])
+        tasks = [ComputeTask(function=noop) for _ in range(n)]
+        t = time.time()
+        futs = await session.submit_tasks(tasks)
+        done, _pending = await asyncio.wait(futs, timeout=deadline)
+        dt = time.time() - t
+        out("rhapsody", n=n, done=len(done), seconds=dt)
+        t = time.time()
+        try:
+            await asyncio.wait_for(session.close(), 60)
+        except Exception as exc:
+            out("rhapsody_close_error", reason=repr(exc))
+        out("rhapsody_close", seconds=time.time() - t)
+    except Exception as exc:
+        out("rhapsody_skip", reason=f"{type(exc).__name__}: {exc}")
+
+
+def inner(args: argparse.Namespace) -> None:
+    out("inner_ready")
+    import dragon  # noqa: F401  (registers the "dragon" start method)
+    raw_pool_extras(args.n, args.workers)
+    asyncio.run(ours_vs_raw(args.n, args.reps, args.workers))
+    if args.rhapsody:
+        asyncio.run(theirs(args.rhapsody_n, args.rhapsody_deadline))
+    out("inner_end")
+
+
+# -- outside: launch, time the runtime, report --------------------------------------------
+def outer(args: argparse.Namespace) -> None:
+    bindir = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
+               DRAGON_DEFAULT_SEG_SZ=str(512 * 1024 * 1024),
+               DRAGON_INF_SEG_SZ=str(256 * 1024 * 1024))
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.path.dirname(here)
+    # dragon's own option parser would take the script's --options: pass them in the env
+    env["RHAPSODY_BENCH_INNER"] = json.dumps(vars(args))
+    cmd = [os.path.join(bindir, "dragon"), "-s", os.path.abspath(__file__)]
+    t_launch = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd="/tmp",
+                          timeout=1800)
+    t_exit = time.time()
+    rec: dict[str, list] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith('{"bench"'):
+            d = json.loads(line)
+            rec.setdefault(d["bench"], []).append(d)
+    if "inner_end" not in rec:
+        print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n")
+        raise SystemExit(f"the Dragon run failed (rc {proc.returncode})")
+
+    def rate(kind: str) -> float:
+        return statistics.median(d["n"] / d["seconds"] for d in rec[kind])
+
+    n = args.n
+    raw_map, raw_apply, mine = rate("raw_pool_map"), rate("raw_pool_apply_async"), rate("ours")
+    print(f"Dragon null function tasks, N={n}, {args.workers} workers, median of "
+          f"{args.reps} (same run)")
+    print(f"  raw Dragon mp.Pool.map           {raw_map:10.0f} tasks/s   1.00x")
+    print(f"  raw Dragon mp.Pool.apply_async   {raw_apply:10.0f} tasks/s   "
+          f"{raw_apply / raw_map:.3f}x  (N=1000, one call per task)")
+    sub = statistics.median(d["submit_seconds"] for d in rec["ours"])
+    pair = statistics.median(r["n"] / r["seconds"] / (m["n"] / m["seconds"])
+                             for r, m in zip(rec["ours"], rec["raw_pool_map"], strict=True))
+    print(f"  rhapsody_lab DragonExecutionBackendV3 {mine:5.0f} tasks/s   "
+          f"{mine / raw_map:.3f}x of map (median of per-rep ratios {pair:.3f}x), "
+          f"{mine / raw_apply:.1f}x of apply_async; "
+          f"submit_tasks returned in {sub:.3f} s")
+    d = rate("ours_direct")
+    pair_d = statistics.median(r["n"] / r["seconds"] / (m["n"] / m["seconds"]) for r, m in
+                               zip(rec["ours_direct"], rec["raw_pool_map"], strict=True))
+    print(f"  the backend alone (no Session)   {d:10.0f} tasks/s   {d / raw_map:.3f}x "
+          f"(median of per-rep ratios {pair_d:.3f}x)")
+    print("  per rep (raw map, ours) tasks/s: " + ", ".join(
+        f"({m['n'] / m['seconds']:.0f}, {r['n'] / r['seconds']:.0f})"
+        for r, m in zip(rec["ours"], rec["raw_pool_map"], strict=True)))
+    print(f"  rhapsody_lab one task in flight: {rec['ours_roundtrip'][0]['median_ms']:.2f} ms "
+          "round trip (median of 200)")
+    if "rhapsody" in rec:
+        r = rec["rhapsody"][0]
+        rr = r["done"] / r["seconds"]
+        print(f"  RHAPSODY 0.6.0 DragonExecutionBackendV3 (Batch) {rr:8.1f} tasks/s   "
+              f"{rr / raw_map:.5f}x of map; ours/theirs = {mine / rr:.0f}x  "
+              f"({r['done']}/{r['n']} done in {r['seconds']:.1f} s)")
+        if "rhapsody_start" in rec:
+            print(f"    its start-up {rec['rhapsody_start'][0]['seconds']:.2f} s, close "
+                  f"{rec.get('rhapsody_close', [{'seconds': float('nan')}])[0]['seconds']:.2f} s")
+    elif "rhapsody_skip" in rec:
+        print(f"  RHAPSODY 0.6.0: skipped ({rec['rhapsody_skip'][0]['reason'][:200]})")
+    ready = rec["inner_ready"][0]["t"] - t_launch
+    teardown = t_exit - rec["inner_end"][0]["t"]
+    print(f"Start-up: `dragon -s` to script running {ready:.2f} s; raw pool "
+          f"{rec['raw_pool_start'][0]['seconds']:.2f} s; backend (await) "
+          f"{rec['ours_start'][0]['seconds']:.2f} s")
+    print(f"Shutdown: backend/session close {rec['ours_close'][0]['seconds']:.2f} s; raw pool "
+          f"close {rec['raw_pool_close'][0]['seconds']:.2f} s; runtime teardown after the "
+          f"script {teardown:.2f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-rhapsody", dest="rhapsody", action="store_false")
+    ap.add_argument("--rhapsody-n", type=int, default=200)
+    ap.add_argument("--rhapsody-deadline", type=float, default=90.0)
+    inner_args = os.environ.pop("RHAPSODY_BENCH_INNER", None)
+    if inner_args is not None:
+        inner(argparse.Namespace(**json.loads(inner_args)))
+        return
+    args = ap.parse_args()
+    outer(args)
+
+
+if __name__ == "__main__":
+    main()
