@@ -39,6 +39,11 @@ def _env(token: str) -> dict:
     return env
 
 
+def _shm() -> set[str]:
+    """/dev/shm entries, without Python multiprocessing's own (other tests make those)."""
+    return {n for n in os.listdir("/dev/shm") if not n.startswith(("sem.", "psm_", "wnsm_"))}
+
+
 def _procs_with(token: str) -> list[str]:
     found = []
     needle = f"RHAPSODY_DRAGON_TEST_TOKEN={token}".encode()
@@ -59,7 +64,7 @@ def run_dragon(script: str, *args: str, tmp: str, timeout: float = 180,
                launcher: list | None = None) -> tuple[dict, subprocess.CompletedProcess]:
     """Run ``script`` under ``dragon -s``; return its JSON lines by check, and the run."""
     token = uuid.uuid4().hex
-    shm_before = set(os.listdir("/dev/shm"))
+    shm_before = _shm()
     cmd = (launcher if launcher is not None else [DRAGON, "-s"]) + \
         [os.path.join(SCRIPTS, script), *args]
     proc = subprocess.run(cmd, cwd=tmp, env=_env(token), capture_output=True, text=True,
@@ -75,7 +80,7 @@ def run_dragon(script: str, *args: str, tmp: str, timeout: float = 180,
     deadline = time.time() + 10
     while True:
         left = _procs_with(token)
-        new_shm = set(os.listdir("/dev/shm")) - shm_before
+        new_shm = _shm() - shm_before
         if (not left and not new_shm) or time.time() > deadline:
             break
         time.sleep(0.3)

@@ -66,7 +66,7 @@ def fields(t):
 async def main():
     backend = await DragonExecutionBackendV3(num_workers=2)
     report("started", seconds=backend.startup_seconds, capacity=backend.capacity())
-    shm_before = sorted(os.listdir("/dev/shm"))
+    shm_before = _shm()
     async with Session(backends=[backend]) as s:
         tpl = {"cwd": OUT, "env": {"MY_VAR": "hello"}}
         tasks = {
@@ -154,7 +154,11 @@ async def main():
     alive = [p for p in pids if _alive(p)]
     sleeps = [p for p in os.listdir("/proc") if p.isdigit() and _cmd(p) == "/bin/sleep 60"]
     report("leftover_pids", pids=len(pids), alive=alive, sleeps=sleeps,
-           new_shm=sorted(set(os.listdir("/dev/shm")) - set(shm_before)))
+           new_shm=sorted(_shm() - shm_before))
+
+
+def _shm():
+    return {n for n in os.listdir("/dev/shm") if not n.startswith(("sem.", "psm_", "wnsm_"))}
 
 
 def _alive(pid):
