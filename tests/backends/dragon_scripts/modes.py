@@ -144,7 +144,12 @@ async def main():
                 ComputeTask(function=pid_then_sleep, args=(os.path.join(OUT, "pids"),),
                             task_backend_specific_kwargs={"process_templates": [(2, {})]})]
         await s.submit_tasks(left)
-        await asyncio.sleep(1.5)
+        pid_file = os.path.join(OUT, "pids")
+        for _ in range(200):  # until both function ranks run (python start-up under load)
+            await asyncio.sleep(0.1)
+            if os.path.exists(pid_file) and len(_read(pid_file).split()) >= 2:
+                break
+        await asyncio.sleep(0.3)
         pids = sorted(backend.seen_pids)
         with open(os.path.join(OUT, "pids")) as f:
             pids += [int(x) for x in f.read().split()]
@@ -155,6 +160,11 @@ async def main():
     sleeps = [p for p in os.listdir("/proc") if p.isdigit() and _cmd(p) == "/bin/sleep 60"]
     report("leftover_pids", pids=len(pids), alive=alive, sleeps=sleeps,
            new_shm=sorted(_shm() - shm_before))
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
 
 
 def _shm():
