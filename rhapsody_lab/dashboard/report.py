@@ -14,6 +14,7 @@ from typing import Any
 from ..api.errors import RhapsodyError, SessionError
 from ..observe.journal import load
 from ..observe.metrics import Metrics
+from ..observe.process import RemoteMetrics
 from .components import COMPONENTS
 
 __all__ = ["main_report", "write_report"]
@@ -22,7 +23,7 @@ REPORT_PLOTS = ("task-states", "throughput", "utilisation", "latency", "task-str
 
 
 def _metrics(source: Any) -> Metrics:
-    if isinstance(source, Metrics):
+    if isinstance(source, Metrics | RemoteMetrics):
         return source.sync()
     if isinstance(source, str | os.PathLike):
         return load(source)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..api.errors import SessionError
 from ..observe.metrics import Metrics, attach_metrics
+from ..observe.process import RemoteMetrics
 from .components import COMPONENTS, Component
 
 __all__ = ["DashboardServer", "dashboard_urls", "serve"]
@@ -30,7 +31,7 @@ def _free_port(address: str) -> int:
 
 
 def _metrics_of(target: Any) -> Metrics:
-    if isinstance(target, Metrics):
+    if isinstance(target, Metrics | RemoteMetrics):
         return target
     if hasattr(target, "events") and hasattr(target, "backends"):
         return attach_metrics(target)

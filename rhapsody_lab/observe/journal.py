@@ -151,11 +151,13 @@ class Journal:
 
 
 def attach_journal(session: Any, path: str | os.PathLike | None = None, *,
-                   fsync: bool = False) -> Journal:
-    """Journal every later event of ``session`` to ``path``.
+                   fsync: bool = False, process: bool = True) -> Any:
+    """Journal every later event of ``session`` to ``path``; returns the journal.
 
-    The default path is ``<session.work_dir>/<session.uid>.journal.jsonl``. Returns the
-    ``Journal``; ``journal.close()`` stops it (the session's close stops delivery).
+    The default path is ``<session.work_dir>/<session.uid>.journal.jsonl``. With
+    ``process=True`` (default) the session's observer process writes it (the kernel only
+    hands it marshalled batches; see ``observe.process``), else a ``Journal`` in this
+    process does. ``journal.close()`` stops it; the session's close ends it too.
     """
     events = getattr(session, "events", None)
     if events is None or not hasattr(events, "subscribe"):
@@ -163,32 +165,48 @@ def attach_journal(session: Any, path: str | os.PathLike | None = None, *,
                            f"{type(session).__name__}")
     if path is None:
         path = os.path.join(session.work_dir, f"{session.uid}.journal.jsonl")
+    if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+        raise SessionError(f"journal path must be a file path, got {path!r}")
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise SessionError(f"journal path {path!r}: folder {folder!r} does not exist; "
+                           "create it or pass another path=")
     backends = session.backends
 
     def capacity() -> dict[str, int]:
         return {name: b.capacity() for name, b in list(backends.items())}
 
+    if process:
+        from .process import RemoteJournal, observer_for
+        try:
+            observer = observer_for(session)
+        except OSError:
+            observer = None
+        if observer is not None:
+            observer.request("open_journal", path, session.uid, capacity(), fsync)
+            return RemoteJournal(observer, path)
     journal = Journal(path, session_uid=session.uid, capacity=capacity, fsync=fsync)
     events.subscribe(journal)
     return journal
 
 
 # -- reading --------------------------------------------------------------------------
-def _rows(path: str | os.PathLike) -> list[list]:
+def _rows(path: str | os.PathLike) -> tuple[list[list], int]:
+    """The journal's rows, and how many metadata lines its text holds."""
     p = os.fspath(path)
     if not os.path.isfile(p):
         raise SessionError(f"journal {p!r} does not exist")
     with open(p, encoding="utf-8", errors="replace") as f:
         text = f.read()
-    if not text.strip():
-        return []
     if not text.endswith("\n"):  # the writer died mid-line: drop the torn line
         text = text[:text.rfind("\n") + 1]
     body = text.rstrip("\n")
-    if not body:
-        return []
+    if not body.strip():
+        return [], 0
+    markers = body.count('"#session","') + body.count('"#capacity","')
     try:
-        return json.loads("[" + body.replace("\n", ",") + "]")
+        return json.loads("[" + body.replace("\n", ",") + "]"), markers
     except json.JSONDecodeError:
         rows = []
         for line in body.split("\n"):
@@ -198,32 +216,39 @@ def _rows(path: str | os.PathLike) -> list[list]:
                 continue  # a damaged line; keep the rest
             if isinstance(row, list) and len(row) == 5:
                 rows.append(row)
-        return rows
+        return rows, -1
 
 
 class _Loaded:
     __slots__ = ("capacity", "events", "meta")
 
-    def __init__(self, rows: list[list]):
+    def __init__(self, rows: list[list], markers: int = -1):
         self.meta: dict[str, Any] = {}
         self.capacity: dict[str, int] = {}
-        events = []
-        for row in rows:
-            state = row[2]
-            if isinstance(state, str) and state.startswith("#"):
-                if state == "#session" and isinstance(row[4], dict):
-                    self.meta = dict(row[4], session=row[1])
-                    self.capacity.update(row[4].get("capacity") or {})
-                elif state == "#capacity" and isinstance(row[4], int):
-                    self.capacity[row[3]] = row[4]
-                continue
-            events.append(row)
-        self.events = events
+        if markers == 1 and rows and rows[0][2] == "#session":
+            meta = [0]  # the usual case, found without a Python pass over every row
+        else:
+            meta = [i for i, state in enumerate(map(_g2, rows))
+                    if not isinstance(state, str) or state.startswith("#")]
+        for i in meta:
+            row = rows[i]
+            if row[2] == "#session" and isinstance(row[4], dict):
+                self.meta = dict(row[4], session=row[1])
+                self.capacity.update(row[4].get("capacity") or {})
+            elif row[2] == "#capacity" and isinstance(row[4], int):
+                self.capacity[row[3]] = row[4]
+        if meta == [0]:  # the usual case: one header line
+            self.events = rows[1:]
+        elif meta:
+            drop = set(meta)
+            self.events = [r for i, r in enumerate(rows) if i not in drop]
+        else:
+            self.events = rows
 
 
 def read_events(path: str | os.PathLike) -> Iterator[tuple]:
     """The task events of a journal as ``(time, uid, state, backend, slot)`` tuples."""
-    for t, uid, state, backend, slot in _Loaded(_rows(path)).events:
+    for t, uid, state, backend, slot in _Loaded(*_rows(path)).events:
         yield (t / 1e6, uid, state, backend, slot)
 
 
@@ -231,26 +256,20 @@ def load(path: str | os.PathLike, *, bin_width: float | None = None,
          max_rectangles: int = 100_000) -> Metrics:
     """Replay a journal into a (finished, not live) ``Metrics`` for plots and reports.
 
-    ``bin_width`` defaults to a width that keeps the whole session in about 1,000 bins.
+    ``bin_width`` defaults to a width that keeps the whole session in about 300 bins.
     ``metrics.meta`` holds the journal's session metadata.
     """
-    loaded = _Loaded(_rows(path))
+    loaded = _Loaded(*_rows(path))
     ev = loaded.events
-    events = list(zip([r[0] / 1e6 for r in ev], map(_g1, ev), map(_g2, ev),
-                      map(_g3, ev), map(_g4, ev), strict=True))
+    import numpy as np
+    times = np.fromiter(map(_g0, ev), np.float64, len(ev)) / 1e6
+    span = float(times.max() - times.min()) if len(ev) else 0.0
     if bin_width is None:
-        span = 0.0
-        if events:
-            times = [e[0] for e in events]
-            span = max(times) - min(times)
-        bin_width = _nice_width(span / 1000.0)
-    nbins = 2_000 if events else 1
-    if events:
-        times = [e[0] for e in events]
-        nbins = max(nbins, int((max(times) - min(times)) / bin_width) + 2)
+        bin_width = _nice_width(span / 300.0)
+    nbins = max(2_000, int(span / bin_width) + 2)
     metrics = Metrics(bin_width=bin_width, max_bins=nbins, max_rectangles=max_rectangles,
                       capacity=loaded.capacity, live=False, window=max(5 * bin_width, 1.0))
-    metrics.ingest(events)
+    metrics.ingest(ev, times)
     metrics.meta = loaded.meta  # type: ignore[attr-defined]
     metrics.path = os.fspath(path)  # type: ignore[attr-defined]
     return metrics
@@ -274,7 +293,7 @@ def load_dataframe(path: str | os.PathLike):
     except ImportError as exc:  # pragma: no cover
         raise SessionError("load_dataframe needs pandas; install it with "
                            "pip install 'rhapsody-lab[dashboard]'") from exc
-    ev = _Loaded(_rows(path)).events
+    ev = _Loaded(*_rows(path)).events
     df = pd.DataFrame(ev, columns=list(COLUMNS))
     df["timestamp"] = pd.to_datetime(df["time"], unit="us", utc=True)
     df["time"] = df["time"] / 1e6

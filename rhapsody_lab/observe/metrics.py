@@ -140,13 +140,16 @@ class Metrics:
         self._closed = True
         self._wake.set()
 
-    def ingest(self, events: Sequence[tuple]) -> None:
-        """Fold ``events`` (``(time, uid, state, backend, slot)`` tuples) in, in order."""
+    def ingest(self, events: Sequence[Sequence], times: Any = None) -> None:
+        """Fold ``events`` (``(time, uid, state, backend, slot)`` tuples) in, in order.
+
+        ``times``: the events' times as a numpy array, when the caller has them (replay).
+        """
         n = len(events)
         if not n:
             return
         np = self._np
-        ts = np.fromiter(map(_g0, events), np.float64, n)
+        ts = np.fromiter(map(_g0, events), np.float64, n) if times is None else times
         bins = np.floor(ts / self.bin_width).astype(np.int64)
         top = np.maximum.accumulate(bins)
         cuts = (np.flatnonzero(np.diff(top)) + 1).tolist()
@@ -493,13 +496,16 @@ def _quantile(edges: list[float], counts: list[int], q: float) -> float:
     return edges[-1]
 
 
-_attached: dict[int, tuple[Any, Metrics]] = {}
+_attached: dict[int, tuple[Any, Any]] = {}
 
 
-def attach_metrics(session: Any, **options: Any) -> Metrics:
-    """The ``Metrics`` of ``session`` (created and subscribed on first call, then shared).
+def attach_metrics(session: Any, *, process: bool = True, **options: Any) -> Any:
+    """The metrics of ``session`` (created and subscribed on first call, then shared).
 
-    Events emitted before the first call are not seen. ``options`` go to ``Metrics``.
+    With ``process=True`` (default) they are computed in a helper process and read
+    through ``RemoteMetrics`` (see ``observe.process``: the kernel only ``marshal``s
+    event batches); ``process=False`` folds them in this process. Events emitted before
+    the first call are not seen. ``options`` go to ``Metrics`` (first call only).
     """
     events = getattr(session, "events", None)
     if events is None or not hasattr(events, "subscribe"):
@@ -509,14 +515,28 @@ def attach_metrics(session: Any, **options: Any) -> Metrics:
     key = id(session)
     hit = _attached.get(key)
     if hit is not None and hit[0]() is session:
-        return hit[1]
-    backends = session.backends
+        metrics = hit[1]
+        observer = getattr(metrics, "observer", None)
+        if observer is None or observer.alive:
+            return metrics
+    Metrics(**options)  # validate here, where the caller sees the error
+    metrics = None
+    if process:
+        from .process import RemoteMetrics, observer_for
+        try:
+            metrics = RemoteMetrics(observer_for(session, options), **options)
+        except OSError as exc:  # cannot start a process here: fold in this one
+            import logging
+            logging.getLogger(__name__).warning(
+                "observer process unavailable (%s); computing metrics in the kernel", exc)
+    if metrics is None:
+        backends = session.backends
 
-    def capacity() -> dict[str, int]:
-        return {name: b.capacity() for name, b in list(backends.items())}
+        def capacity() -> dict[str, int]:
+            return {name: b.capacity() for name, b in list(backends.items())}
 
-    metrics = Metrics(capacity=capacity, **options)
-    metrics.capacity.update(capacity())
-    events.subscribe(metrics)
+        metrics = Metrics(capacity=capacity, **options)
+        metrics.capacity.update(capacity())
+        events.subscribe(metrics)
     _attached[key] = (weakref.ref(session, lambda _r: _attached.pop(key, None)), metrics)
     return metrics

@@ -10,6 +10,7 @@ from rhapsody_lab.api import ComputeTask, Session
 from rhapsody_lab.api.errors import SessionError
 from rhapsody_lab.backends import ConcurrentExecutionBackend
 from rhapsody_lab.observe import Metrics, attach_metrics
+from rhapsody_lab.observe.process import RemoteMetrics
 
 
 def nap(seconds=0.02):
@@ -30,9 +31,11 @@ async def _run(session, tasks):
     session.events.drain()
 
 
-async def test_counts_latency_stream_and_utilisation_of_a_real_run(tmp_path):
+@pytest.mark.parametrize("process", [True, False], ids=["observer-process", "in-kernel"])
+async def test_counts_latency_stream_and_utilisation_of_a_real_run(tmp_path, process):
     async with Session([ConcurrentExecutionBackend(max_workers=2)], work_dir=tmp_path) as s:
-        m = attach_metrics(s, bin_width=0.1)
+        m = attach_metrics(s, bin_width=0.1, process=process)
+        assert isinstance(m, RemoteMetrics) == process
         assert attach_metrics(s) is m  # shared by every dashboard of the session
         tasks = [ComputeTask(function=nap) for _ in range(40)]
         tasks += [ComputeTask(function=boom) for _ in range(3)]
@@ -42,8 +45,8 @@ async def test_counts_latency_stream_and_utilisation_of_a_real_run(tmp_path):
         assert m.counts() == dict(s.get_statistics()["counts"])
         assert m.total_tasks == 43
         assert m.capacity == {"concurrent": 2}
-        # bounded memory: finished tasks are forgotten individually
-        assert not m._last and not m._tr and not m._tq
+        if not process:  # bounded memory: finished tasks are forgotten individually
+            assert not m._last and not m._tr and not m._tq
 
         _, data = m.series()
         assert data["DONE"][-1] == 40 and data["FAILED"][-1] == 3
@@ -64,13 +67,16 @@ async def test_counts_latency_stream_and_utilisation_of_a_real_run(tmp_path):
         assert rects["state"].count("FAILED") == 3
         assert all(e >= st for st, e in zip(rects["start"], rects["end"], strict=True))
         assert m.rectangles(cursor)[1]["uid"] == []  # a cursor sees only new bars
+    if process:  # the observer process ends with the session's event stream
+        m.observer.proc.wait(10)
+        assert not m.observer.alive
 
 
 async def test_per_backend_series_and_rollover_bounds(tmp_path):
     a = ConcurrentExecutionBackend(max_workers=2, name="a")
     b = ConcurrentExecutionBackend(max_workers=1, name="b")
     async with Session([a, b], work_dir=tmp_path) as s:
-        m = attach_metrics(s, max_rectangles=25, bin_width=0.05, max_bins=8)
+        m = attach_metrics(s, max_rectangles=25, bin_width=0.05, max_bins=8, process=False)
         tasks = [ComputeTask(function=noop, backend="a") for _ in range(60)]
         tasks += [ComputeTask(function=nap, args=(0.005,), backend="b") for _ in range(20)]
         await _run(s, tasks)

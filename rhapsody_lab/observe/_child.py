@@ -1,0 +1,94 @@
+"""The observer process: folds a session's events into Metrics and writes its journal.
+
+Started by ``rhapsody_lab.observe.process.ObserverProcess`` as
+``python -m rhapsody_lab.observe._child IN_FD OUT_FD OPTIONS_JSON``. Frames on IN_FD are
+``b"E" + marshal((capacity, events))`` or ``b"R" + pickle((method, args))``, handled in
+order (a request sees every event sent before it); replies go to OUT_FD. End of input
+(the session closed, or the kernel died) folds and writes what is left, then exits.
+"""
+
+from __future__ import annotations
+
+import json
+import marshal
+import pickle
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .journal import Journal
+from .metrics import Metrics
+
+
+class _Observer:
+    def __init__(self, options: dict[str, Any]):
+        self.metrics = Metrics(**options)
+        self.journals: dict[str, Journal] = {}
+
+    # requests ------------------------------------------------------------------------
+    def open_journal(self, path: str, session_uid: str, capacity: dict, fsync: bool) -> str:
+        if path not in self.journals:
+            self.journals[path] = Journal(path, session_uid=session_uid, capacity=capacity,
+                                          fsync=fsync)
+        return path
+
+    def close_journal(self, path: str) -> int:
+        j = self.journals.pop(path, None)
+        if j is None:
+            return 0
+        j.close()
+        return j.events_written
+
+    def attr(self, name: str) -> Any:
+        value = getattr(self.metrics, name)
+        return list(value) if isinstance(value, list) else value
+
+    def call(self, name: str, *args: Any) -> Any:
+        result = getattr(self.metrics, name)(*args)
+        return None if result is self.metrics else result
+
+    # events --------------------------------------------------------------------------
+    def events(self, capacity: dict, batch: list) -> None:
+        if capacity:
+            self.metrics.capacity.update(capacity)
+        for j in list(self.journals.values()):
+            j(batch)
+        self.metrics(batch)
+
+    def close(self) -> None:
+        self.metrics.close()
+        for j in self.journals.values():
+            j.close()
+
+
+def main(argv: list[str]) -> int:
+    inp = Connection(int(argv[0]), writable=False)
+    out = Connection(int(argv[1]), readable=False)
+    observer = _Observer(json.loads(argv[2]))
+    try:
+        while True:
+            try:
+                frame = inp.recv_bytes()
+            except (EOFError, OSError):
+                break
+            kind = frame[:1]
+            if kind == b"E":
+                capacity, batch = marshal.loads(frame[1:])
+                observer.events(capacity, batch)
+            elif kind == b"R":
+                method, args = pickle.loads(frame[1:])
+                try:
+                    reply = (True, getattr(observer, method)(*args))
+                except Exception as exc:  # the caller raises it as a SessionError
+                    reply = (False, str(exc))
+                try:
+                    out.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+                except (BrokenPipeError, OSError):
+                    break
+    finally:
+        observer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
