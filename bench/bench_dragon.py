@@ -121,7 +121,10 @@ async def theirs(n: int, deadline: float) -> None:
         import logging
         logging.disable(logging.WARNING)
         from rhapsody.api import ComputeTask, Session
-        from rhapsody.backends import DragonExecutionBackendV3 as Theirs
+        try:
+            from rhapsody.backends import DragonExecutionBackendV3 as Theirs
+        except ImportError:
+            from rhapsody.backends.execution.dragon import DragonExecutionBackend as Theirs
     except Exception as exc:  # not installed / does not import here
         out("rhapsody_skip", reason=f"{type(exc).__name__}: {exc}")
         return

@@ -23,6 +23,10 @@ from ._dragon_worker import parse_rank_output, process_main, restore
 __all__ = ["RankSet", "run_plan"]
 
 _TERM_GRACE = 2.0
+#: Open MPI refuses root and more ranks than cores unless told; a template's env wins.
+_MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "OMPI_MCA_rmaps_base_oversubscribe": "1", "PRTE_MCA_rmaps_default_mapping_policy":
+            ":oversubscribe"}
 
 
 class RankSet:
@@ -94,6 +98,9 @@ def run_plan(task: dict, plan: Plan, blob: bytes | None, ranks_out: RankSet,
             target, args = process_main, (blob, tuple(task["args"]), dict(task["kwargs"]))
         else:
             target, args = task["executable"], [str(a) for a in task["arguments"]]
+            if plan.mpi:  # one launcher process; MPI numbers the ranks itself
+                target, args = plan.mpi[0], [*plan.mpi[1:], target, *args]
+                kw["env"] = {**_MPI_ENV, **(tpl.get("env") or {})}
         try:
             proc = Process(target=target, args=args, **kw)
             proc.start()

@@ -33,7 +33,7 @@ class Plan(NamedTuple):
     mode: str              # "function_process", "function_job", "executable_process", ...
     ranks: list            # one dict of ProcessTemplate keywords per rank
     timeout: float | None
-    mpi: bool
+    mpi: list | None = None  # launcher argv (e.g. ["/usr/bin/mpirun", "-n", "4"]) or None
 
 
 def plan(task: dict, nodes: list[NodeInfo]) -> Plan | None:
@@ -99,10 +99,22 @@ def plan(task: dict, nodes: list[NodeInfo]) -> Plan | None:
         n = ranks if ranks is not None else 1
         per_rank = [t] * n
         mode = "job" if (n > 1 or kind == "mpi") else "process"
+    timeout = float(timeout) if timeout is not None else None
+    kind_name = ("function_" if is_fn else "executable_")
     if kind == "mpi":
+        launcher = None if is_fn else _mpi_launcher()
+        if launcher is not None and len({id(t) for t in per_rank}) == 1:
+            # Dragon's own PMIx launch aborts the whole runtime here (no PMIx server), so
+            # an MPI executable starts under the MPI launcher, in one Dragon process
+            return Plan(kind_name + "job", per_rank[:1], timeout,
+                        [launcher, "-n", str(len(per_rank))])
         mode = "job"
-    return Plan(("function_" if is_fn else "executable_") + mode, per_rank,
-                float(timeout) if timeout is not None else None, kind == "mpi")
+    return Plan(kind_name + mode, per_rank, timeout, None)
+
+
+def _mpi_launcher() -> str | None:
+    import shutil
+    return shutil.which("mpirun") or shutil.which("mpiexec")
 
 
 def _template(uid: str, tpl: Any, where: str, nodes: list[NodeInfo]) -> dict:

@@ -1,8 +1,10 @@
 """Run under `dragon -s modes.py OUTDIR`: every execution mode, one JSON line per check."""
 
 import asyncio
+import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -11,6 +13,9 @@ from rhapsody_lab.api.errors import ResourceError, TaskValidationError
 from rhapsody_lab.backends import DragonExecutionBackendV3
 
 OUT = sys.argv[1]
+HAVE_MPI = shutil.which("mpirun") is not None and importlib.util.find_spec("mpi4py") is not None
+MPI_CODE = ("from mpi4py import MPI; c = MPI.COMM_WORLD; "
+            "print(f'rank={c.Get_rank()} size={c.Get_size()} sum={c.allreduce(1)}')")
 
 
 def report(check, **fields):
@@ -65,7 +70,8 @@ def fields(t):
 
 async def main():
     backend = await DragonExecutionBackendV3(num_workers=2)
-    report("started", seconds=backend.startup_seconds, capacity=backend.capacity())
+    report("started", seconds=backend.startup_seconds, capacity=backend.capacity(),
+           have_mpi=HAVE_MPI)
     shm_before = _shm()
     async with Session(backends=[backend]) as s:
         tpl = {"cwd": OUT, "env": {"MY_VAR": "hello"}}
@@ -83,9 +89,11 @@ async def main():
                 "-c", "echo rank=$RHAPSODY_RANK of $RHAPSODY_NRANKS"],
                 task_backend_specific_kwargs={"process_templates": [(2, {}), (2, {})]}),
             "exe_default": ComputeTask(executable="hostname"),
-            "mpi_ranks": ComputeTask(executable="/bin/bash", arguments=[
-                "-c", "echo mpi-rank=$RHAPSODY_RANK"],
-                task_backend_specific_kwargs={"type": "mpi", "ranks": 3}),
+            "mpi_ranks": ComputeTask(executable=sys.executable, arguments=["-c", MPI_CODE],
+                                     task_backend_specific_kwargs={"type": "mpi", "ranks": 3})
+            if HAVE_MPI else
+            ComputeTask(executable="/bin/bash", arguments=["-c", "echo rank=$RHAPSODY_RANK"],
+                        task_backend_specific_kwargs={"type": "mpi", "ranks": 3}),
             "native_raises": ComputeTask(function=boom, args=("bad-key",)),
             "job_rank_fails": ComputeTask(function=fail_on_rank1, task_backend_specific_kwargs={
                 "process_templates": [(2, {})]}),
