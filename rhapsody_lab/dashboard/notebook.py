@@ -1,14 +1,14 @@
 """The dashboard inside a notebook: a jupyter_bokeh ``BokehModel`` widget that streams.
 
 ``show(session)`` returns a ``DashboardWidget``; displaying it renders the plots, and a
-timer owned by the widget calls every component's ``update()`` (on the kernel's event
-loop when there is one, so plots and the session share a thread and never race; else on
-a daemon thread). The timer holds the widget by weak reference: a dropped widget stops.
+timer thread owned by the widget calls every component's ``update()`` (never on the
+kernel's event loop: reading metrics must not delay task dispatch; jupyter_bokeh sends
+the resulting patches through the kernel's thread-safe IOPub channel). The timer holds
+the widget by weak reference: a dropped widget stops.
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
 import threading
 import weakref
@@ -45,7 +45,6 @@ class DashboardWidget:
                            sizing_mode="stretch_width")
         self._model: Any = None
         self._stopped = threading.Event()
-        self._handle: asyncio.TimerHandle | None = None
         self.updates = 0
         if start:
             self.start()
@@ -67,23 +66,13 @@ class DashboardWidget:
     def start(self) -> None:
         """Refresh every ``interval`` seconds until ``stop()`` or the widget is dropped."""
         self._stopped.clear()
-        ref = weakref.ref(self)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is not None:
-            self._handle = loop.call_later(self.interval, _loop_tick, ref, loop)
-        else:
-            threading.Thread(target=_thread_tick, args=(ref, self._stopped, self.interval),
-                             daemon=True, name="rhapsody-dashboard-widget").start()
+        threading.Thread(target=_thread_tick, args=(weakref.ref(self), self._stopped,
+                                                    self.interval),
+                         daemon=True, name="rhapsody-dashboard-widget").start()
 
     def stop(self) -> None:
         """Stop refreshing (the plots keep their data)."""
         self._stopped.set()
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
     def _step(self) -> None:
         self.update()
@@ -108,17 +97,6 @@ class DashboardWidget:
 
     def __repr__(self) -> str:
         return f"<DashboardWidget {list(self.components)} {self._summary()}>"
-
-
-def _loop_tick(ref: weakref.ref, loop: asyncio.AbstractEventLoop) -> None:
-    widget = ref()
-    if widget is None or widget._stopped.is_set() or loop.is_closed():
-        return
-    try:
-        widget._step()
-    finally:
-        if not widget._stopped.is_set():
-            widget._handle = loop.call_later(widget.interval, _loop_tick, ref, loop)
 
 
 def _thread_tick(ref: weakref.ref, stopped: threading.Event, interval: float) -> None:

@@ -1,9 +1,10 @@
 """The observer process: folds a session's events into Metrics and writes its journal.
 
 Started by ``rhapsody_lab.observe.process.ObserverProcess`` as
-``python -m rhapsody_lab.observe._child IN_FD OUT_FD OPTIONS_JSON``. Frames on IN_FD are
-``b"E" + marshal((capacity, events))`` or ``b"R" + pickle((method, args))``, handled in
-order (a request sees every event sent before it); replies go to OUT_FD. End of input
+``python -m rhapsody_lab.observe._child IN_FD OUT_FD SIDE_FD OPTIONS_JSON``. Frames on
+IN_FD are ``b"E" + marshal((capacity, events))`` or ``b"R" + pickle((method, args))``,
+handled in order (such a request sees every event sent before it; replies on OUT_FD).
+SIDE_FD (a socket) carries dashboard reads, answered at once by another thread. End of input
 (the session closed, or the kernel died) folds and writes what is left, then exits.
 """
 
@@ -13,6 +14,7 @@ import json
 import marshal
 import pickle
 import sys
+import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -61,10 +63,36 @@ class _Observer:
             j.close()
 
 
+def _reply(conn: Connection, observer: _Observer, frame: bytes) -> bool:
+    method, args = pickle.loads(frame)
+    try:
+        reply = (True, getattr(observer, method)(*args))
+    except Exception as exc:  # the caller raises it as a SessionError
+        reply = (False, str(exc))
+    try:
+        conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError:
+        return False
+    return True
+
+
+def _serve_readers(conn: Connection, observer: _Observer) -> None:
+    """Out-of-band reads (dashboards): answered at once, not behind queued events."""
+    while True:
+        try:
+            frame = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not _reply(conn, observer, frame):
+            return
+
+
 def main(argv: list[str]) -> int:
     inp = Connection(int(argv[0]), writable=False)
     out = Connection(int(argv[1]), readable=False)
-    observer = _Observer(json.loads(argv[2]))
+    side = Connection(int(argv[2]))
+    observer = _Observer(json.loads(argv[3]))
+    threading.Thread(target=_serve_readers, args=(side, observer), daemon=True).start()
     try:
         while True:
             try:
@@ -75,16 +103,8 @@ def main(argv: list[str]) -> int:
             if kind == b"E":
                 capacity, batch = marshal.loads(frame[1:])
                 observer.events(capacity, batch)
-            elif kind == b"R":
-                method, args = pickle.loads(frame[1:])
-                try:
-                    reply = (True, getattr(observer, method)(*args))
-                except Exception as exc:  # the caller raises it as a SessionError
-                    reply = (False, str(exc))
-                try:
-                    out.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
-                except (BrokenPipeError, OSError):
-                    break
+            elif kind == b"R" and not _reply(out, observer, frame[1:]):
+                break
     finally:
         observer.close()
     return 0

@@ -5,8 +5,9 @@ metrics and encoding them as JSON costs more than that in Python, and every thre
 the kernel shares one GIL. So the session's subscriber here only ``marshal``s each batch
 (~0.1 µs per event, in C) onto a pipe; a child process (``_child.py``) runs ``Metrics``
 and the ``Journal`` on its own core. Dashboards read through ``RemoteMetrics`` (same
-reader methods as ``Metrics``, one small request each). Requests travel on the same pipe
-as events, so a request sees every event sent before it.
+reader methods as ``Metrics``, one small request each, on a side socket answered at once);
+``sync()`` and journal requests travel on the event pipe, so they see every event sent
+before them.
 
 The child exits when its input closes: when the session's event stream has closed, when
 ``close()`` is called, or when the kernel dies (it then writes what it already received,
@@ -21,6 +22,7 @@ import logging
 import marshal
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import threading
@@ -59,6 +61,7 @@ class ObserverProcess:
         self._events = session.events
         r_in, w_in = os.pipe()
         r_out, w_out = os.pipe()
+        mine, theirs = socket.socketpair()
         try:
             import fcntl
             fcntl.fcntl(w_in, _F_SETPIPE_SZ, 1 << 20)  # fewer wake-ups; best effort
@@ -72,11 +75,14 @@ class ObserverProcess:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rhapsody_lab.observe._child", str(r_in), str(w_out),
-                 json.dumps(self.options)],
-                pass_fds=(r_in, w_out), stdin=subprocess.DEVNULL, env=env)
+                 str(theirs.fileno()), json.dumps(self.options)],
+                pass_fds=(r_in, w_out, theirs.fileno()), stdin=subprocess.DEVNULL, env=env)
         finally:
             os.close(r_in)
             os.close(w_out)
+            theirs.close()
+        self._side = Connection(mine.detach())
+        self._side_lock = threading.Lock()
         self._out = Connection(w_in, readable=False)
         self._in = Connection(r_out, writable=False)
         self._wlock = threading.Lock()
@@ -116,12 +122,27 @@ class ObserverProcess:
         """Run ``method`` in the child after every event sent so far; return its result."""
         with self._rpc:
             self._send(b"R" + pickle.dumps((method, args)))
+            return self._answer(self._in)
+
+    def read(self, method: str, *args: Any) -> Any:
+        """Run a reader in the child now (it may not have folded the newest events yet)."""
+        with self._side_lock:
+            if self._closed:
+                raise SessionError("the observer process is closed")
             try:
-                ok, value = pickle.loads(self._in.recv_bytes())
-            except (EOFError, OSError) as exc:
-                self._closed = True
+                self._side.send_bytes(pickle.dumps((method, args)))
+            except OSError as exc:
                 raise SessionError(f"the observer process died (exit code "
                                    f"{self.proc.poll()}); attach again") from exc
+            return self._answer(self._side)
+
+    def _answer(self, conn: Connection) -> Any:
+        try:
+            ok, value = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError) as exc:
+            self._closed = True
+            raise SessionError(f"the observer process died (exit code "
+                               f"{self.proc.poll()}); attach again") from exc
         if not ok:
             raise SessionError(value)
         return value
@@ -162,10 +183,11 @@ class ObserverProcess:
             log.warning("observer process %s did not exit; killing it", self.proc.pid)
             self.proc.kill()
             self.proc.wait()
-        try:
-            self._in.close()
-        except OSError:
-            pass
+        for conn in (self._in, self._side):
+            try:
+                conn.close()
+            except OSError:
+                pass
         atexit.unregister(self.close)
 
 
@@ -180,10 +202,10 @@ class RemoteMetrics:
         self.max_rectangles = max_rectangles
 
     def _call(self, name: str, *args: Any) -> Any:
-        return self.observer.request("call", name, *args)
+        return self.observer.read("call", name, *args)
 
     def _attr(self, name: str) -> Any:
-        return self.observer.request("attr", name)
+        return self.observer.read("attr", name)
 
     backends = property(lambda self: self._attr("backends"))
     capacity = property(lambda self: self._attr("capacity"))
@@ -211,7 +233,7 @@ class RemoteMetrics:
 
     def sync(self) -> RemoteMetrics:
         """Fold in every event delivered to this process's subscriber so far."""
-        self._call("sync")
+        self.observer.request("call", "sync")
         return self
 
     def close(self) -> None:

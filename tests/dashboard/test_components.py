@@ -81,7 +81,7 @@ async def test_utilisation_adds_a_line_per_backend(tmp_path):
         assert max(util.sources["a"].data["utilisation"]) > 0.5
 
 
-async def test_notebook_widget_refreshes_on_the_running_loop(tmp_path):
+async def test_notebook_widget_refreshes_on_its_timer(tmp_path):
     async with Session([ConcurrentExecutionBackend(max_workers=2)], work_dir=tmp_path) as s:
         w = dashboard.show(s, interval=0.05)
         from jupyter_bokeh import BokehModel
@@ -90,14 +90,17 @@ async def test_notebook_widget_refreshes_on_the_running_loop(tmp_path):
         assert "application/vnd.jupyter.widget-view+json" in bundle
         assert "text/plain" in bundle and "text/html" in bundle
         await _run(s, [ComputeTask(function=nap) for _ in range(40)])
-        deadline = time.time() + 5
+        deadline = time.time() + 10
         src = w.components["task-states"].source
-        while time.time() < deadline and (not src.data["DONE"] or src.data["DONE"][-1] < 40):
+        bars = w.components["task-stream"].source
+        while time.time() < deadline and (not src.data["DONE"] or src.data["DONE"][-1] < 40
+                                          or len(bars.data["uid"]) < 40):
             await asyncio.sleep(0.05)
         assert w.updates > 0
         assert src.data["DONE"][-1] == 40
         assert len(w.components["task-stream"].source.data["uid"]) == 40
         w.stop()
+        await asyncio.sleep(0.2)  # a refresh already running may finish
         n = w.updates
         await asyncio.sleep(0.2)
         assert w.updates == n

@@ -1,0 +1,119 @@
+"""What observing costs: null-task throughput with the journal and a live dashboard attached
+vs without (one run, interleaved repetitions, medians), the dashboard's update interval
+during a 100,000-task run, and how long a 100,000-task journal takes to load.
+
+Targets (issue 6): ratio >= 0.9, update interval <= 500 ms, load < 5 s.
+Run: .venv/bin/python bench/bench_observe.py [--tasks 50000] [--reps 3] [--big 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import statistics
+import tempfile
+import time
+import urllib.request
+
+from rhapsody_lab.api import ComputeTask, Session
+from rhapsody_lab.backends import ConcurrentExecutionBackend
+
+
+def noop():
+    return None
+
+
+async def _observed(session: Session, interval: float):
+    """Journal + metrics (observer process) + notebook widget + one server app open."""
+    from rhapsody_lab import dashboard
+    from rhapsody_lab.observe import attach_journal, attach_metrics
+    journal = attach_journal(session)
+    metrics = attach_metrics(session)
+    widget = dashboard.show(session, interval=interval)
+    ticks: list[float] = []
+    step = widget._step
+
+    def timed_step() -> None:
+        step()
+        ticks.append(time.perf_counter())
+
+    widget._step = timed_step  # record when each refresh ran
+    server = dashboard.serve(session, interval=interval, plots=["task-stream"])
+    await asyncio.get_running_loop().run_in_executor(
+        None, lambda: urllib.request.urlopen(server.urls["task-stream"], timeout=30).read())
+    return journal, metrics, widget, server, ticks
+
+
+async def _run(n: int, observe: bool, interval: float = 0.25) -> dict:
+    work = tempfile.mkdtemp(prefix="bench-observe-")
+    async with Session([ConcurrentExecutionBackend(max_workers=2)], work_dir=work) as s:
+        extra = None
+        if observe:
+            extra = await _observed(s, interval)
+            await asyncio.sleep(1.0)  # observer process started, plots built
+        tasks = [ComputeTask(function=noop) for _ in range(n)]
+        t0 = time.perf_counter()
+        await s.submit_tasks(tasks)
+        await s.wait_tasks(tasks)
+        t1 = time.perf_counter()
+        out = {"rate": n / (t1 - t0), "seconds": t1 - t0}
+        if extra is not None:
+            journal, metrics, widget, server, ticks = extra
+            during = [b - a for a, b in itertools.pairwise(ticks)
+                      if t0 <= a and b <= t1 + interval]
+            out["max_gap"] = max(during) if during else float("nan")
+            out["mean_gap"] = statistics.mean(during) if during else float("nan")
+            # how far behind the plots were when the last task finished
+            s.events.drain(120)
+            metrics.sync()
+            out["lag"] = time.perf_counter() - t1
+            out["done_seen"] = metrics.counts().get("DONE", 0)
+            widget.stop()
+            server.stop()
+            out["journal"] = journal.path
+    if extra is not None:
+        extra[0].close()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tasks", type=int, default=50_000, help="tasks per throughput run")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--big", type=int, default=100_000, help="tasks of the dashboard run")
+    args = ap.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+    plain, observed = [], []
+    for _ in range(args.reps):  # interleaved, so background load hits both alike
+        plain.append(asyncio.run(_run(args.tasks, False))["rate"])
+        observed.append(asyncio.run(_run(args.tasks, True))["rate"])
+    p, o = statistics.median(plain), statistics.median(observed)
+    ratio = o / p
+    print(f"null tasks, N={args.tasks}, {args.reps} reps (median tasks/s): "
+          f"plain {p:,.0f}  observed {o:,.0f}  ratio {ratio:.2f} "
+          f"[{'ok' if ratio >= 0.9 else 'BELOW'} target 0.9]")
+    print(f"  plain runs {[round(x) for x in plain]}, observed runs "
+          f"{[round(x) for x in observed]}")
+
+    big = asyncio.run(_run(args.big, True))
+    print(f"dashboard during a {args.big:,}-task run: {big['rate']:,.0f} tasks/s; update "
+          f"interval max {big['max_gap'] * 1000:.0f} ms, mean {big['mean_gap'] * 1000:.0f} ms "
+          f"[{'ok' if big['max_gap'] <= 0.5 else 'ABOVE'} target 500 ms]; plots caught up "
+          f"{big['lag']:.2f} s after the last task ({big['done_seen']:,} DONE seen)")
+
+    from rhapsody_lab.observe import load
+    t0 = time.perf_counter()
+    m = load(big["journal"])
+    took = time.perf_counter() - t0
+    size = os.path.getsize(big["journal"]) / 1e6
+    print(f"load journal of {m.total_tasks:,} tasks ({size:.1f} MB): {took:.2f} s "
+          f"[{'ok' if took < 5 else 'ABOVE'} target 5 s]")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
