@@ -140,17 +140,23 @@ class Metrics:
         self._closed = True
         self._wake.set()
 
-    def ingest(self, events: Sequence[Sequence], times: Any = None) -> None:
-        """Fold ``events`` (``(time, uid, state, backend, slot)`` tuples) in, in order.
+    def ingest(self, events: Sequence[Sequence]) -> None:
+        """Fold ``events`` (``(time, uid, state, backend, slot)`` tuples) in, in order."""
+        if not events:
+            return
+        np = self._np
+        self.ingest_columns(np.fromiter(map(_g0, events), np.float64, len(events)),
+                            list(map(_g1, events)), list(map(_g2, events)),
+                            list(map(_g3, events)), list(map(_g4, events)))
 
-        ``times``: the events' times as a numpy array, when the caller has them (replay).
-        """
-        n = len(events)
+    def ingest_columns(self, times: Any, uids: list, states: list, backends: list,
+                       slots: list) -> None:
+        """Fold events given as columns (``times`` a float numpy array, in seconds)."""
+        n = len(uids)
         if not n:
             return
         np = self._np
-        ts = np.fromiter(map(_g0, events), np.float64, n) if times is None else times
-        bins = np.floor(ts / self.bin_width).astype(np.int64)
+        bins = np.floor(times / self.bin_width).astype(np.int64)
         top = np.maximum.accumulate(bins)
         cuts = (np.flatnonzero(np.diff(top)) + 1).tolist()
         lo = 0
@@ -158,7 +164,9 @@ class Metrics:
             while lo < hi:
                 end = min(hi, lo + _CHUNK)
                 with self._lock:
-                    self._apply(events[lo:end], ts[lo:end], bins[lo:end], int(top[end - 1]))
+                    self._apply(uids[lo:end], states[lo:end], backends[lo:end],
+                                slots[lo:end], times[lo:end], bins[lo:end],
+                                int(top[end - 1]))
                 lo = end
 
     # -- bins ---------------------------------------------------------------------------
@@ -207,14 +215,12 @@ class Metrics:
         if b - self._first >= r:
             self._first = b - r + 1
 
-    def _apply(self, ev: Sequence[tuple], ts: Any, bins: Any, b: int) -> None:
+    def _apply(self, uids: list, states: list, names: list, slots: list, ts: Any,
+               bins: Any, b: int) -> None:
         np = self._np
-        n = len(ev)
+        n = len(uids)
         self._advance(b)
         first, r, nsb = self._first, self.max_bins, self._maxb
-        uids = list(map(_g1, ev))
-        states = list(map(_g2, ev))
-        names = list(map(_g3, ev))
         for name in set(names):
             if name not in self._bidx:
                 self._register(name)
@@ -267,14 +273,12 @@ class Metrics:
         if is_wait.any():
             mask = is_wait.tolist()
             self._tq.update(zip(compress(uids, mask), ts[is_wait].tolist(), strict=False))
-        slots = None
         if is_run.any():
             mask = is_run.tolist()
             ru = list(compress(uids, mask))
             rt = ts[is_run]
             q0 = np.fromiter(map(self._tq.pop, ru, repeat(math.nan)), np.float64, len(ru))
             self._hist(self._qhist, bc[is_run], rt - q0)
-            slots = list(map(_g4, ev))
             self._tr.update(zip(ru, rt.tolist(), strict=False))
             self._rslot.update(zip(ru, compress(slots, mask), strict=False))
         if not is_term.any():
@@ -306,8 +310,6 @@ class Metrics:
                 if ov > 0:
                     self._busy[j % r, k] += ov
         # the task stream keeps the newest bars only
-        if slots is None:
-            slots = list(map(_g4, ev))
         tslots = list(compress(slots, mask))
         tstates = list(compress(states, mask))
         tnames = list(compress(names, mask))

@@ -16,7 +16,7 @@ from rhapsody_lab.api import ComputeTask, Session
 from rhapsody_lab.api.errors import SessionError
 from rhapsody_lab.backends import ConcurrentExecutionBackend
 from rhapsody_lab.observe import attach_journal, load, load_dataframe, read_events
-from rhapsody_lab.observe.journal import Journal, encode_lines
+from rhapsody_lab.observe.journal import Journal, encode_batch
 
 
 def noop():
@@ -27,10 +27,12 @@ def boom():
     raise RuntimeError("no")
 
 
-async def test_journal_records_every_event_and_reloads(tmp_path):
+@pytest.mark.parametrize("process", [True, False], ids=["observer-process", "in-kernel"])
+async def test_journal_records_every_event_and_reloads(tmp_path, process):
     async with Session([ConcurrentExecutionBackend(max_workers=2)], work_dir=tmp_path,
                        uid="journaled") as s:
-        journal = attach_journal(s)
+        journal = attach_journal(s, process=process)
+        assert isinstance(journal, Journal) != process
         assert journal.path == os.path.join(str(tmp_path), "journaled.journal.jsonl")
         tasks = [ComputeTask(function=noop) for _ in range(300)]
         tasks += [ComputeTask(function=boom) for _ in range(5)]
@@ -56,8 +58,9 @@ async def test_journal_records_every_event_and_reloads(tmp_path):
     assert df.groupby("state").size()["FAILED"] == 5
 
     import pandas as pd  # the file is plain JSON lines: pandas reads it directly too
-    raw = pd.read_json(journal.path, lines=True)
-    assert (raw[2] == "DONE").sum() == 300
+    raw = pd.read_json(journal.path, lines=True).dropna(subset=["t"])
+    flat = raw.explode(["t", "uid", "state", "backend", "slot"])
+    assert (flat.state == "DONE").sum() == 300
 
 
 def test_torn_last_line_and_odd_values_are_tolerated(tmp_path):
@@ -68,7 +71,7 @@ def test_torn_last_line_and_odd_values_are_tolerated(tmp_path):
        (1.7, "t1", "RUNNING", "b", {"gpu": 0}), (1.9, "t1", "DONE", "b", object())])
     j.close()
     with open(path, "a") as f:
-        f.write('[1900000,"t2","QUEU')  # the writer died mid-line
+        f.write('{"t":[1900000],"uid":["t2"],"state":["QUEU')  # the writer died mid-line
     events = list(read_events(path))
     assert [e[1] for e in events] == ["t1", odd, "t1", "t1"]
     assert events[1][4] == ["host", [1, 2]]
@@ -161,7 +164,9 @@ def test_load_of_100k_task_journal_is_fast(tmp_path):
     assert took < 15.0, f"loading 100,000 tasks took {took:.2f} s"
 
 
-def test_encoded_lines_are_json():
-    lines = encode_lines([(1.0, "a", "DONE", "b", 1), (2.0, "c", "RUNNING", "b", None)])
-    rows = [json.loads(x) for x in lines.decode().splitlines()]
-    assert rows == [[1_000_000, "a", "DONE", "b", 1], [2_000_000, "c", "RUNNING", "b", None]]
+def test_a_batch_is_one_json_line_of_columns():
+    line = encode_batch([(1.0, "a", "DONE", "b", 1), (2.0, "c", "RUNNING", "b", None)])
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {"t": [1_000_000, 2_000_000], "uid": ["a", "c"],
+                                "state": ["DONE", "RUNNING"], "backend": ["b", "b"],
+                                "slot": [1, None]}
