@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .api.errors import BackendError
 
-__all__ = ["Service", "free_port", "http_get"]
+__all__ = ["Service", "ServiceSet", "free_port", "http_get"]
 
 _counter = itertools.count(1)
 _LIVE: weakref.WeakSet[Service] = weakref.WeakSet()
@@ -138,7 +138,15 @@ class Service:
         return self._proc.pid if self._proc is not None else None
 
     def is_alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        """Whether the process runs (a zombie not yet reaped by the watcher counts as dead)."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return False
+        try:  # the watcher blocks in wait(), so poll() from here cannot reap: ask /proc
+            with open(f"/proc/{proc.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return proc.poll() is None
 
     def tail(self, n: int = 30) -> str:
         """The last ``n`` lines of the log."""
@@ -256,8 +264,10 @@ class Service:
 
     def kill(self) -> None:
         """End the process group at once (no grace period); the owner sees an exit."""
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None and self._proc.returncode is None:
             _signal_group(self._proc.pid, signal.SIGKILL)
+            if self._watcher is not None:
+                self._watcher.join(5)  # reaped (and exit callbacks called) on return
 
     def _watch(self) -> None:
         proc = self._proc
@@ -273,6 +283,55 @@ class Service:
             except Exception:  # pragma: no cover - a callback must not kill the watcher
                 import logging
                 logging.getLogger(__name__).exception("exit callback of %s failed", self.name)
+
+
+class ServiceSet:
+    """The services of one owner (a Session), by name; ``stop_all()`` on close."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Service] = {}
+
+    async def start(self, name: str, command: Sequence[str], *, wait_ready: bool = True,
+                    **options) -> Service:
+        """Create and start ``Service(name, command, **options)``; names are unique."""
+        old = self._by_name.get(name)
+        if old is not None and old.state in ("STARTING", "READY"):
+            raise BackendError(name, f"a service named {name!r} is already {old.state.lower()}"
+                               "; stop it first or choose another name")
+        svc = Service(name, command, **options)
+        self._by_name[name] = svc
+        await svc.start(wait_ready=wait_ready)
+        return svc
+
+    def get(self, name: str) -> Service:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise BackendError(name, f"no service named {name!r}; services: "
+                               f"{sorted(self._by_name)}") from None
+
+    async def stop(self, name: str) -> None:
+        await self.get(name).stop()
+
+    async def stop_all(self) -> None:
+        """Stop every service (concurrently); errors are raised after all were tried."""
+        results = await asyncio.gather(*(s.stop() for s in self._by_name.values()),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self):
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __repr__(self) -> str:
+        return f"<ServiceSet {[f'{n}:{s.state}' for n, s in self._by_name.items()]}>"
 
 
 def _signal_group(pid: int, sig: int) -> None:

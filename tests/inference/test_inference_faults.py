@@ -21,7 +21,7 @@ from rhapsody_lab.backends import (
     DragonVllmInferenceBackend,
     VllmInferenceBackend,
 )
-from rhapsody_lab.services import Service, free_port
+from rhapsody_lab.services import Service, ServiceSet, free_port
 
 
 def double(x):
@@ -241,3 +241,18 @@ async def test_service_life_cycle(tmp_path):
     assert exits
     with pytest.raises(BackendError, match="create a new Service"):
         await svc.start()
+
+
+async def test_service_set_starts_and_stops_all():
+    services = ServiceSet()
+    port = free_port()
+    svc = await services.start("db", [sys.executable, FAKE_SERVER, "--port", str(port)],
+                               ready_url=f"http://127.0.0.1:{port}/v1/models",
+                               poll_interval=0.05)
+    assert "db" in services and services.get("db") is svc and svc.state == "READY"
+    with pytest.raises(BackendError, match="already ready"):
+        await services.start("db", [sys.executable, "-c", "pass"])
+    with pytest.raises(BackendError, match="no service named"):
+        services.get("nope")
+    await services.stop_all()
+    assert not svc.is_alive() and svc.state == "STOPPED"
