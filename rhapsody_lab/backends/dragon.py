@@ -78,6 +78,7 @@ class DragonExecutionBackendV3(BaseBackend):
         self._fids: dict[Any, int] = {}
         self._blobs: dict[int, bytes] = {}
         self._fid_lock = threading.Lock()
+        self._next_fid = 0
         self._done: deque = deque()
         self._wake_pending = False
         self._launcher: ThreadPoolExecutor | None = None
@@ -181,20 +182,28 @@ class DragonExecutionBackendV3(BaseBackend):
         return False  # a function running in a pool worker cannot be interrupted safely
 
     # -- native functions: feeder thread -> Dragon pool -> result thread -----------------
-    def _fid(self, fn: Any) -> int:
+    def _fid(self, fn: Any) -> tuple[int, bytes]:
+        """``(id, cloudpickled blob)`` of a function, pickled once per function."""
         with self._fid_lock:
-            return self._fid_locked(fn)
+            fid = self._fid_locked(fn)
+            return fid, self._blobs[fid]
 
     def _fid_locked(self, fn: Any) -> int:
         try:
-            key = fn if hash(fn) is not None else None
+            key: Any = fn
+            hash(fn)
         except TypeError:
             key = ("id", id(fn))
         fid = self._fids.get(key)
         if fid is None:
             import cloudpickle
-            fid = len(self._fids)
-            self._blobs[fid] = cloudpickle.dumps(fn)
+            blob = cloudpickle.dumps(fn)
+            if len(self._fids) >= 1024:  # e.g. a new lambda per task: do not grow forever
+                self._fids.clear()
+                self._blobs.clear()
+            # ids never repeat: workers cache functions by (backend token, id)
+            fid = self._next_fid = self._next_fid + 1
+            self._blobs[fid] = blob
             self._fids[key] = fid
         return fid
 
@@ -226,11 +235,11 @@ class DragonExecutionBackendV3(BaseBackend):
                 if claims.setdefault(task["uid"], "pool") is _CANCELED:
                     continue
                 try:
-                    fid = self._fid(task["function"])
+                    fid, blob = self._fid(task["function"])
                 except Exception as exc:
                     self._done.append((task, _record_failure(task, exc), time.time(), None))
                     continue
-                blobs[fid] = self._blobs[fid]
+                blobs[fid] = blob
                 tasks.append(task)
                 items.append((fid, tuple(task["args"]), dict(task["kwargs"])))
             if not tasks or self._pool is None:
@@ -304,7 +313,7 @@ class DragonExecutionBackendV3(BaseBackend):
         blob = None
         try:
             if task.get("function") is not None:
-                blob = self._blobs[self._fid(task["function"])]
+                blob = self._fid(task["function"])[1]
             state = run_plan(task, p, blob, ranks, on_running)
         except Exception as exc:  # never lose a task to an unexpected error
             threading.Thread(target=_end_quietly, args=(ranks,), daemon=True).start()

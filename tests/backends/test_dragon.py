@@ -208,3 +208,26 @@ def test_not_under_dragon_is_a_clear_backend_error(tmp_path):
     assert r["type"] == "BackendError"
     assert "dragon -s script.py" in r["message"]
     assert r["state"] == "FAILED"
+
+
+def test_values_and_functions_standard_pickle_refuses(modes):
+    assert modes["lambda_return"] == {"check": "lambda_return", "state": "DONE", "adds": 42}
+    u = modes["unpicklable_fn"]  # a closure over a lock cannot travel: its task fails alone
+    assert u["state"] == "FAILED" and "lock" in u["stderr"].lower()
+
+
+def test_tutorial_heterogeneous_workload(modes):
+    t = modes["tutorial"]
+    assert t["states"] == ["DONE"] * 5
+    out = t["outputs"]
+    assert out[0].startswith("[nested] ") and out[1].startswith("[exec-single] ")
+    assert len(out[2].splitlines()) == 4 and all(
+        line.startswith("[exec-parallel] ") for line in out[2].splitlines())
+    assert out[3].startswith("[nested] ")
+    assert len(out[4]) == 4 and all(v.startswith("[nested] ") for v in out[4])
+
+
+def test_statistics_see_every_task(modes):
+    st = modes["statistics"]
+    assert st["total"] == sum(st["counts"].get(k, 0) for k in ("DONE", "FAILED", "CANCELED"))
+    assert st["counts"]["DONE"] >= 14 and st["counts"]["FAILED"] >= 8

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 
 from rhapsody_lab.api import ComputeTask, Session
@@ -63,6 +64,10 @@ def pid_then_sleep(path):
     time.sleep(60)
 
 
+def make_adder(n):
+    return lambda x: x + n
+
+
 def fields(t):
     return {k: t.get(k) for k in ("uid", "state", "return_value", "stdout", "stderr",
                                   "exit_code")} | {"exception": repr(t.get("exception"))}
@@ -116,6 +121,39 @@ async def main():
         await s.wait_tasks(list(tasks.values()), timeout=120)
         for name, t in tasks.items():
             report(name, **fields(t))
+        # values and functions the standard pickle refuses
+        lock = threading.Lock()
+
+        def uses_lock():
+            with lock:
+                return 1
+        odd = {"lambda_return": ComputeTask(function=make_adder, args=(1,)),
+               "unpicklable_fn": ComputeTask(function=uses_lock)}
+        # the tutorial's heterogeneous workload (2.3), functions nested in a coroutine
+        async def nested():
+            import socket
+            return f"[nested] {socket.gethostname()}"
+        tutorial = [
+            ComputeTask(function=nested),
+            ComputeTask(executable="/bin/bash", arguments=["-c", "echo [exec-single] $(hostname)"],
+                        task_backend_specific_kwargs={"process_template": {}}),
+            ComputeTask(executable="/bin/bash",
+                        arguments=["-c", "echo [exec-parallel] $(hostname) PID:$$"],
+                        task_backend_specific_kwargs={"process_templates": [(2, {}), (2, {})]}),
+            ComputeTask(function=nested, task_backend_specific_kwargs={"process_template": {}}),
+            ComputeTask(function=nested,
+                        task_backend_specific_kwargs={"process_templates": [(2, {}), (2, {})]}),
+        ]
+        await s.submit_tasks([*odd.values(), *tutorial])
+        await s.wait_tasks([*odd.values(), *tutorial], timeout=120)
+        rv = odd["lambda_return"].return_value
+        report("lambda_return", state=odd["lambda_return"].state,
+               adds=rv(41) if callable(rv) else None)
+        report("unpicklable_fn", **fields(odd["unpicklable_fn"]))
+        report("tutorial", states=[t.state for t in tutorial],
+               outputs=[t.return_value if t.function else t.stdout for t in tutorial])
+        stats = s.get_statistics()
+        report("statistics", counts=dict(stats["counts"]), total=stats["summary"]["total_tasks"])
         # tasks after failures still run: the session stays usable
         many = [ComputeTask(function=square, args=(i,)) for i in range(2000)]
         t0 = time.time()
