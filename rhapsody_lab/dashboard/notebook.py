@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -100,12 +101,18 @@ class DashboardWidget:
 
 
 def _thread_tick(ref: weakref.ref, stopped: threading.Event, interval: float) -> None:
-    while not stopped.wait(interval):
+    next_at = time.monotonic() + interval
+    while not stopped.wait(max(0.0, next_at - time.monotonic())):
+        next_at = max(next_at + interval, time.monotonic())  # a fixed rate, no drift
         widget = ref()
         if widget is None:
             return
-        widget._step()
-        del widget
+        try:
+            widget._step()
+        except SessionError:  # the session and its observer are gone: nothing to show
+            return
+        finally:
+            del widget
 
 
 def show(target: Any, plots: Sequence[str] | None = None, interval: float = 0.5

@@ -42,7 +42,10 @@ def _metrics_of(target: Any) -> Metrics:
 def _tick(ref: weakref.ref) -> None:
     component = ref()
     if component is not None:
-        component.update()
+        try:
+            component.update()
+        except SessionError:  # the session (and its observer) closed: keep the last plot
+            pass
 
 
 class DashboardServer:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import marshal
+import os
 import pickle
 import sys
 import threading
@@ -91,6 +92,10 @@ def main(argv: list[str]) -> int:
     inp = Connection(int(argv[0]), writable=False)
     out = Connection(int(argv[1]), readable=False)
     side = Connection(int(argv[2]))
+    try:  # observing yields the CPU to the tasks it observes when cores are short
+        os.nice(5)
+    except OSError:
+        pass
     observer = _Observer(json.loads(argv[3]))
     threading.Thread(target=_serve_readers, args=(side, observer), daemon=True).start()
     try:

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from multiprocessing.connection import Connection
 from typing import Any
@@ -37,6 +38,7 @@ __all__ = ["ObserverProcess", "RemoteJournal", "RemoteMetrics", "observer_for"]
 log = logging.getLogger(__name__)
 _F_SETPIPE_SZ = 1031
 _BASIC = (int, float, str, bytes, bool, type(None))
+_CACHE_TTL = 0.05  # seconds a series answer is reused by other plots of one refresh
 
 
 def _plain(batch: list) -> list:
@@ -197,6 +199,8 @@ class RemoteMetrics:
     def __init__(self, observer: ObserverProcess, *, bin_width: float = 0.5,
                  window: float = 5.0, max_rectangles: int = 10_000, **_: Any):
         self.observer = observer
+        self._cache: dict[tuple, tuple[float, Any]] = {}
+        self._cache_lock = threading.Lock()
         self.bin_width = bin_width
         self.window = window
         self.max_rectangles = max_rectangles
@@ -214,7 +218,21 @@ class RemoteMetrics:
     events_seen = property(lambda self: self._attr("events_seen"))
 
     def series(self, backend: str | None = None, since: int | None = None):
-        return self._call("series", backend, since)
+        # several plots ask for the same rows in one refresh: one request answers them
+        key = (backend, since)
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None and now - hit[0] < _CACHE_TTL:
+                first, data = hit[1]
+                return first, {k: list(v) for k, v in data.items()}
+        value = self._call("series", backend, since)
+        with self._cache_lock:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[key] = (now, value)
+        first, data = value
+        return first, {k: list(v) for k, v in data.items()}
 
     def rectangles(self, since: int = 0):
         return self._call("rectangles", since)
@@ -234,6 +252,8 @@ class RemoteMetrics:
     def sync(self) -> RemoteMetrics:
         """Fold in every event delivered to this process's subscriber so far."""
         self.observer.request("call", "sync")
+        with self._cache_lock:
+            self._cache.clear()
         return self
 
     def close(self) -> None:
