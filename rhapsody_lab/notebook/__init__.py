@@ -4,7 +4,8 @@ IPython and ipywidgets are imported here only (``pip install rhapsody-lab[notebo
 ``load_ipython_extension`` registers the ``%rhapsody``/``%%rhapsody`` magics, the rich
 reprs of sessions, tasks, task lists and statistics, and the transformer that lets
 ``%rhapsody start|wait|stop|cancel`` be awaited by their cell. The session runs on the
-kernel's event loop (or, in a terminal IPython, on a background loop thread; see ``loop``).
+kernel's event loop (or, in a terminal IPython, on a background loop thread; see ``loop``),
+found at the first magic, inside a cell, so loading the extension at kernel start-up works.
 """
 
 from __future__ import annotations
@@ -20,23 +21,17 @@ def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext rhapsody_lab``: register the magics, reprs and await transformer."""
     from .cellcode import ai_question_transform, await_transformer
     from .controller import Controller
-    from .loop import Host
     from .magics import RhapsodyMagics
     from .reprs import register
 
     if id(ipython) in _controllers:
         return  # loaded already (IPython also guards, but reload_ext comes here)
-    host = Host.detect()
-    ctl = Controller(ipython, host)
+    ctl = Controller(ipython)  # finds its loop at first use (see Controller.host)
     _controllers[id(ipython)] = ctl
     ipython.register_magics(RhapsodyMagics(ipython, ctl))
     register(ipython)
     ipython.input_transformers_post.append(await_transformer(ipython))
     ipython.input_transformer_manager.line_transforms.append(ai_question_transform)
-    if host.mode == "thread":
-        # top-level `await` in this shell must run on the loop the session runs on
-        ctl.previous_runner = ipython.loop_runner
-        ipython.loop_runner = host.runner
 
 
 def unload_ipython_extension(ipython: Any) -> None:
@@ -53,8 +48,6 @@ def unload_ipython_extension(ipython: Any) -> None:
     magics = ipython.magics_manager.magics
     magics["line"].pop("rhapsody", None)
     magics["cell"].pop("rhapsody", None)
-    if getattr(ctl, "previous_runner", None) is not None:
-        ipython.loop_runner = ctl.previous_runner
     ctl.shutdown()
 
 

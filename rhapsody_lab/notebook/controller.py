@@ -86,12 +86,27 @@ class Controller:
 
     def __init__(self, shell: Any = None, host: Host | None = None):
         self.shell = shell
-        self.host = host or Host.detect()
+        self._host = host
+        self._previous_runner: Any = None
+        if host is None and not self.widgets:
+            _ = self.host  # a terminal: the background loop and its runner, before any cell
         self.session: Session | None = None
         self.tracker: Tracker | None = None
         self.tasks: list[BaseTask] = []
         self.start_error: BaseException | None = None
         self.panels: list[Any] = []  # session panels to stop when the session stops
+
+    @property
+    def host(self) -> Host:
+        """The loop the session runs on, found at first use: inside a cell, a kernel's
+        loop is running (an extension loaded at kernel start-up runs before it does)."""
+        if self._host is None:
+            self._host = Host.detect() if self.widgets else Host.background()
+            if self._host.mode == "thread" and self.shell is not None:
+                # a terminal: top-level `await` must run on the loop the session runs on
+                self._previous_runner = self.shell.loop_runner
+                self.shell.loop_runner = self._host.runner
+        return self._host
 
     @property
     def widgets(self) -> bool:
@@ -155,6 +170,10 @@ class Controller:
 
     def shutdown(self) -> None:
         """Unload: close the session (best effort) and the background loop."""
+        if self._host is None:
+            return
+        if self._previous_runner is not None:
+            self.shell.loop_runner = self._previous_runner
         if self.session is not None and not self.session.closed:
             pending = self.stop()
             if not self.host.on_loop_thread():
@@ -213,9 +232,17 @@ class Controller:
             if unbound:
                 raise SessionError(f"task {unbound[0]} was not submitted; submit it first")
             futs = {t.future for t in tasks}
+            finished = [sum(f.done() for f in futs)]
 
-            def measure() -> tuple[int, int]:
-                return sum(f.done() for f in futs), len(futs)
+            def one_done(_f: Any) -> None:
+                finished[0] += 1
+
+            for f in futs:
+                if not f.done():
+                    f.add_done_callback(one_done)
+
+            def measure() -> tuple[int, int]:  # O(1): 100,000 tasks wait as cheaply as 10
+                return finished[0], len(futs)
         while True:
             done, total = measure()
             elapsed = time.monotonic() - t0
@@ -232,11 +259,7 @@ class Controller:
                 raise asyncio.TimeoutError(f"%rhapsody wait timed out after {timeout}s: "
                                            f"{done}/{total} tasks finished (they keep running)")
             step = 0.05 if timeout is None else max(0.0, min(0.05, timeout - elapsed))
-            waiting = [f for f in futs if not f.done()]
-            if waiting:
-                await asyncio.wait(waiting, timeout=step)
-            else:
-                await asyncio.sleep(step)
+            await asyncio.sleep(step)
         if view is not None:
             view.close(None)
 

@@ -40,7 +40,12 @@ class Host:
         try:
             return cls(asyncio.get_running_loop(), None)
         except RuntimeError:
-            pass
+            return cls.background()
+
+    @classmethod
+    def background(cls) -> Host:
+        """A new event loop on a daemon thread (a terminal IPython's loop only runs while
+        a cell awaits, so the session cannot live there)."""
         loop = asyncio.new_event_loop()
         ready = threading.Event()
 

@@ -380,7 +380,7 @@ class _Settle:
             return None
         try:
             result = yield from self.pending.__await__()
-        except (RhapsodyError, asyncio.TimeoutError, TimeoutError) as exc:
+        except Exception as exc:  # a short message in the cell, never a traceback
             print(f"%rhapsody {self.verb}: {_describe(exc)}", file=sys.stderr)
             return None
         _report(self.verb, result)
@@ -427,7 +427,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         return f"SyntaxError in the cell, line {exc.lineno}: {exc.msg}"
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, RhapsodyError | UsageError):
+    if isinstance(exc, RhapsodyError | UsageError | asyncio.TimeoutError):
         return text
     return f"{type(exc).__name__}: {text}"
 

@@ -22,6 +22,7 @@ from .reprs import _state, session_html, session_text
 __all__ = ["SessionPanel", "TerminalBar", "WidgetBar", "panel_for", "progress_view"]
 
 _PERIOD = 0.25
+_BACKLOG = 4_000  # undelivered events above which a redraw waits for the stream
 _panels: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -98,6 +99,8 @@ class SessionPanel:
                tuple(getattr(b, "_backend_state", "") for b in session.backends.values()))
         if key == self._seen:
             return
+        if session.events.pending > _BACKLOG and not session.closed:
+            return  # let the session's own bounded flushes catch up first (never one huge one)
         self._seen = key
         stats = session.get_statistics() if not session.closed else None
         state = "stopped" if session.closed else "running"

@@ -199,3 +199,37 @@ def test_unload_restores_the_shell(ip):
         assert "await" not in ip.transform_cell("%rhapsody wait")
     finally:
         ip.run_line_magic("load_ext", "rhapsody_lab.notebook")
+
+
+def test_status_attach_adopts_a_session_built_in_cells(ip, capsys):
+    run(ip, "from rhapsody_lab.api import ComputeTask, Session\n"
+            "from rhapsody_lab.backends.concurrent import ConcurrentExecutionBackend\n"
+            "mine = Session([ConcurrentExecutionBackend(name='own')])\n"
+            "await mine.start()\n"
+            "early = [ComputeTask(function=abs, args=(-i,)) for i in range(3)]\n"
+            "await mine.submit_tasks(early)")
+    run(ip, "%rhapsody status --attach mine")
+    assert "<Session" in capsys.readouterr().out
+    run(ip, "%rhapsody map abs range(-3, 0) -n later")
+    run(ip, "%rhapsody wait")
+    assert [t.return_value for t in ip.user_ns["later"]] == [3, 2, 1]
+    assert all(t.state == "DONE" for t in ip.user_ns["early"])
+    run(ip, "%rhapsody stop")
+    assert ip.user_ns["mine"].closed
+
+
+def test_many_tasks_submit_fast_and_wait(ip):
+    run(ip, "%rhapsody start --workers 4")
+    assert timed(ip, "%rhapsody map abs range(10_000) -n many") < 0.5
+    run(ip, "%rhapsody wait many")
+    assert all(t.state == "DONE" for t in ip.user_ns["many"])
+    assert ip.user_ns["many"][-1].return_value == 9_999
+
+
+def test_load_ext_by_the_package_name(ip):
+    import rhapsody_lab
+    if not hasattr(rhapsody_lab, "load_ipython_extension"):
+        pytest.skip("rhapsody_lab/__init__.py does not re-export the extension hooks yet")
+    from rhapsody_lab import notebook
+    assert rhapsody_lab.load_ipython_extension is notebook.load_ipython_extension
+    assert rhapsody_lab.unload_ipython_extension is notebook.unload_ipython_extension

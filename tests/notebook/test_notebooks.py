@@ -128,3 +128,21 @@ def test_tutorial_part3_skips_cleanly_without_an_inference_server(monkeypatch):
     text = "".join(outputs_text(c) for c in nb.cells)
     assert "No inference server configured" in text
     assert text.count("skipped: no inference server configured") == 2
+
+
+def test_extension_loaded_at_kernel_start_uses_the_kernel_loop():
+    """Loaded by the kernel's config (before its loop runs), the session still lives on
+    the kernel's loop, and `%rhapsody wait` blocks only its cell."""
+    cells = ["%rhapsody start --workers 2",
+             "%rhapsody map abs range(-4, 0)",
+             "%rhapsody wait",
+             "import asyncio, threading\n"
+             "print(session.backends['concurrent']._loop is asyncio.get_running_loop(),"
+             " threading.current_thread().name, [t.return_value for t in tasks])"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    client = nbclient.NotebookClient(
+        nb, timeout=60, kernel_name="python3",
+        extra_arguments=["--IPKernelApp.extensions=['rhapsody_lab.notebook']"])
+    client.execute()
+    assert_no_errors(nb)
+    assert outputs_text(nb.cells[-1]).strip() == "True MainThread [4, 3, 2, 1]"
