@@ -301,6 +301,9 @@ def _precheck(session: Session, task: Any) -> None:
     if name is not None and name not in session.backends:
         raise SessionError(f"Backend '{name}' requested by task {task.uid} not found; "
                            f"registered backends: {sorted(session.backends)}")
+    if name is not None and not session.backends[name].can_run(task):
+        able = [n for n, b in session.backends.items() if b.can_run(task)]
+        raise SessionError(f"backend '{name}' cannot run this task; use one of {able}")
     if name is None and not any(b.can_run(task) for b in session.backends.values()):
         kind = "ai" if task.get("prompt") is not None else "compute"
         raise SessionError(f"no backend of session {session.uid} runs {kind} tasks")

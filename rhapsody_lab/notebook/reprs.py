@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from ..api import BaseTask, Session
+from ..api import BaseBackend, BaseTask, Session
 
 __all__ = [
+    "backend_html",
+    "backend_text",
     "is_statistics",
     "register",
     "session_html",
@@ -203,6 +205,29 @@ def session_mimebundle(session: Session, include: Any = None, exclude: Any = Non
     return {"text/plain": session_text(session), "text/html": session_html(session)}
 
 
+# -- backends --------------------------------------------------------------------------
+def backend_text(backend: BaseBackend) -> str:
+    state = getattr(backend, "_backend_state", "?")
+    live = len(backend.get_task_states_map())
+    return (f"<{type(backend).__name__} {backend.name} {state} slots={_capacity(backend)} "
+            f"live_tasks={live} runs={','.join(sorted(backend.task_kinds))}>")
+
+
+def backend_html(backend: BaseBackend) -> str:
+    rows = [("name", backend.name), ("state", getattr(backend, "_backend_state", "?")),
+            ("slots", _capacity(backend)),
+            ("live tasks", str(len(backend.get_task_states_map()))),
+            ("runs", ", ".join(sorted(backend.task_kinds)))]
+    body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>"
+                   f"{escape(v)}</td></tr>" for k, v in rows)
+    return (f"<div style='{_STYLE}'><b>{escape(type(backend).__name__)}</b>"
+            f"<table>{body}</table></div>")
+
+
+def _backend_plain(backend: Any, p: Any, cycle: bool) -> None:
+    p.text(backend_text(backend))
+
+
 # -- IPython registration --------------------------------------------------------------
 def _list_html(value: Any) -> str | None:
     if value and all(isinstance(t, BaseTask) for t in value):
@@ -229,6 +254,8 @@ def register(shell: Any) -> None:
     f.mimebundle_formatter.for_type(Session, session_mimebundle)
     html = f.formatters["text/html"]
     html.for_type(BaseTask, task_html)
+    html.for_type(BaseBackend, backend_html)
+    f.formatters["text/plain"].for_type(BaseBackend, _backend_plain)
     html.for_type(list, _list_html)
     html.for_type(tuple, _list_html)
     html.for_type(dict, _dict_html)
@@ -238,8 +265,9 @@ def register(shell: Any) -> None:
 def unregister(shell: Any) -> None:
     f = shell.display_formatter
     for formatter, types in ((f.mimebundle_formatter, (Session,)),
-                             (f.formatters["text/html"], (BaseTask, list, tuple, dict)),
-                             (f.formatters["text/plain"], (BaseTask,))):
+                             (f.formatters["text/html"], (BaseTask, BaseBackend, list,
+                                                           tuple, dict)),
+                             (f.formatters["text/plain"], (BaseTask, BaseBackend))):
         for t in types:
             try:
                 formatter.pop(t)

@@ -157,6 +157,8 @@ def test_ai_without_and_with_an_inference_backend(ip, capsys, fake_endpoint):
     run(ip, "%rhapsody start")
     run(ip, "%rhapsody ai What is HPC?")
     assert "no inference backend" in capsys.readouterr().out
+    run(ip, "%rhapsody ai hello -b concurrent")
+    assert "no inference backend" in capsys.readouterr().out
     run(ip, "%rhapsody stop")
     run(ip, f"%rhapsody start --inference {fake_endpoint}")
     run(ip, "%rhapsody ai what's an allocation? --max-tokens 8 -n r1")
@@ -165,6 +167,8 @@ def test_ai_without_and_with_an_inference_backend(ip, capsys, fake_endpoint):
     assert ip.user_ns["r1"].state == "DONE", ip.user_ns["r1"].stderr
     assert "what's an allocation?" in ip.user_ns["r1"].response
     assert "{braces} and $dollars" in ip.user_ns["r2"].response
+    run(ip, "%rhapsody ai hi -b concurrent")
+    assert "cannot run this task" in capsys.readouterr().err
 
 
 def test_map_keeps_quotes_and_backend_option(ip):

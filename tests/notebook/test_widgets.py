@@ -128,6 +128,10 @@ def test_ipython_formatters_registered(ip):
     assert "throughput" in data["text/html"]
     data, _ = fmt.format(session)
     assert "text/html" in data and data["text/plain"].startswith("<Session")
+    backend = session.backends["concurrent"]
+    data, _ = fmt.format(backend)
+    assert "ConcurrentExecutionBackend" in data["text/html"] and "slots" in data["text/html"]
+    assert data["text/plain"].startswith("<ConcurrentExecutionBackend concurrent SHUTDOWN")
     data, _ = fmt.format([1, 2])  # other lists and dicts are left alone
     assert "text/html" not in data
     data, _ = fmt.format({"a": 1})
