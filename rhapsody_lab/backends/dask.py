@@ -56,6 +56,8 @@ _POLL_MIN = 0.002
 _POLL_PER_PENDING = 4e-6
 _POLL_MAX = 0.05
 _LOST = "scheduler-lost"
+_RUN = "running-seen"     # marker: a worker holds the task (from _poll_running)
+_RUNNING_POLL = 1.0       # seconds between two looks at what the workers hold
 
 # resources= keys accepted for the default LocalCluster: name -> (types, description)
 _CLUSTER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -271,6 +273,7 @@ class DaskExecutionBackend(BaseBackend):
         self._threads: list[threading.Thread] = []
         self._pickle_ok: dict[int, tuple[Any, str | None]] = {}
         self._started_tracker = False
+        self._seen_running: set[str] = set()  # uids reported RUNNING before they ended
 
     # -- life cycle --------------------------------------------------------------------
     def capacity(self) -> int:
@@ -336,13 +339,14 @@ class DaskExecutionBackend(BaseBackend):
         self._submit_q.put(None)
         self._signal.set()
         client = self.client
-        if client is not None and self._lost is None:
+        if client is not None:
             futs = list(self._futs.values())
             execs = [uid for uid, t in self._live.items() if t.get("executable") is not None]
             await asyncio.to_thread(self._close, futs, execs)
         for t in self._threads:
             await asyncio.to_thread(t.join, 5)
         self._drain()
+        self._seen_running.clear()
 
     def _close(self, futs: list, execs: list[str]) -> None:
         client = self.client
@@ -406,6 +410,7 @@ class DaskExecutionBackend(BaseBackend):
             return False
         self._check_alive()
         fut = self._futs.pop(uid, None)
+        self._seen_running.discard(uid)
         self._finish(task, CANCELED, time.time(), reason="canceled by request")
         if fut is not None:
             execs = [uid] if task.get("executable") is not None else []
@@ -542,7 +547,8 @@ class DaskExecutionBackend(BaseBackend):
         new = self._new_futs
         signal = self._signal
         pending: list = []
-        last_refresh = time.monotonic()
+        last_refresh = last_running = time.monotonic()
+        posted: set = set()  # keys already reported RUNNING by _poll_running
         idle = 0.0
         down_since: float | None = None
         while not self._stopping:
@@ -568,7 +574,9 @@ class DaskExecutionBackend(BaseBackend):
                         self._collect(done[i:i + _GATHER_MAX])
                 else:
                     idle = min(_POLL_MAX, max(idle * 2, _POLL_MIN))
-            # watchdog: scheduler loss and worker count
+                if posted:
+                    posted.difference_update([f.key for f in done])
+            # watchdog: scheduler loss, worker count, tasks running for a while
             client = self.client
             status = getattr(client, "status", "closed")
             now = time.monotonic()
@@ -578,12 +586,40 @@ class DaskExecutionBackend(BaseBackend):
                     self._declare_lost(status)
             else:
                 down_since = None
+                if pending and now - last_running > _RUNNING_POLL:
+                    last_running = now
+                    try:
+                        self._poll_running(pending, posted)
+                    except Exception:
+                        pass
                 if now - last_refresh > 2.0:
                     last_refresh = now
                     try:
                         self._refresh_workers()
                     except Exception:
                         pass
+
+    def _poll_running(self, pending: list, posted: set) -> None:
+        """Report RUNNING for tasks a worker holds (long tasks show up before they end).
+
+        Dask's ``processing`` also lists the task or two a worker has queued next, so this
+        time is approximate (within ``_RUNNING_POLL``); a task that ends before the poll
+        gets its exact start from the worker instead.
+        """
+        by_key = None
+        t = time.time()
+        for addr, keys in self.client.processing().items():
+            for key in keys:
+                if key in posted:
+                    continue
+                if by_key is None:
+                    by_key = {f.key: f for f in pending}
+                fut = by_key.get(key)
+                if fut is not None:
+                    posted.add(key)
+                    self._done.append((fut._rhapsody_task, _RUN, t, None, addr))
+        if self._done and not self._wake_pending:
+            self._wake()
 
     def _declare_lost(self, status: str) -> None:
         """The scheduler is gone: the loop fails every live task and the backend."""
@@ -681,6 +717,7 @@ class DaskExecutionBackend(BaseBackend):
         live = self._live
         emit = self.emit
         name = self._name
+        seen = self._seen_running
         n = 0
         while done and n < _DRAIN_BUDGET:
             task, state, t0, t1, slot = pop()
@@ -690,10 +727,21 @@ class DaskExecutionBackend(BaseBackend):
                     self._backend_state = "FAILED"
                 self._fail_all(self._lost or "lost the Dask scheduler")
                 continue
-            if task["uid"] not in live:
+            uid = task["uid"]
+            if uid not in live:
                 continue
-            if t0 is not None:
-                emit((t0, task["uid"], RUNNING, name, slot))
+            if state is _RUN:
+                if uid not in seen:
+                    seen.add(uid)
+                    task["state"] = RUNNING
+                    emit((t0, uid, RUNNING, name, slot))
+                    if self._callbacks:
+                        self._notify(task, RUNNING)
+                continue
+            if uid in seen:
+                seen.discard(uid)
+            elif t0 is not None:
+                emit((t0, uid, RUNNING, name, slot))
                 if self._callbacks:
                     self._notify(task, RUNNING)
             finish(task, state, t1, slot)
@@ -711,6 +759,7 @@ class DaskExecutionBackend(BaseBackend):
             task["stderr"] = str(exc)
             task["exit_code"] = 1
             self._futs.pop(task["uid"], None)
+            self._seen_running.discard(task["uid"])
             self._finish(task, FAILED, now)
 
 

@@ -193,6 +193,22 @@ async def test_submit_returns_before_tasks_run(cluster):
         assert slots == {"dask"}
 
 
+async def test_long_task_is_running_before_it_ends(cluster):
+    async with Session(backends=[DaskExecutionBackend(cluster=cluster)]) as session:
+        events = []
+        session.subscribe(events.extend, inline=True)
+        t = ComputeTask(function=nap, args=(3,))
+        await session.submit_tasks([t])
+        deadline = time.monotonic() + 2.5
+        while t.state != "RUNNING":
+            assert time.monotonic() < deadline, f"still {t.state}"
+            await asyncio.sleep(0.05)
+        await t
+        session.events.flush(limit=None)
+        assert [e[2] for e in events if e[1] == t.uid] == ["SUBMITTED", "QUEUED", "RUNNING",
+                                                         "DONE"]
+
+
 async def test_bulk_submission_many_tasks(cluster):
     async with Session(backends=[DaskExecutionBackend(cluster=cluster)]) as session:
         tasks = [ComputeTask(function=square, args=(i,)) for i in range(500)]
