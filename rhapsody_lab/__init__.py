@@ -22,6 +22,7 @@ from .api import (
     TaskValidationError,
 )
 from .backends.registry import discover_backends, get_backend
+from .notebook import load_ipython_extension, unload_ipython_extension
 
 try:
     __version__ = _version("rhapsody-lab")
@@ -42,4 +43,6 @@ __all__ = [
     "__version__",
     "discover_backends",
     "get_backend",
+    "load_ipython_extension",
+    "unload_ipython_extension",
 ]

@@ -358,6 +358,21 @@ class Session:
         snap["capacity"] = {n: b.capacity() for n, b in self.backends.items()}
         return snap
 
+    def counts(self) -> dict[str, int]:
+        """Tasks by state as delivered so far (cheap: never flushes the event backlog)."""
+        return {k: v for k, v in self._stats.counts.items() if v > 0}
+
+    async def cancel_all(self) -> int:
+        """Cancel every task this session still has in flight; returns how many."""
+        n = 0
+        for job in list(self._pending):
+            for task in job.tasks[job.next:]:
+                if task["state"] == NEW:
+                    n += await self.cancel_task(task)
+        for backend in self.backends.values():
+            n += await backend.cancel_all_tasks()
+        return n
+
     @property
     def closed(self) -> bool:
         return self._closed

@@ -246,3 +246,16 @@ async def test_cancel_and_close_while_a_big_submit_is_still_being_handed_over():
     assert all(t.state in ("DONE", "CANCELED") for t in tasks)
     assert sum(t.state == "CANCELED" for t in tasks) >= 1
     assert all(t.future.done() for t in tasks)
+
+
+async def test_counts_and_cancel_all():
+    async with Session([ConcurrentExecutionBackend(max_workers=1)]) as session:
+        tasks = [ComputeTask(function=slow, args=(0.2,)) for _ in range(400)]
+        await session.submit_tasks(tasks)
+        await asyncio.sleep(0.05)
+        n = await session.cancel_all()
+        assert n >= 398  # all but the running one (and maybe the next)
+        await session.wait_tasks(tasks, timeout=10)
+        session.get_statistics()
+        counts = session.counts()
+        assert counts.get("CANCELED") == n and sum(counts.values()) == 400
