@@ -170,7 +170,7 @@ class TaskStream(Component):
 
     name = "task-stream"
 
-    def __init__(self, metrics: Metrics, rollover: int | None = 5000, **fig: Any):
+    def __init__(self, metrics: Metrics, rollover: int | None = 1000, **fig: Any):
         self.metrics = metrics
         self.rollover = rollover
         self.cursor = max(0, metrics.rect_index - (rollover or metrics.max_rectangles))
@@ -190,7 +190,7 @@ class TaskStream(Component):
         self._nrows = 0
 
     def update(self) -> None:
-        cursor, data = self.metrics.rectangles(self.cursor)
+        cursor, data = self.metrics.rectangles(self.cursor, self.rollover)
         self.cursor = cursor
         if data["start"]:
             self.source.stream(data, rollover=self.rollover)

@@ -419,8 +419,10 @@ class Metrics:
         data["utilisation"] = (b / cap if cap else np.zeros_like(b)).tolist()
         return lo, data
 
-    def rectangles(self, since: int = 0) -> tuple[int, dict[str, list]]:
-        """Task-stream bars recorded after cursor ``since``; returns ``(cursor, columns)``.
+    def rectangles(self, since: int = 0, limit: int | None = None
+                   ) -> tuple[int, dict[str, list]]:
+        """Task-stream bars recorded after cursor ``since`` (the newest ``limit`` of them);
+        returns ``(cursor, columns)``.
 
         Columns: ``start``/``end`` (ms since the epoch), ``y`` (row), ``row`` (label
         ``backend/slot``), ``uid``, ``backend``, ``state``, ``duration`` (s).
@@ -428,6 +430,8 @@ class Metrics:
         with self._lock:
             total = self.rect_index
             n = min(total - since, len(self._rects))
+            if limit is not None:
+                n = min(n, limit)
             rects = list(self._rects)[len(self._rects) - n:] if n > 0 else []
         cols: dict[str, list] = {k: [] for k in ("start", "end", "y", "row", "uid",
                                                  "backend", "state", "duration")}

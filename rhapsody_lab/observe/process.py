@@ -234,8 +234,8 @@ class RemoteMetrics:
         first, data = value
         return first, {k: list(v) for k, v in data.items()}
 
-    def rectangles(self, since: int = 0):
-        return self._call("rectangles", since)
+    def rectangles(self, since: int = 0, limit: int | None = None):
+        return self._call("rectangles", since, limit)
 
     def rows(self) -> dict[int, str]:
         return self._call("rows")
