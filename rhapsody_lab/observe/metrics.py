@@ -525,6 +525,9 @@ def attach_metrics(session: Any, *, process: bool = True, **options: Any) -> Any
         observer = getattr(metrics, "observer", None)
         if observer is None or observer.alive:
             return metrics
+    if getattr(session, "closed", False):
+        raise SessionError(f"session {getattr(session, 'uid', '')} is closed; plot its "
+                           "journal instead: rhapsody_lab.observe.load(path)")
     Metrics(**options)  # validate here, where the caller sees the error
     metrics = None
     if process:
