@@ -92,8 +92,11 @@ async def test_per_backend_series_and_rollover_bounds(tmp_path):
         assert data["DONE"][-1] == 20
         with pytest.raises(SessionError, match="nope"):
             m.series("nope")
+    assert attach_metrics(s) is m  # metrics already attached stay readable after close
+    closed = Session([ConcurrentExecutionBackend(max_workers=1)], work_dir=tmp_path)
+    await closed.close()
     with pytest.raises(SessionError, match="journal"):
-        attach_metrics(s, bin_width=0.2)  # a closed session: plot its journal instead
+        attach_metrics(closed)  # nothing was observed: plot its journal instead
 
 
 def test_replay_in_bins_is_exact_and_validates_options():
