@@ -78,11 +78,24 @@ def _call(fn: Any, args: tuple, kwargs: dict) -> Any:
     return value
 
 
-def run_chunk(token: str, blobs: dict, items: list) -> tuple[int, list]:
+_startq: Any = None
+_host = ""
+
+
+def init_worker(startq: Any) -> None:
+    """Pool initializer: keep the queue that announces which worker runs which chunk."""
+    import socket
+    global _startq, _host
+    _startq, _host = startq, socket.gethostname()
+
+
+def run_chunk(token: str, blobs: dict, items: list, cid: int = 0) -> tuple[int, list]:
     """Run ``items`` ``[(fid, args, kwargs), ...]`` in this pool worker.
 
     Returns ``(pid, [(ok, start, end, value_or_exception, traceback_text), ...])``.
     """
+    if _startq is not None:
+        _startq.put((cid, os.getpid(), _host))
     out = []
     clock = time.time
     for fid, args, kwargs in items:

@@ -11,7 +11,10 @@ timeout can end it.
 Nothing here blocks the event loop: a feeder thread packs native tasks into chunks (at
 most a few chunks in flight per worker, so chunks grow with the backlog), the pool's result
 thread and the launcher threads append completions to one deque and wake the loop once
-per batch, and the loop finishes them. Scripts must run under ``dragon -s script.py``.
+per batch, and the loop finishes them. A watcher thread hears which pool worker started
+which chunk; if that worker dies (the pool restarts it but drops its job) the chunk's tasks
+rerun one by one, so only the task that kills its worker fails. Scripts must run under
+``dragon -s script.py``.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ class DragonExecutionBackendV3(BaseBackend):
         self._fids: dict[Any, int] = {}
         self._blobs: dict[int, bytes] = {}
         self._fid_lock = threading.Lock()
+        self._chunks: dict[int, tuple] = {}  # chunk id -> (tasks, permit, blobs, items)
+        self._next_chunk = 0
+        self._startq: Any = None
+        self._watcher: threading.Thread | None = None
+        self._stopping = False
         self._next_fid = 0
         self._done: deque = deque()
         self._wake_pending = False
@@ -108,6 +116,9 @@ class DragonExecutionBackendV3(BaseBackend):
         self._feeder = threading.Thread(target=self._feed, daemon=True,
                                         name=f"rhapsody-{self.name}-feeder")
         self._feeder.start()
+        self._watcher = threading.Thread(target=self._watch, daemon=True,
+                                         name=f"rhapsody-{self.name}-watch")
+        self._watcher.start()
 
     def _start_runtime(self) -> None:
         import multiprocessing as mp
@@ -121,12 +132,16 @@ class DragonExecutionBackendV3(BaseBackend):
         self._nodes = nodes
         if self._workers is None:
             self._workers = max(1, sum(len(n.cpus) for n in nodes))
-        self._pool = mp.get_context("dragon").Pool(self._workers)
+        from ._dragon_worker import init_worker
+        ctx = mp.get_context("dragon")
+        self._startq = ctx.Queue()
+        self._pool = ctx.Pool(self._workers, initializer=init_worker, initargs=(self._startq,))
 
     async def _stop(self) -> None:
         for uid in list(self._live):
             self._claims.setdefault(uid, _CANCELED)
         self._native_q.put(None)
+        self._stopping = True
         ranks = list(self._ranks.values())
         pool, self._pool = self._pool, None
 
@@ -146,6 +161,8 @@ class DragonExecutionBackendV3(BaseBackend):
                 self._launcher.shutdown(wait=True, cancel_futures=True)
             if self._feeder is not None:
                 self._feeder.join(5)
+            if self._watcher is not None:
+                self._watcher.join(5)
 
         await asyncio.to_thread(stop_all)
         self._drain()
@@ -208,7 +225,6 @@ class DragonExecutionBackendV3(BaseBackend):
         return fid
 
     def _feed(self) -> None:
-        from ._dragon_worker import run_chunk
         get, get_nowait = self._native_q.get, self._native_q.get_nowait
         claims = self._claims
         stop = False
@@ -246,18 +262,73 @@ class DragonExecutionBackendV3(BaseBackend):
                 self._inflight.release()
                 self._wake_if_needed()
                 continue
-            try:
-                self._pool.apply_async(
-                    run_chunk, (self._token, blobs, items),
-                    callback=functools.partial(self._chunk_done, tasks),
-                    error_callback=functools.partial(self._chunk_failed, tasks))
-            except Exception as exc:
-                self._chunk_failed(tasks, exc)
+            self._send(tasks, blobs, items, permit=True)
 
-    def _chunk_done(self, tasks: list, result: tuple) -> None:
+    def _send(self, tasks: list, blobs: dict, items: list, permit: bool) -> None:
+        from ._dragon_worker import run_chunk
+        with self._fid_lock:
+            self._next_chunk += 1
+            cid = self._next_chunk
+        self._chunks[cid] = (tasks, permit, blobs, items)
+        try:
+            self._pool.apply_async(
+                run_chunk, (self._token, blobs, items, cid),
+                callback=functools.partial(self._chunk_done, cid),
+                error_callback=functools.partial(self._chunk_failed, cid))
+        except Exception as exc:
+            self._chunk_failed(cid, exc)
+
+    def _take(self, cid: int) -> list | None:
+        """The tasks of chunk ``cid`` (once: later callbacks see None); frees its permit."""
+        entry = self._chunks.pop(cid, None)
+        if entry is None:
+            return None
+        if entry[1]:
+            self._inflight.release()
+        return entry[0]
+
+    def _watch(self) -> None:
+        """Fail the chunk of a pool worker that died (the pool restarts the worker but
+        drops its job). Workers report ``(chunk, pid, host)`` when they start a chunk."""
+        import socket
+        host = socket.gethostname()
+        started: dict[int, tuple] = {}
+        q = self._startq
+        last = time.time()
+        while not self._stopping:
+            try:
+                cid, pid, where = q.get(timeout=0.5)
+                if cid in self._chunks:
+                    started[cid] = (pid, where)
+            except Exception:  # queue.Empty (or the runtime going away)
+                pass
+            if time.time() - last < 0.5:
+                continue
+            last = time.time()
+            for cid, (pid, where) in list(started.items()):
+                if cid not in self._chunks:
+                    del started[cid]
+                elif where == host and not _pid_alive(pid):
+                    del started[cid]
+                    entry = self._chunks.get(cid)
+                    if entry is not None and len(entry[0]) > 1 and not self._stopping:
+                        # which task killed it is unknown: rerun each alone, so only the
+                        # culprit fails (tasks of that chunk may run twice)
+                        self._take(cid)
+                        _tasks, _permit, blobs, items = entry
+                        for task, item in zip(_tasks, items, strict=True):
+                            self._send([task], {item[0]: blobs[item[0]]}, [item], False)
+                        continue
+                    self._chunk_failed(cid, BackendError(
+                        self._name, f"pool worker process {pid} died (killed, crashed or "
+                        "out of memory) while running this task"), lost=True)
+
+    def _chunk_done(self, cid: int, result: tuple) -> None:
         """Pool result thread: record a chunk's outcomes, wake the loop once."""
         from ._dragon_worker import restore
-        self._inflight.release()
+        tasks = self._take(cid)
+        if tasks is None:
+            return
         pid, outs = result
         self.seen_pids.add(pid)
         if outs:
@@ -284,15 +355,20 @@ class DragonExecutionBackendV3(BaseBackend):
                 done((task, FAILED, t1, pid))
         self._wake_if_needed()
 
-    def _chunk_failed(self, tasks: list, exc: BaseException) -> None:
-        self._inflight.release()
+    def _chunk_failed(self, cid: int, exc: BaseException, lost: bool = False) -> None:
+        tasks = self._take(cid)
+        if tasks is None:
+            return
         if not isinstance(exc, Exception):
             exc = RuntimeError(repr(exc))
         now = time.time()
         for task in tasks:
-            err = BackendError(self._name, f"the Dragon pool could not run task "
-                               f"{task['uid']}: {exc}")
-            err.__cause__ = exc
+            if lost:
+                err = exc
+            else:
+                err = BackendError(self._name, f"the Dragon pool could not run task "
+                                   f"{task['uid']}: {exc}")
+                err.__cause__ = exc
             self._done.append((task, _record_failure(task, err), now, None))
         self._wake_if_needed()
 
@@ -359,6 +435,14 @@ DragonExecutionBackend = DragonExecutionBackendV3
 def _end_quietly(ranks: Any) -> None:
     from ._dragon_procs import _end
     _end(list(ranks.procs))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def _record_failure(task: dict, exc: BaseException) -> str:

@@ -231,3 +231,10 @@ def test_statistics_see_every_task(modes):
     st = modes["statistics"]
     assert st["total"] == sum(st["counts"].get(k, 0) for k in ("DONE", "FAILED", "CANCELED"))
     assert st["counts"]["DONE"] >= 14 and st["counts"]["FAILED"] >= 8
+
+
+def test_dead_pool_worker_fails_only_its_task(modes):
+    r = modes["native_crash"]
+    assert r["crash"]["state"] == "FAILED", r
+    assert "died" in r["crash"]["stderr"] and "BackendError" in r["crash"]["exception"]
+    assert r["others"] == ["DONE"] and r["values_ok"]

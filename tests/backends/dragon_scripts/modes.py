@@ -121,6 +121,15 @@ async def main():
         await s.wait_tasks(list(tasks.values()), timeout=120)
         for name, t in tasks.items():
             report(name, **fields(t))
+        # a pool worker dies under a native task: only that task fails
+        group = [ComputeTask(function=square, args=(i,)) for i in range(30)]
+        group.insert(10, ComputeTask(function=crash))
+        await s.submit_tasks(group)
+        await s.wait_tasks(group, timeout=60)
+        report("native_crash", crash=fields(group[10]),
+               others=sorted({t.state for t in group if t is not group[10]}),
+               values_ok=all(t.return_value == i * i for i, t in
+                             enumerate(group[:10] + group[11:])))
         # values and functions the standard pickle refuses
         lock = threading.Lock()
 
