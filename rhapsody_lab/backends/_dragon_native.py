@@ -1,0 +1,227 @@
+"""Native function mode of the Dragon backend: a feeder thread, the Dragon pool, a watcher.
+
+Mixed into ``DragonExecutionBackendV3`` (which owns the attributes used here). The feeder
+packs queued tasks into chunks (about ``_CHUNK_SECONDS`` of work each by a running estimate,
+at most ``_CHUNK``), each function cloudpickled once; the pool's result thread records a
+chunk's outcomes and wakes the loop once. Workers announce ``(chunk, pid, host)`` when they
+start a chunk, so the watcher can tell when a worker died under a chunk (Dragon's pool
+restarts the worker but silently drops its job).
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import time
+import traceback
+from typing import Any
+
+from ..api.errors import BackendError, TaskExecutionError
+from ..api.states import DONE, FAILED, RUNNING
+
+__all__ = ["NativePoolMixin", "record_failure"]
+
+_CANCELED = object()  # claim marker shared with the backend
+_CHUNK = 1024          # most native tasks in one pool call
+_CHUNK_SECONDS = 0.05  # aim for chunks of about this much work once task times are known
+
+
+class NativePoolMixin:
+    """The native-function path; see the module docstring."""
+
+    # -- native functions: feeder thread -> Dragon pool -> result thread -----------------
+    def _fid(self, fn: Any) -> tuple[int, bytes]:
+        """``(id, cloudpickled blob)`` of a function, pickled once per function."""
+        with self._fid_lock:
+            fid = self._fid_locked(fn)
+            return fid, self._blobs[fid]
+
+    def _fid_locked(self, fn: Any) -> int:
+        try:
+            key: Any = fn
+            hash(fn)
+        except TypeError:
+            key = ("id", id(fn))
+        fid = self._fids.get(key)
+        if fid is None:
+            import cloudpickle
+            blob = cloudpickle.dumps(fn)
+            if len(self._fids) >= 1024:  # e.g. a new lambda per task: do not grow forever
+                self._fids.clear()
+                self._blobs.clear()
+            # ids never repeat: workers cache functions by (backend token, id)
+            fid = self._next_fid = self._next_fid + 1
+            self._blobs[fid] = blob
+            self._fids[key] = fid
+        return fid
+
+    def _feed(self) -> None:
+        get, get_nowait = self._native_q.get, self._native_q.get_nowait
+        claims = self._claims
+        stop = False
+        while not stop:
+            first = get()
+            if first is None:
+                return
+            self._inflight.acquire()
+            batch = [first]
+            # a chunk holds what is queued, up to about _CHUNK_SECONDS of work (by the
+            # running estimate), so long tasks stay balanced between the workers
+            size = min(_CHUNK, max(1, int(_CHUNK_SECONDS / self._task_seconds)))
+            while len(batch) < size:
+                try:
+                    t = get_nowait()
+                except queue.Empty:
+                    break
+                if t is None:
+                    stop = True
+                    break
+                batch.append(t)
+            tasks, items, blobs = [], [], {}
+            for task in batch:
+                if claims.setdefault(task["uid"], "pool") is _CANCELED:
+                    continue
+                try:
+                    fid, blob = self._fid(task["function"])
+                except Exception as exc:
+                    self._done.append((task, record_failure(task, exc), time.time(), None))
+                    continue
+                blobs[fid] = blob
+                tasks.append(task)
+                items.append((fid, tuple(task["args"]), dict(task["kwargs"])))
+            if not tasks or self._pool is None:
+                self._inflight.release()
+                self._wake_if_needed()
+                continue
+            self._send(tasks, blobs, items, permit=True)
+
+    def _send(self, tasks: list, blobs: dict, items: list, permit: bool) -> None:
+        from ._dragon_worker import run_chunk
+        with self._fid_lock:
+            self._next_chunk += 1
+            cid = self._next_chunk
+        self._chunks[cid] = (tasks, permit, blobs, items)
+        try:
+            self._pool.apply_async(
+                run_chunk, (self._token, blobs, items, cid),
+                callback=functools.partial(self._chunk_done, cid),
+                error_callback=functools.partial(self._chunk_failed, cid))
+        except Exception as exc:
+            self._chunk_failed(cid, exc)
+
+    def _take(self, cid: int) -> list | None:
+        """The tasks of chunk ``cid`` (once: later callbacks see None); frees its permit."""
+        entry = self._chunks.pop(cid, None)
+        if entry is None:
+            return None
+        if entry[1]:
+            self._inflight.release()
+        return entry[0]
+
+    def _watch(self) -> None:
+        """Fail the chunk of a pool worker that died (the pool restarts the worker but
+        drops its job). Workers report ``(chunk, pid, host)`` when they start a chunk."""
+        import socket
+        host = socket.gethostname()
+        started: dict[int, tuple] = {}
+        q = self._startq
+        last = time.time()
+        while not self._stopping:
+            try:
+                cid, pid, where = q.get(timeout=0.5)
+                if cid in self._chunks:
+                    started[cid] = (pid, where)
+            except Exception:  # queue.Empty (or the runtime going away)
+                pass
+            if time.time() - last < 0.5:
+                continue
+            last = time.time()
+            for cid, (pid, where) in list(started.items()):
+                if cid not in self._chunks:
+                    del started[cid]
+                elif where == host and not _pid_alive(pid):
+                    del started[cid]
+                    entry = self._chunks.get(cid)
+                    if entry is not None and len(entry[0]) > 1 and not self._stopping:
+                        # which task killed it is unknown: rerun each alone, so only the
+                        # culprit fails (tasks of that chunk may run twice)
+                        self._take(cid)
+                        _tasks, _permit, blobs, items = entry
+                        for task, item in zip(_tasks, items, strict=True):
+                            self._send([task], {item[0]: blobs[item[0]]}, [item], False)
+                        continue
+                    self._chunk_failed(cid, BackendError(
+                        self._name, f"pool worker process {pid} died (killed, crashed or "
+                        "out of memory) while running this task"), lost=True)
+
+    def _chunk_done(self, cid: int, result: tuple) -> None:
+        """Pool result thread: record a chunk's outcomes, wake the loop once."""
+        from ._dragon_worker import restore
+        tasks = self._take(cid)
+        if tasks is None:
+            return
+        pid, outs = result
+        self.seen_pids.add(pid)
+        if outs:
+            per_task = max(1e-6, (outs[-1][2] - outs[0][1]) / len(outs))
+            self._task_seconds = 0.5 * self._task_seconds + 0.5 * per_task
+        emit, name, done = self.emit, self._name, self._done.append
+        for task, (ok, t0, t1, value, tb) in zip(tasks, outs, strict=True):
+            emit((t0, task["uid"], RUNNING, name, pid))
+            if ok:
+                try:
+                    value = restore(value)
+                except Exception as exc:
+                    ok, value, tb = False, exc, "".join(traceback.format_exception(exc))
+            if ok:
+                task["return_value"] = value
+                task["stdout"] = _text(value)
+                task["exit_code"] = 0
+                done((task, DONE, t1, pid))
+            else:
+                task["exception"] = value if isinstance(value, Exception) else \
+                    TaskExecutionError(task["uid"], repr(value), 1)
+                task["stderr"] = tb or repr(value)
+                task["exit_code"] = 1
+                done((task, FAILED, t1, pid))
+        self._wake_if_needed()
+
+    def _chunk_failed(self, cid: int, exc: BaseException, lost: bool = False) -> None:
+        tasks = self._take(cid)
+        if tasks is None:
+            return
+        if not isinstance(exc, Exception):
+            exc = RuntimeError(repr(exc))
+        now = time.time()
+        for task in tasks:
+            if lost:
+                err = exc
+            else:
+                err = BackendError(self._name, f"the Dragon pool could not run task "
+                                   f"{task['uid']}: {exc}")
+                err.__cause__ = exc
+            self._done.append((task, record_failure(task, err), now, None))
+        self._wake_if_needed()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+
+def record_failure(task: dict, exc: BaseException) -> str:
+    task["exception"] = exc
+    task["stderr"] = "".join(traceback.format_exception(exc))
+    task["exit_code"] = 1
+    return FAILED
+
+
+def _text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return object.__repr__(value)
