@@ -54,11 +54,13 @@ async def _run(n: int, observe: bool, interval: float = 0.25) -> dict:
             extra = await _observed(s, interval)
             await asyncio.sleep(1.0)  # observer process started, plots built
         tasks = [ComputeTask(function=noop) for _ in range(n)]
+        c0 = time.process_time()
         t0 = time.perf_counter()
         await s.submit_tasks(tasks)
         await s.wait_tasks(tasks)
         t1 = time.perf_counter()
-        out = {"rate": n / (t1 - t0), "seconds": t1 - t0}
+        out = {"rate": n / (t1 - t0), "seconds": t1 - t0,
+               "cpu_us": (time.process_time() - c0) / n * 1e6}
         if extra is not None:
             journal, metrics, widget, server, ticks = extra
             during = [b - a for a, b in itertools.pairwise(ticks)
@@ -86,10 +88,14 @@ def main() -> int:
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-    plain, observed = [], []
+    plain, observed, cpu_plain, cpu_obs = [], [], [], []
     for _ in range(args.reps):  # interleaved, so background load hits both alike
-        plain.append(asyncio.run(_run(args.tasks, False))["rate"])
-        observed.append(asyncio.run(_run(args.tasks, True))["rate"])
+        a = asyncio.run(_run(args.tasks, False))
+        b = asyncio.run(_run(args.tasks, True))
+        plain.append(a["rate"])
+        observed.append(b["rate"])
+        cpu_plain.append(a["cpu_us"])
+        cpu_obs.append(b["cpu_us"])
     p, o = statistics.median(plain), statistics.median(observed)
     ratio = o / p
     print(f"null tasks, N={args.tasks}, {args.reps} reps (median tasks/s): "
@@ -97,6 +103,9 @@ def main() -> int:
           f"[{'ok' if ratio >= 0.9 else 'BELOW'} target 0.9]")
     print(f"  plain runs {[round(x) for x in plain]}, observed runs "
           f"{[round(x) for x in observed]}")
+    cp, co = statistics.median(cpu_plain), statistics.median(cpu_obs)
+    print(f"  kernel CPU per task (all its threads; load-robust): plain {cp:.1f} us, "
+          f"observed {co:.1f} us (+{co - cp:.1f} us, ratio {cp / co:.2f})")
 
     big = asyncio.run(_run(args.big, True))
     print(f"dashboard during a {args.big:,}-task run: {big['rate']:,.0f} tasks/s; update "
