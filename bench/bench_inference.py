@@ -95,31 +95,26 @@ async def through_backend(endpoint: str, items: list[str], concurrency: int,
 
 
 async def round_trips(endpoint: str, model: str, k: int, max_tokens: int) -> dict:
-    """One request in flight: direct vs backend (wait 0 and default), mean seconds."""
-    out = {}
-    items = prompts(k)
-    async with aiohttp.ClientSession() as http:
-        ts = []
-        for p in items:
+    """One request in flight, interleaved per prompt: direct, backend with wait 0, backend
+    with the default 500 ms window; median seconds of each."""
+    out: dict[str, list[float]] = {"direct": [], "backend_wait0": [], "backend_default": []}
+    wait0 = VllmInferenceBackend(endpoint=endpoint, max_batch_wait_ms=0, name="wait0")
+    default = VllmInferenceBackend(endpoint=endpoint, name="default")
+    async with Session([wait0, default]) as s, aiohttp.ClientSession() as http:
+        for p in prompts(k):
             body = {"model": model, "messages": [{"role": "user", "content": p}],
                     "temperature": 0.0, "max_tokens": max_tokens}
             t0 = time.perf_counter()
             async with http.post(f"{endpoint}/chat/completions", json=body) as r:
                 await r.read()
-            ts.append(time.perf_counter() - t0)
-        out["direct"] = statistics.median(ts)
-    for label, wait_ms in (("backend_wait0", 0), ("backend_default", 500)):
-        b = VllmInferenceBackend(endpoint=endpoint, max_batch_wait_ms=wait_ms)
-        async with Session([b]) as s:
-            ts = []
-            for p in items:
-                t = AITask(prompt=p, temperature=0.0, max_tokens=max_tokens)
+            out["direct"].append(time.perf_counter() - t0)
+            for label, b in (("backend_wait0", wait0), ("backend_default", default)):
+                t = AITask(prompt=p, temperature=0.0, max_tokens=max_tokens, backend=b.name)
                 t0 = time.perf_counter()
                 await s.submit_tasks([t])
                 await t
-                ts.append(time.perf_counter() - t0)
-        out[label] = statistics.median(ts)
-    return out
+                out[label].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in out.items()}
 
 
 async def main() -> None:
@@ -128,7 +123,7 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--round-trips", type=int, default=10)
+    ap.add_argument("--round-trips", type=int, default=15)
     ap.add_argument("--endpoint", help="attach to this server instead of starting one")
     ap.add_argument("--model", default=os.path.join(vllm_home(), "models", "smollm2-135m-hf"))
     a = ap.parse_args()

@@ -198,6 +198,7 @@ class VllmInferenceBackend(BaseBackend):
         self._timer: asyncio.TimerHandle | None = None
         self._parts: dict[str, list] = {}  # uid -> [answers, left, usage]
         self._failure: BackendError | None = None
+        self._wake_pending = False
         self.batches_sent = 0
 
     # -- information -------------------------------------------------------------------
@@ -522,6 +523,13 @@ class VllmInferenceBackend(BaseBackend):
         self._finish(task, FAILED, now, slot)
 
     def _wake(self) -> None:
+        """Let the session deliver events: once per loop iteration, not per completion."""
+        if self._wake_session is not None and not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon(self._woken)
+
+    def _woken(self) -> None:
+        self._wake_pending = False
         if self._wake_session is not None:
             self._wake_session()
 
