@@ -92,12 +92,15 @@ def main(argv: list[str]) -> int:
     inp = Connection(int(argv[0]), writable=False)
     out = Connection(int(argv[1]), readable=False)
     side = Connection(int(argv[2]))
-    try:  # observing yields the CPU to the tasks it observes when cores are short
+    observer = _Observer(json.loads(argv[3]))
+    threading.Thread(target=_serve_readers, args=(side, observer), daemon=True).start()
+    try:
+        # Folding and journaling yield the CPU to the tasks they observe when cores are
+        # short. Linux nice values are per thread: the dashboard reader started above
+        # keeps normal priority, this thread and the folding thread it starts do not.
         os.nice(5)
     except OSError:
         pass
-    observer = _Observer(json.loads(argv[3]))
-    threading.Thread(target=_serve_readers, args=(side, observer), daemon=True).start()
     try:
         while True:
             try:
