@@ -15,9 +15,10 @@ this backend adds as little as it can around them and never on the event loop:
 - The client is synchronous (its own I/O thread); every blocking Dask call runs on these
   threads or ``asyncio.to_thread``, never on the session's loop.
 
-Faults: a worker killed mid-task makes Dask *rerun* the tasks it held elsewhere (up to
-``distributed.scheduler.allowed-failures`` times, then that task alone fails with
-``KilledWorker``); other tasks are untouched. A scheduler that goes away fails the live
+Faults: a worker killed mid-task makes Dask *rerun* the tasks it held (running, or queued
+on that worker) elsewhere; a task whose workers die more than
+``distributed.scheduler.allowed-failures`` times (default 3) fails with ``KilledWorker``;
+other tasks are untouched. A scheduler that goes away fails the live
 tasks with ``BackendError`` and the next call raises ``BackendError``. Workers must be
 able to import ``rhapsody_lab`` (the task wrappers live here).
 """
@@ -295,7 +296,11 @@ class DaskExecutionBackend(BaseBackend):
         except ImportError as exc:
             raise BackendError(self.name, "the dask backend needs `distributed`; install "
                                "it with pip install 'rhapsody-lab[dask]'") from exc
-        await asyncio.to_thread(self._connect)
+        try:
+            await asyncio.to_thread(self._connect)
+        except BaseException:
+            await asyncio.to_thread(self._close, [], [])  # nothing we started stays up
+            raise
         for target, label in ((self._submitter, "submit"), (self._collector, "collect")):
             t = threading.Thread(target=target, daemon=True,
                                  name=f"rhapsody-{self.name}-{label}")
@@ -350,6 +355,8 @@ class DaskExecutionBackend(BaseBackend):
 
     def _close(self, futs: list, execs: list[str]) -> None:
         client = self.client
+        if isinstance(client, str):
+            client = None
         try:
             if futs and client.status == "running":
                 client.cancel(futs, force=True)
@@ -357,12 +364,12 @@ class DaskExecutionBackend(BaseBackend):
                 client.run(_kill_on_worker, execs)
         except Exception:
             pass
-        if self._owns_client:
+        if self._owns_client and client is not None:
             try:
                 client.close(timeout=10)
             except Exception:
                 pass
-        if self._owns_cluster:
+        if self._owns_cluster and self.cluster is not None:
             try:
                 self.cluster.close(timeout=20)
             except Exception:

@@ -92,6 +92,12 @@ def _child_pids() -> set[int]:
             except OSError:
                 continue
             if fields[1] == me and fields[0] != "Z":
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        if b"resource_tracker" in f.read():
+                            continue  # multiprocessing's interpreter-wide helper
+                except OSError:
+                    continue
                 out.add(int(pid))
     return out
 
@@ -374,10 +380,17 @@ async def test_unpicklable_function_fails_only_that_task(cluster):
         assert bad_args.state == "FAILED" and "arguments cannot be pickled" in bad_args.stderr
 
 
+def die():
+    os._exit(13)
+
+
 async def test_killed_worker_reruns_only_its_task(no_new_children, tmp_path):
-    """Dask reruns the tasks of a dead worker elsewhere; other tasks are untouched."""
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster:
+    """Dask reruns the tasks of a dead worker elsewhere; other tasks are untouched; a task
+    that keeps killing its worker fails alone (KilledWorker) after allowed-failures."""
+    import dask
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         dashboard_address=":0") as cluster:
         async with Session(backends=[DaskExecutionBackend(cluster=cluster)]) as session:
             victim = ComputeTask(function=pid_then_sleep,
                                  args=(str(tmp_path / "pid"), str(tmp_path / "marker")))
@@ -388,6 +401,17 @@ async def test_killed_worker_reruns_only_its_task(no_new_children, tmp_path):
             await session.wait_tasks([victim, *others], timeout=60)
             assert victim.state == "DONE" and victim.return_value == "rerun"
             assert [t.state for t in others] == ["DONE"] * 5
+
+            # (tasks queued on the same worker count as its tasks too, so this one is alone)
+            killer = ComputeTask(function=die)
+            await session.submit_tasks([killer])
+            await session.wait_tasks([killer], timeout=90)
+            assert killer.state == "FAILED"
+            assert type(killer.exception).__name__ == "KilledWorker", killer.exception
+            more = [ComputeTask(function=nap, args=(0.1,)) for _ in range(4)]
+            await session.submit_tasks(more)
+            await session.wait_tasks(more, timeout=60)
+            assert [t.state for t in more] == ["DONE"] * 4
 
 
 async def test_lost_scheduler_fails_tasks_and_next_call(tmp_path):
