@@ -170,9 +170,12 @@ class TaskStream(Component):
 
     name = "task-stream"
 
-    def __init__(self, metrics: Metrics, rollover: int | None = 1000, **fig: Any):
+    def __init__(self, metrics: Metrics, rollover: int | None = 1000,
+                 per_update: int | None = 250, **fig: Any):
         self.metrics = metrics
         self.rollover = rollover
+        # at 100,000 tasks/s only the newest bars of each refresh are worth sending
+        self.per_update = per_update
         self.cursor = max(0, metrics.rect_index - (rollover or metrics.max_rectangles))
         self.source = ColumnDataSource({k: [] for k in ("start", "end", "y", "row", "uid",
                                                         "backend", "state", "duration")})
@@ -190,7 +193,8 @@ class TaskStream(Component):
         self._nrows = 0
 
     def update(self) -> None:
-        cursor, data = self.metrics.rectangles(self.cursor, self.rollover)
+        limits = [n for n in (self.rollover, self.per_update) if n is not None]
+        cursor, data = self.metrics.rectangles(self.cursor, min(limits) if limits else None)
         self.cursor = cursor
         if data["start"]:
             self.source.stream(data, rollover=self.rollover)

@@ -59,6 +59,8 @@ def write_report(source: Any, output: str | os.PathLike, *, title: str | None = 
     for name in REPORT_PLOTS:
         cls = COMPONENTS[name]
         kw = {} if name == "latency" else {"rollover": None}
+        if name == "task-stream":
+            kw["per_update"] = None
         comp = cls(metrics, **kw)
         comp.update()
         comps.append(comp)
