@@ -113,6 +113,17 @@ def no_new_children():
     assert not left, f"child processes left behind: {left}"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_resource_tracker_left():
+    """Worker processes start multiprocessing's resource tracker; later test modules
+    check for leftover children, so end it if this module started it."""
+    from rhapsody_lab.backends.dask import _resource_tracker_running, _stop_resource_tracker
+    running = _resource_tracker_running()
+    yield
+    if not running:
+        _stop_resource_tracker()
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A shared LocalCluster: 2 worker processes with 1 thread each."""
