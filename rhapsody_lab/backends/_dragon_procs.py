@@ -89,6 +89,8 @@ def run_plan(task: dict, plan: Plan, blob: bytes | None, ranks_out: RankSet,
     errs: list[list] = [[] for _ in range(n)]
     readers: list[threading.Thread] = []
     for rank, tpl in enumerate(plan.ranks):
+        if ranks_out.killed:
+            return CANCELED
         kw = dict(tpl)
         kw["env"] = {**(kw.get("env") or {}), "RHAPSODY_RANK": str(rank),
                      "RHAPSODY_NRANKS": str(n)}

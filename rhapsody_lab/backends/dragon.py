@@ -202,6 +202,8 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
             return
         ranks = RankSet()
         self._ranks[uid] = ranks
+        if self._stopping:  # shutdown began after this task was claimed: start nothing
+            ranks.kill()
         slot: list = [None]
 
         def on_running(puid: Any) -> None:
