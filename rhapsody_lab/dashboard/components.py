@@ -42,6 +42,10 @@ class Component:
     source: ColumnDataSource
     root: Any
 
+    def requests(self) -> list[tuple[str, str, tuple]]:
+        """The metrics reads the next ``update()`` makes (for one batched fetch)."""
+        return []
+
     def update(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -56,6 +60,9 @@ class _Series:
         self.last: int | None = None
         cols = ["time", *STATES, "started", "finished", "busy", "utilisation"]
         self.source = ColumnDataSource({c: [] for c in cols})
+
+    def requests(self) -> list[tuple[str, str, tuple]]:
+        return [("call", "series", (self.backend, self.last))]
 
     def update(self) -> None:
         first, data = self.metrics.series(self.backend, since=self.last)
@@ -81,6 +88,7 @@ class TaskStates(Component):
 
     def __init__(self, metrics: Metrics, backend: str | None = None,
                  rollover: int | None = 2000, **fig: Any):
+        self.metrics = metrics
         self._series = _Series(metrics, backend, rollover)
         self.source = self._series.source
         title = "Tasks by state" + (f" ({backend})" if backend else "")
@@ -96,6 +104,9 @@ class TaskStates(Component):
                                       + [("time", "@time{%T}")],
                                       formatters={"@time": "datetime"}, mode="vline"))
 
+    def requests(self) -> list[tuple[str, str, tuple]]:
+        return self._series.requests()
+
     def update(self) -> None:
         self._series.update()
 
@@ -107,6 +118,7 @@ class Throughput(Component):
 
     def __init__(self, metrics: Metrics, backend: str | None = None,
                  rollover: int | None = 2000, **fig: Any):
+        self.metrics = metrics
         self._series = _Series(metrics, backend, rollover)
         self.source = self._series.source
         title = f"Throughput (tasks/s, rolling {metrics.window:g} s)" + \
@@ -119,6 +131,9 @@ class Throughput(Component):
                        line_width=2, legend_label="finished")
         self.root.legend.location = "top_left"
         self.root.yaxis.axis_label = "tasks/s"
+
+    def requests(self) -> list[tuple[str, str, tuple]]:
+        return self._series.requests()
 
     def update(self) -> None:
         self._series.update()
@@ -149,6 +164,12 @@ class Utilisation(Component):
     def sources(self) -> dict[str, ColumnDataSource]:
         """One source per backend (added as backends appear) and ``"all"``."""
         return {"all": self.source, **{n: s.source for n, s in self._per_backend.items()}}
+
+    def requests(self) -> list[tuple[str, str, tuple]]:
+        reqs = [*self._overall.requests(), ("attr", "backends", ())]
+        for series in self._per_backend.values():
+            reqs += series.requests()
+        return reqs
 
     def update(self) -> None:
         self._overall.update()
@@ -192,9 +213,15 @@ class TaskStream(Component):
                                                 ("duration", "@duration{0.000000} s")]))
         self._nrows = 0
 
-    def update(self) -> None:
+    def _limit(self) -> int | None:
         limits = [n for n in (self.rollover, self.per_update) if n is not None]
-        cursor, data = self.metrics.rectangles(self.cursor, min(limits) if limits else None)
+        return min(limits) if limits else None
+
+    def requests(self) -> list[tuple[str, str, tuple]]:
+        return [("call", "rectangles", (self.cursor, self._limit())), ("call", "rows", ())]
+
+    def update(self) -> None:
+        cursor, data = self.metrics.rectangles(self.cursor, self._limit())
         self.cursor = cursor
         if data["start"]:
             self.source.stream(data, rollover=self.rollover)
@@ -231,6 +258,9 @@ class Latency(Component):
         self.root.yaxis.axis_label = "tasks"
         self.root.legend.location = "top_right"
 
+    def requests(self) -> list[tuple[str, str, tuple]]:
+        return [("attr", "backends", ()), ("call", "latency", (self.backend,))]
+
     def update(self) -> None:
         if not self.metrics.backends:
             return
@@ -244,6 +274,15 @@ class Latency(Component):
                 patch[key] = changed
         if patch:
             self.source.patch(patch)
+
+
+def refresh(metrics: Any, components: list[Component]) -> None:
+    """Update ``components``, fetching what they read in one round trip when remote."""
+    prefetch = getattr(metrics, "prefetch", None)
+    if prefetch is not None:
+        prefetch([r for c in components for r in c.requests()])
+    for c in components:
+        c.update()
 
 
 #: Plot name -> component class (the names of the server apps).

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..api.errors import SessionError
 from ..observe.metrics import Metrics
-from .components import COMPONENTS, Component
+from .components import COMPONENTS, Component, refresh
 from .server import _metrics_of
 
 __all__ = ["DashboardWidget", "show"]
@@ -60,8 +60,7 @@ class DashboardWidget:
 
     def update(self) -> None:
         """Pull new data into every plot (streams and patches only)."""
-        for c in self.components.values():
-            c.update()
+        refresh(self.metrics, list(self.components.values()))
 
     # -- timer ---------------------------------------------------------------------------
     def start(self) -> None:

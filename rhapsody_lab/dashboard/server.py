@@ -19,7 +19,7 @@ from typing import Any
 from ..api.errors import SessionError
 from ..observe.metrics import Metrics, attach_metrics
 from ..observe.process import RemoteMetrics
-from .components import COMPONENTS, Component
+from .components import COMPONENTS, Component, refresh
 
 __all__ = ["DashboardServer", "dashboard_urls", "serve"]
 
@@ -43,7 +43,7 @@ def _tick(ref: weakref.ref) -> None:
     component = ref()
     if component is not None:
         try:
-            component.update()
+            refresh(component.metrics, [component])
         except SessionError:  # the session (and its observer) closed: keep the last plot
             pass
 

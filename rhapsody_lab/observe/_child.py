@@ -50,6 +50,10 @@ class _Observer:
         result = getattr(self.metrics, name)(*args)
         return None if result is self.metrics else result
 
+    def bundle(self, requests: list) -> list:
+        """Several ``("call"|"attr", name, args)`` reads in one round trip."""
+        return [getattr(self, kind)(name, *args) for kind, name, args in requests]
+
     # events --------------------------------------------------------------------------
     def events(self, capacity: dict, batch: list) -> None:
         if capacity:

@@ -38,7 +38,7 @@ __all__ = ["ObserverProcess", "RemoteJournal", "RemoteMetrics", "observer_for"]
 log = logging.getLogger(__name__)
 _F_SETPIPE_SZ = 1031
 _BASIC = (int, float, str, bytes, bool, type(None))
-_CACHE_TTL = 0.05  # seconds a series answer is reused by other plots of one refresh
+_CACHE_TTL = 0.2  # seconds an answer is reused (by the other plots of one refresh)
 
 
 def _plain(batch: list) -> list:
@@ -194,7 +194,12 @@ class ObserverProcess:
 
 
 class RemoteMetrics:
-    """``Metrics`` readers answered by the observer process."""
+    """``Metrics`` readers answered by the observer process.
+
+    Answers are reused for ``_CACHE_TTL`` seconds, and ``prefetch(requests)`` fetches
+    what every plot of a refresh will read in one round trip: a thread waiting for a busy
+    kernel's GIL after each socket read would otherwise make refreshes slow.
+    """
 
     def __init__(self, observer: ObserverProcess, *, bin_width: float = 0.5,
                  window: float = 5.0, max_rectangles: int = 10_000, **_: Any):
@@ -205,49 +210,56 @@ class RemoteMetrics:
         self.window = window
         self.max_rectangles = max_rectangles
 
-    def _call(self, name: str, *args: Any) -> Any:
-        return self.observer.read("call", name, *args)
-
-    def _attr(self, name: str) -> Any:
-        return self.observer.read("attr", name)
-
-    backends = property(lambda self: self._attr("backends"))
-    capacity = property(lambda self: self._attr("capacity"))
-    rect_index = property(lambda self: self._attr("rect_index"))
-    total_tasks = property(lambda self: self._attr("total_tasks"))
-    events_seen = property(lambda self: self._attr("events_seen"))
-
-    def series(self, backend: str | None = None, since: int | None = None):
-        # several plots ask for the same rows in one refresh: one request answers them
-        key = (backend, since)
+    def _get(self, kind: str, name: str, *args: Any) -> Any:
+        key = (kind, name, args)
         now = time.monotonic()
         with self._cache_lock:
             hit = self._cache.get(key)
             if hit is not None and now - hit[0] < _CACHE_TTL:
-                first, data = hit[1]
-                return first, {k: list(v) for k, v in data.items()}
-        value = self._call("series", backend, since)
+                return _copy(hit[1])
+        value = self.observer.read(kind, name, *args)
+        self._store([(key, value)], now)
+        return _copy(value)
+
+    def _store(self, items: list, now: float) -> None:
         with self._cache_lock:
-            if len(self._cache) > 64:
+            if len(self._cache) > 128:
                 self._cache.clear()
-            self._cache[key] = (now, value)
-        first, data = value
-        return first, {k: list(v) for k, v in data.items()}
+            for key, value in items:
+                self._cache[key] = (now, value)
+
+    def prefetch(self, requests: list[tuple[str, str, tuple]]) -> None:
+        """Fetch ``(kind, name, args)`` answers in one round trip (kind: call or attr)."""
+        keys = list(dict.fromkeys((k, n, tuple(a)) for k, n, a in requests))
+        if not keys:
+            return
+        now = time.monotonic()
+        values = self.observer.read("bundle", keys)
+        self._store(list(zip(keys, values, strict=True)), now)
+
+    backends = property(lambda self: self._get("attr", "backends"))
+    capacity = property(lambda self: self._get("attr", "capacity"))
+    rect_index = property(lambda self: self._get("attr", "rect_index"))
+    total_tasks = property(lambda self: self._get("attr", "total_tasks"))
+    events_seen = property(lambda self: self._get("attr", "events_seen"))
+
+    def series(self, backend: str | None = None, since: int | None = None):
+        return self._get("call", "series", backend, since)
 
     def rectangles(self, since: int = 0, limit: int | None = None):
-        return self._call("rectangles", since, limit)
+        return self._get("call", "rectangles", since, limit)
 
     def rows(self) -> dict[int, str]:
-        return self._call("rows")
+        return self._get("call", "rows")
 
     def latency(self, backend: str | None = None) -> dict[str, list]:
-        return self._call("latency", backend)
+        return self._get("call", "latency", backend)
 
     def counts(self, backend: str | None = None) -> dict[str, int]:
-        return self._call("counts", backend)
+        return self.observer.read("call", "counts", backend)
 
     def summary(self) -> dict[str, Any]:
-        return self._call("summary")
+        return self.observer.read("call", "summary")
 
     def sync(self) -> RemoteMetrics:
         """Fold in every event delivered to this process's subscriber so far."""
@@ -287,6 +299,17 @@ class RemoteJournal:
 
     def __repr__(self) -> str:
         return f"<RemoteJournal {self.path}>"
+
+
+def _copy(value: Any) -> Any:
+    """A copy deep enough that plots may keep (and Bokeh extend) what they were given."""
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    if isinstance(value, dict):
+        return {k: list(v) if isinstance(v, list) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return list(value)
+    return value
 
 
 _observers: dict[int, tuple[weakref.ref, ObserverProcess]] = {}

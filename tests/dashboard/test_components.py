@@ -106,3 +106,24 @@ async def test_notebook_widget_refreshes_on_its_timer(tmp_path):
         assert w.updates == n
         with pytest.raises(SessionError, match="unknown plot"):
             dashboard.show(s, plots=["pie"])
+
+
+async def test_a_refresh_is_one_round_trip_to_the_observer(tmp_path):
+    async with Session([ConcurrentExecutionBackend(max_workers=2)], work_dir=tmp_path) as s:
+        w = dashboard.show(s, plots=["task-states", "throughput", "utilisation",
+                                     "task-stream", "latency"], interval=3600)
+        await _run(s, [ComputeTask(function=nap) for _ in range(20)])
+        m = w.metrics.sync()
+        calls = []
+        read = m.observer.read
+
+        def counted(kind, *args):
+            calls.append(kind)
+            return read(kind, *args)
+
+        m.observer.read = counted
+        w.update()
+        assert calls == ["bundle"]
+        assert w.components["task-states"].source.data["DONE"][-1] == 20
+        assert sum(w.components["latency"].source.data["execution"]) == 20
+        w.stop()
