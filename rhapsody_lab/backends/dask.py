@@ -31,6 +31,7 @@ import os
 import queue
 import re
 import secrets
+import sys
 import threading
 import time
 import traceback
@@ -56,6 +57,12 @@ _GATHER_MAX = 2_000     # futures gathered in one call
 _POLL_MIN = 0.002
 _POLL_PER_PENDING = 4e-6
 _POLL_MAX = 0.05
+# Gathered futures are held, then dropped in bulk (which makes Dask forget their keys and
+# free the workers' copies) once nothing is pending, or past these bounds: forgetting a
+# key costs the scheduler about as much as running a null task, so a burst is not slowed
+# by the clean-up of its own first results.
+_HOLD_KEYS = 20_000
+_HOLD_BYTES = 256 * 2**20
 _LOST = "scheduler-lost"
 _RUN = "running-seen"     # marker: a worker holds the task (from _poll_running)
 _RUNNING_POLL = 1.0       # seconds between two looks at what the workers hold
@@ -275,6 +282,8 @@ class DaskExecutionBackend(BaseBackend):
         self._pickle_ok: dict[int, tuple[Any, str | None]] = {}
         self._started_tracker = False
         self._seen_running: set[str] = set()  # uids reported RUNNING before they ended
+        self._held: list = []                 # gathered futures not yet released
+        self._held_bytes = 0
 
     # -- life cycle --------------------------------------------------------------------
     def capacity(self) -> int:
@@ -352,6 +361,7 @@ class DaskExecutionBackend(BaseBackend):
             await asyncio.to_thread(t.join, 5)
         self._drain()
         self._seen_running.clear()
+        self._held = []
 
     def _close(self, futs: list, execs: list[str]) -> None:
         client = self.client
@@ -583,6 +593,10 @@ class DaskExecutionBackend(BaseBackend):
                     idle = min(_POLL_MAX, max(idle * 2, _POLL_MIN))
                 if posted:
                     posted.difference_update([f.key for f in done])
+            if self._held and (not pending or len(self._held) > _HOLD_KEYS
+                               or self._held_bytes > _HOLD_BYTES):
+                self._held = []
+                self._held_bytes = 0
             # watchdog: scheduler loss, worker count, tasks running for a while
             client = self.client
             status = getattr(client, "status", "closed")
@@ -676,11 +690,16 @@ class DaskExecutionBackend(BaseBackend):
                     except Exception as exc:
                         msg = (f"the result of task {task['uid']} could not be fetched "
                                f"from Dask ({type(exc).__name__}: {exc})")
-                        results.append((False, BackendError(self.name, msg), msg, None,
-                                        time.time(), None))
+                        self._report_failure(task, BackendError(self.name, msg), msg)
+                        results.append(None)
+            self._held.extend(ok)
+            size = 0
             for task, res in zip(ok_tasks, results, strict=True):
+                if res is None:
+                    continue
                 if task.get("function") is not None:
                     good, value, tb, t0, t1, slot = res
+                    size += sys.getsizeof(value)
                     if good:
                         task["return_value"] = value
                         task["stdout"] = _text(value)
@@ -697,6 +716,7 @@ class DaskExecutionBackend(BaseBackend):
                     task["stderr"] = stderr
                     task["exit_code"] = code
                     out((task, state, t0, t1, slot))
+            self._held_bytes += size
         if self._done and not self._wake_pending:
             self._wake()
 
