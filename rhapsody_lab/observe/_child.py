@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import marshal
-import os
 import pickle
 import sys
 import threading
@@ -98,13 +97,8 @@ def main(argv: list[str]) -> int:
     side = Connection(int(argv[2]))
     observer = _Observer(json.loads(argv[3]))
     threading.Thread(target=_serve_readers, args=(side, observer), daemon=True).start()
-    try:
-        # Folding and journaling yield the CPU to the tasks they observe when cores are
-        # short. Linux nice values are per thread: the dashboard reader started above
-        # keeps normal priority, this thread and the folding thread it starts do not.
-        os.nice(5)
-    except OSError:
-        pass
+    # No nice(): a lowered thread preempted while it holds this process's GIL would
+    # stall the dashboard reader behind it (priority inversion) on a busy machine.
     try:
         while True:
             try:
