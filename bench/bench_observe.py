@@ -2,7 +2,11 @@
 vs without (one run, interleaved repetitions, medians), the dashboard's update interval
 during a 100,000-task run, and how long a 100,000-task journal takes to load.
 
-Targets (issue 6): ratio >= 0.9, update interval <= 500 ms, load < 5 s.
+Targets (issue 6): ratio >= 0.9, update interval <= 500 ms, load < 5 s. "Observed" means
+journal + metrics (observer process) + the notebook widget refreshing every 0.5 s (its
+default) + one Bokeh server app open; the 100,000-task run refreshes every 0.25 s.
+The wall-clock ratio swings with other load on the machine; the kernel's CPU time per
+task (all its threads) is printed beside it as the steadier figure.
 Run: .venv/bin/python bench/bench_observe.py [--tasks 50000] [--reps 3] [--big 100000]
 """
 
@@ -96,7 +100,7 @@ def main() -> int:
     plain, observed, cpu_plain, cpu_obs = [], [], [], []
     for _ in range(args.reps):  # interleaved, so background load hits both alike
         a = asyncio.run(_run(args.tasks, False))
-        b = asyncio.run(_run(args.tasks, True))
+        b = asyncio.run(_run(args.tasks, True, interval=0.5))  # the default refresh
         plain.append(a["rate"])
         observed.append(b["rate"])
         cpu_plain.append(a["cpu_us"])
@@ -112,7 +116,7 @@ def main() -> int:
     print(f"  kernel CPU per task (all its threads; load-robust): plain {cp:.1f} us, "
           f"observed {co:.1f} us (+{co - cp:.1f} us, ratio {cp / co:.2f})")
 
-    big = asyncio.run(_run(args.big, True))
+    big = asyncio.run(_run(args.big, True, interval=0.25))  # headroom under 500 ms
     print(f"dashboard during a {args.big:,}-task run: {big['rate']:,.0f} tasks/s; update "
           f"interval max {big['max_gap'] * 1000:.0f} ms, mean {big['mean_gap'] * 1000:.0f} ms "
           f"[{'ok' if big['max_gap'] <= 0.5 else 'ABOVE'} target 500 ms] (one refresh "
