@@ -125,17 +125,17 @@ class NativePoolMixin:
         host = socket.gethostname()
         started: dict[int, tuple] = {}
         q = self._startq
-        last = time.time()
         while not self._stopping:
-            try:
-                cid, pid, where = q.get(timeout=0.5)
+            # a blocking Dragon get polls; sleeping between drains leaves the GIL to the
+            # threads that dispatch tasks
+            time.sleep(0.3)
+            while True:
+                try:
+                    cid, pid, where = q.get(block=False)
+                except Exception:  # queue.Empty (or the runtime going away)
+                    break
                 if cid in self._chunks:
                     started[cid] = (pid, where)
-            except Exception:  # queue.Empty (or the runtime going away)
-                pass
-            if time.time() - last < 0.5:
-                continue
-            last = time.time()
             for cid, (pid, where) in list(started.items()):
                 if cid not in self._chunks:
                     del started[cid]
