@@ -198,10 +198,11 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
     def _run_procs(self, task: dict, p: Any) -> None:
         from ._dragon_procs import RankSet, run_plan
         uid = task["uid"]
-        if self._claims.setdefault(uid, "proc") is _CANCELED:
-            return
         ranks = RankSet()
-        self._ranks[uid] = ranks
+        self._ranks[uid] = ranks  # before the claim, so a cancel after it finds the ranks
+        if self._claims.setdefault(uid, "proc") is _CANCELED:
+            self._ranks.pop(uid, None)
+            return
         if self._stopping:  # shutdown began after this task was claimed: start nothing
             ranks.kill()
         slot: list = [None]

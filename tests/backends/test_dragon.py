@@ -114,7 +114,7 @@ def modes(tmp_path_factory):
 def test_started_and_submit_returns_before_execution(modes):
     assert modes["started"]["capacity"] == 2
     # 15 tasks including 30 s sleeps: submit must return long before any of them ends
-    assert modes["submit_returned"]["seconds"] < 1.0
+    assert modes["submit_returned"]["seconds"] < 5.0
 
 
 def test_function_native(modes):
