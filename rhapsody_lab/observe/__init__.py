@@ -6,6 +6,10 @@ throughput, utilisation, latency distributions, task stream) that dashboards rea
 dir; ``load(path)`` replays a journal into ``Metrics`` (``load_dataframe`` into pandas)
 so a killed session can still be plotted. Only the event stream of ``rhapsody_lab.api``
 is used here; numpy is needed for metrics (the ``dashboard`` extra brings it).
+
+By default both run in one helper process per session (``observe.process``): the
+kernel only marshals event batches onto a pipe, so observing 100,000 tasks does not
+compete with task dispatch for the GIL; pass ``process=False`` to fold in the kernel.
 """
 
 from .journal import Journal, attach_journal, load, load_dataframe, read_events
