@@ -14,10 +14,24 @@ def main(argv: list[str] | None = None) -> int:
                             "its statistics (no cluster, no GPU needed)")
     demo.add_argument("--tasks", type=int, default=200,
                       help="number of function tasks in the demo (default 200)")
+    demo.add_argument("--report", default="rhapsody-demo-report.html",
+                      help="where to write the demo's HTML report ('' for none)")
+    report = verbs.add_parser("report", help="write a static HTML report of a session "
+                              "journal (a finished, or killed, session)")
+    report.add_argument("journal", help="the session's *.journal.jsonl file")
+    report.add_argument("-o", "--output", default="report.html",
+                        help="HTML file to write (default report.html)")
     args = parser.parse_args(argv)
     if args.verb == "demo":
         from .demo import run_demo
-        return run_demo(n_functions=args.tasks)
+        return run_demo(n_functions=args.tasks, report=args.report or None)
+    if args.verb == "report":
+        try:
+            from .dashboard.report import main_report
+        except ImportError as exc:
+            print(f"rhapsody-lab report needs the dashboard extra: {exc}", file=sys.stderr)
+            return 2
+        return main_report(args.journal, args.output)
     parser.error(f"unknown verb {args.verb}")  # pragma: no cover
     return 2
 

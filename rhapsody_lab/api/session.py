@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import itertools
 import os
 import time
@@ -357,6 +358,19 @@ class Session:
         snap = self._stats.snapshot()
         snap["capacity"] = {n: b.capacity() for n, b in self.backends.items()}
         return snap
+
+    def dashboard(self, plots: list[str] | None = None, interval: float = 0.5) -> Any:
+        """Live Bokeh dashboard of this session for a notebook (display the result).
+
+        Needs the ``dashboard`` extra; imported here, on demand, so the engine itself
+        never loads Bokeh.
+        """
+        try:
+            dash = importlib.import_module("rhapsody_lab.dashboard")
+            return dash.show(self, plots=plots, interval=interval)
+        except ImportError as exc:
+            raise SessionError(f"the dashboard needs Bokeh ({exc}); install it with "
+                               "pip install 'rhapsody-lab[dashboard]'") from exc
 
     def counts(self) -> dict[str, int]:
         """Tasks by state as delivered so far (cheap: never flushes the event backlog)."""
