@@ -51,6 +51,7 @@ class Session:
         self._stats = Statistics()
         self.events.subscribe(self._stats, inline=True)
         self._closed = False
+        self._services: Any = None  # a ServiceSet, created with the first service
         self._pending: list[_HandOff] = []  # big submits still being handed to backends
         self._handoffs: set[asyncio.Task] = set()
         self.created = time.time()
@@ -152,8 +153,12 @@ class Session:
         return [n for n, b in self.backends.items() if kind in b.task_kinds]
 
     # -- submission --------------------------------------------------------------------
-    def _route_all(self, tasks: list) -> list[BaseBackend]:
-        """Route every task or raise before anything is submitted (the hot loop of submit)."""
+    def _route_all(self, tasks: list, to_check: list) -> list[BaseBackend]:
+        """Route every task or raise before anything is submitted (the hot loop of submit).
+
+        Tasks their backend must check (AI tasks, tasks with backend-specific options) are
+        appended to ``to_check``: they are checked once the backends are running.
+        """
         default: dict[str, BaseBackend | None] = {}
         routed: list[BaseBackend] = []
         append = routed.append
@@ -172,10 +177,12 @@ class Session:
                 raise SessionError(
                     f"task {task['uid']} was already submitted (state {state}); create a new "
                     "task to run the same work again")
-            if task.get("task_backend_specific_kwargs"):
-                backend.check_task(task)
+            is_ai = task.get("prompt") is not None
+            if is_ai or task.get("task_backend_specific_kwargs"):
+                to_check.append((task, backend))  # AI tasks: sampling values, before sending
             append(backend)
-            if task["backend"] is None and not task.get("task_backend_specific_kwargs"):
+            if task["backend"] is None and not task.get("task_backend_specific_kwargs") \
+                    and not is_ai:
                 last_type, last_backend = task.__class__, backend
                 last_fn = task.get("function") is not None
             else:
@@ -200,11 +207,12 @@ class Session:
         self.events.bind(loop)
         # 1. validate and route everything before anything is submitted
         routed: list[BaseBackend] = []
+        to_check: list[tuple[BaseTask, BaseBackend]] = []
         uids: set[str] = set()
         last_yield = time.perf_counter()
         for start in range(0, len(tasks), _CHUNK):
             part = tasks[start:start + _CHUNK]
-            routed += self._route_all(part)
+            routed += self._route_all(part, to_check)
             uids.update([t["uid"] for t in part])
             if time.perf_counter() - last_yield > _YIELD_AFTER:
                 await asyncio.sleep(0)  # a huge call must not freeze the loop (or a notebook)
@@ -218,6 +226,8 @@ class Session:
         for backend in set(routed):
             if not backend.is_running:
                 await backend.initialize()
+        for task, backend in to_check:  # a running backend knows its resources
+            backend.check_task(task)
         # 2. bind a future to every task; the first ones become SUBMITTED now, the rest as
         #    they are handed over (stamped with this call's time)
         if type(loop).create_future is asyncio.BaseEventLoop.create_future:
@@ -372,6 +382,38 @@ class Session:
             raise SessionError(f"the dashboard needs Bokeh ({exc}); install it with "
                                "pip install 'rhapsody-lab[dashboard]'") from exc
 
+    # -- services ----------------------------------------------------------------------
+    @property
+    def services(self) -> Any:
+        """The long-running services (``rhapsody_lab.services.ServiceSet``) of this session."""
+        if self._services is None:
+            from ..services import ServiceSet
+            self._services = ServiceSet()
+        return self._services
+
+    async def start_service(self, name: str, command: list[str], **options: Any) -> Any:
+        """Start a service (a server process with a readiness check) and wait until ready.
+
+        ``options`` go to ``rhapsody_lab.services.Service``: ``ready_url``, ``endpoint``,
+        ``env``, ``log_file``, ``startup_timeout``...; it is stopped by ``close()``.
+        """
+        self._check_open()
+        if not isinstance(name, str) or not name:
+            raise SessionError(f"service name must be a non-empty string, got {name!r}")
+        if isinstance(command, str) or not command:
+            raise SessionError(f"service command must be a non-empty list of strings, got "
+                               f"{command!r}; e.g. ['python', '-m', 'http.server', '8000']")
+        options.setdefault("log_file", os.path.join(self.work_dir, f"{self.uid}.{name}.log"))
+        return await self.services.start(name, command, **options)
+
+    def get_service(self, name: str) -> Any:
+        """The service called ``name`` (its ``endpoint``, ``state``, ``tail()``)."""
+        return self.services.get(name)
+
+    async def stop_service(self, name: str) -> None:
+        """Stop the service called ``name`` (SIGTERM to its process group, then SIGKILL)."""
+        await self.services.stop(name)
+
     def counts(self) -> dict[str, int]:
         """Tasks by state as delivered so far (cheap: never flushes the event backlog)."""
         return {k: v for k, v in self._stats.counts.items() if v > 0}
@@ -406,6 +448,9 @@ class Session:
                                           "its backend")
         results = await asyncio.gather(*(b.shutdown() for b in self.backends.values()),
                                        return_exceptions=True)
+        if self._services is not None:
+            results.append(*(await asyncio.gather(self._services.stop_all(),
+                                                  return_exceptions=True)))
         while self.events.flush(limit=_FLUSH_LIMIT):
             await asyncio.sleep(0)  # deliver the backlog without blocking the loop
         self.events.close()
