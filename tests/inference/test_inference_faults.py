@@ -83,10 +83,11 @@ async def test_invalid_sampling_rejected_before_anything_is_sent(fake_server):
     assert err.value.field == "temperature"
     bad2 = AITask(prompt="x")
     bad2["top_k"] = 0
-    async with Session([b]) as s:
-        await s.submit_tasks([bad2])
-        await s.wait_tasks([bad2])
-    assert bad2.state == "FAILED" and isinstance(bad2.exception, TaskValidationError)
+    async with Session([b]) as s:  # through a session: refused before anything is queued
+        with pytest.raises(TaskValidationError, match="top_k") as err:
+            await s.submit_tasks([AITask(prompt="fine"), bad2])
+        assert err.value.field == "top_k"
+    assert bad2.state == "NEW" and bad2.future is None
     assert ok.state == "NEW" and not b.is_live(ok.uid)
     await asyncio.sleep(0.05)
     assert [r for r in seen_requests(fake_server) if r["path"] != "/v1/models"] == []
