@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -69,15 +68,11 @@ def run_dragon(script: str, *args: str, tmp: str, timeout: float = 180,
     cmd = (launcher if launcher is not None else [DRAGON, "-s"]) + \
         [os.path.join(SCRIPTS, script), *args]
     with subprocess.Popen(cmd, cwd=tmp, env=_env(token), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True) as p:
+                          stderr=subprocess.PIPE, text=True) as p:
         try:
             out, err = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            # end the whole runtime, not just the launcher: orphans would hang the next one
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            p.kill()
             out, err = p.communicate()
     proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     # Dragon names a runtime's pools after its launcher's pid (DD0275def0D for pid 4275):
