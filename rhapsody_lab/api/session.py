@@ -29,7 +29,7 @@ __all__ = ["Session"]
 _session_counter = itertools.count(0)
 _CHUNK = 2_000  # tasks handed to backends between two yields to the event loop
 _YIELD_AFTER = 0.010  # seconds of submit work between two yields to the event loop
-_FLUSH_BUDGET = 0.008  # seconds of event delivery per backend batch
+_FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch
 _FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callback)
 _FLUSH_MIN = 1_000  # events pending before a backend batch triggers a flush
 _FIRST_HANDOFF = 256  # handed over before submit_tasks returns (enough to fill the slots)
@@ -466,31 +466,28 @@ class Session:
 
 
 async def _wait_all(futs: list[asyncio.Future], timeout: float | None, total: int) -> None:
-    """Wait for every future, O(1) work per completion (``asyncio.wait`` is O(n) at the end)."""
+    """Wait for every future without one loop callback per future.
+
+    Awaiting them in order suspends only on the first still-pending one; completions
+    arrive in batches, so this wakes about once per batch (``asyncio.wait`` or ``gather``
+    would schedule one callback per task, which at 100,000 tasks floods the loop).
+    """
     loop = asyncio.get_running_loop()
-    all_done = loop.create_future()
-    left = len(futs)
-
-    def one_done(_fut: asyncio.Future) -> None:
-        nonlocal left
-        left -= 1
-        if not left and not all_done.done():
-            all_done.set_result(None)
-
-    last_yield = time.perf_counter()
+    deadline = None if timeout is None else loop.time() + timeout
     for i, fut in enumerate(futs):
-        fut.add_done_callback(one_done)
-        if not i & 1023 and time.perf_counter() - last_yield > _YIELD_AFTER:
-            await asyncio.sleep(0)
-            last_yield = time.perf_counter()
-    try:
-        await asyncio.wait_for(asyncio.shield(all_done), timeout)
-    except asyncio.TimeoutError:
-        for fut in futs:
-            fut.remove_done_callback(one_done)
-        raise asyncio.TimeoutError(
-            f"wait_tasks timed out after {timeout}s: {total - left}/{total} tasks "
-            "finished") from None
+        if fut.done():
+            continue
+        remaining = None if deadline is None else deadline - loop.time()
+        if remaining is not None and remaining <= 0:
+            done = False
+        else:
+            finished, _ = await asyncio.wait((fut,), timeout=remaining)  # never cancels fut
+            done = bool(finished)
+        if not done:
+            left = sum(not f.done() for f in futs[i:])
+            raise asyncio.TimeoutError(
+                f"wait_tasks timed out after {timeout}s: {total - left}/{total} tasks "
+                "finished")
 
 
 class _HandOff:
