@@ -46,6 +46,7 @@ class BaseBackend(ABC):
         self._init_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_session: Callable[[], None] | None = None
+        self._wake_pending = False
         self._work_dir: str | None = None
 
     # -- identity and life cycle -------------------------------------------------------
@@ -183,6 +184,20 @@ class BaseBackend(ABC):
         if self._callbacks:
             for task in tasks:
                 self._notify(task, QUEUED)
+
+    def _wake_drain(self) -> None:
+        """From any thread: run ``self._drain()`` on the loop, at most once per batch.
+
+        A backend appends outcomes to a deque, then calls this; its ``_drain`` clears
+        ``_wake_pending`` first and then empties the deque, so no outcome is left behind.
+        """
+        if self._wake_pending:
+            return
+        self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)  # type: ignore[attr-defined]
+        except RuntimeError:  # loop closed: the session is gone, nothing to deliver to
+            pass
 
     def _notify(self, task: dict, state: str) -> None:
         for cb in self._callbacks:

@@ -91,7 +91,7 @@ class NativePoolMixin:
                 items.append((fid, tuple(task["args"]), dict(task["kwargs"])))
             if not tasks or self._pool is None:
                 self._inflight.release()
-                self._wake_if_needed()
+                self._wake_drain()
                 continue
             self._send(tasks, blobs, items, permit=True)
 
@@ -184,7 +184,7 @@ class NativePoolMixin:
                 task["stderr"] = tb or repr(value)
                 task["exit_code"] = 1
                 done((task, FAILED, t1, pid))
-        self._wake_if_needed()
+        self._wake_drain()
 
     def _chunk_failed(self, cid: int, exc: BaseException, lost: bool = False) -> None:
         tasks = self._take(cid)
@@ -201,7 +201,7 @@ class NativePoolMixin:
                                    f"{task['uid']}: {exc}")
                 err.__cause__ = exc
             self._done.append((task, record_failure(task, err), now, None))
-        self._wake_if_needed()
+        self._wake_drain()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -67,7 +67,6 @@ class ConcurrentExecutionBackend(BaseBackend):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._claims: dict[str, Any] = {}
         self._done: deque = deque()
-        self._wake_pending = False
         self._threads: list[threading.Thread] = []
         self._procs = ProcessTable()
         self._pump_scheduled = False
@@ -184,15 +183,7 @@ class ConcurrentExecutionBackend(BaseBackend):
                     state = CANCELED
                     self._procs.forget(uid)
             done((task, state, clock(), slot))
-            if not self._wake_pending:
-                self._wake()
-
-    def _wake(self) -> None:
-        self._wake_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # loop closed: the session is gone, nothing to deliver to
-            pass
+            self._wake_drain()
 
     # -- completion (event loop) -------------------------------------------------------
     def _drain(self) -> None:
@@ -230,8 +221,7 @@ class ConcurrentExecutionBackend(BaseBackend):
     def _report(self, task: dict, state: str, t: float, slot: Any) -> None:
         """Record an outcome from any thread and wake the loop (at most once per batch)."""
         self._done.append((task, state, t, slot))
-        if not self._wake_pending:
-            self._wake()
+        self._wake_drain()
 
     def _pump(self) -> None:
         """Hand queued function tasks to the process pool while it has room."""

@@ -275,7 +275,6 @@ class DaskExecutionBackend(BaseBackend):
         self._new_futs: deque = deque()    # submitted Dask futures, for the collector
         self._signal = threading.Event()
         self._done: deque = deque()        # (task, state, t0, t1, slot) for the loop
-        self._wake_pending = False
         self._stopping = False
         self._lost: str | None = None
         self._threads: list[threading.Thread] = []
@@ -639,8 +638,8 @@ class DaskExecutionBackend(BaseBackend):
                 if fut is not None:
                     posted.add(key)
                     self._done.append((fut._rhapsody_task, _RUN, t, None, addr))
-        if self._done and not self._wake_pending:
-            self._wake()
+        if self._done:
+            self._wake_drain()
 
     def _declare_lost(self, status: str) -> None:
         """The scheduler is gone: the loop fails every live task and the backend."""
@@ -648,7 +647,7 @@ class DaskExecutionBackend(BaseBackend):
             self._lost = (f"lost the Dask scheduler (client status {status!r}); create a "
                           "new backend")
             self._done.append((None, _LOST, 0.0, 0.0, None))
-            self._wake()
+            self._wake_drain()
 
     def _collect(self, futs: list) -> None:
         live = self._live
@@ -717,23 +716,15 @@ class DaskExecutionBackend(BaseBackend):
                     task["exit_code"] = code
                     out((task, state, t0, t1, slot))
             self._held_bytes += size
-        if self._done and not self._wake_pending:
-            self._wake()
+        if self._done:
+            self._wake_drain()
 
     def _report_failure(self, task: dict, exc: BaseException, tb: str) -> None:
         task["exception"] = exc
         task["stderr"] = tb
         task["exit_code"] = 1
         self._done.append((task, FAILED, None, time.time(), None))
-        if not self._wake_pending:
-            self._wake()
-
-    def _wake(self) -> None:
-        self._wake_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # loop closed: nobody left to deliver to
-            pass
+        self._wake_drain()
 
     # -- completion (event loop) -------------------------------------------------------
     def _drain(self) -> None:

@@ -84,7 +84,6 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         self._stopping = False
         self._next_fid = 0
         self._done: deque = deque()
-        self._wake_pending = False
         self._launcher: ThreadPoolExecutor | None = None
         self._ranks: dict[str, Any] = {}
         self.startup_seconds: float | None = None
@@ -224,18 +223,9 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         if ranks.killed and state != CANCELED:
             state = CANCELED
         self._done.append((task, state, time.time(), slot[0]))
-        self._wake_if_needed()
+        self._wake_drain()
 
     # -- completion (event loop) -------------------------------------------------------
-    def _wake_if_needed(self) -> None:
-        if self._wake_pending:
-            return
-        self._wake_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:  # loop closed: nothing to deliver to
-            pass
-
     def _drain(self) -> None:
         self._wake_pending = False
         done = self._done
