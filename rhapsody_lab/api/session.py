@@ -54,6 +54,7 @@ class Session:
         self._services: Any = None  # a ServiceSet, created with the first service
         self._pending: list[_HandOff] = []  # big submits still being handed to backends
         self._handoffs: set[asyncio.Task] = set()
+        self._router: Any = None  # a policy's router (api.routing), set by from_policy
         self.created = time.time()
         if isinstance(backends, BaseBackend):
             backends = [backends]
@@ -66,6 +67,23 @@ class Session:
                 self.add_backend(b)
 
     # -- backends ----------------------------------------------------------------------
+    @classmethod
+    def from_policy(cls, policy: Any, allocation: Any = None, uid: str | None = None,
+                    work_dir: str | os.PathLike | None = None) -> Session:
+        """A session whose backends share ``allocation`` by ``policy`` (a path or a dict).
+
+        The policy is validated (``PolicyError`` naming the key) before any backend is
+        built; backends start with the session (``async with``); see ``rhapsody_lab.policy``.
+        """
+        from ..policy import build_backends, load_policy
+        from .routing import PolicyRouter
+
+        plan = load_policy(policy, allocation)
+        session = cls(build_backends(plan), uid=uid, work_dir=work_dir)
+        session._router = PolicyRouter(plan)
+        session._router.bind(session)
+        return session
+
     def add_backend(self, backend: BaseBackend) -> None:
         """Register ``backend``; tasks reach it by ``task.backend = backend.name``."""
         if self._closed:
@@ -159,6 +177,8 @@ class Session:
         Tasks their backend must check (AI tasks, tasks with backend-specific options) are
         appended to ``to_check``: they are checked once the backends are running.
         """
+        if self._router is not None:  # a policy decides (api.routing)
+            return self._router.route_all(self, tasks, to_check)
         default: dict[str, BaseBackend | None] = {}
         routed: list[BaseBackend] = []
         append = routed.append
