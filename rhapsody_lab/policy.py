@@ -287,6 +287,7 @@ def _resolve_shares(raw: Mapping, alloc: Allocation) -> dict[str, BackendShare]:
     pool_cores = sum(c for n, c in node_cores.items() if n not in owner)
     pool_gpus = sum(g for n, g in node_gpus.items() if n not in owner)
     # cores and GPUs: within owned nodes, else from the pool of the remaining nodes
+    pool_what = "" if not owner else " left beside whole nodes"
     used_cores = used_gpus = 0
     unsized: list[str] = []
     for name, e in entries.items():
@@ -306,13 +307,13 @@ def _resolve_shares(raw: Mapping, alloc: Allocation) -> dict[str, BackendShare]:
             else:
                 e["cores"] = 0  # an inference server runs elsewhere or on its GPUs
         else:
-            c = _amount(f"{key}.cores", spec["cores"], alloc.cores, "cores")
+            c = _amount(f"{key}.cores", spec["cores"], pool_cores, "cores" + pool_what)
             if used_cores + c > pool_cores:
                 raise PolicyError(f"{key}.cores", _overlap(c, used_cores, pool_cores,
                                                            "cores", entries, name))
             used_cores += c
             e["cores"] = c
-        g = _amount(f"{key}.gpus", spec.get("gpus", 0), alloc.gpus, "GPUs")
+        g = _amount(f"{key}.gpus", spec.get("gpus", 0), pool_gpus, "GPUs" + pool_what)
         if used_gpus + g > pool_gpus:
             raise PolicyError(f"{key}.gpus", _overlap(g, used_gpus, pool_gpus, "GPUs",
                                                       entries, name))
@@ -332,8 +333,9 @@ def _resolve_shares(raw: Mapping, alloc: Allocation) -> dict[str, BackendShare]:
 
 
 def _overlap(want: int, used: int, total: int, what: str, entries: dict, name: str) -> str:
-    others = [n for n in entries if n != name and entries[n].get(
-        "cores" if what == "cores" else "gpus")]
+    field = "cores" if what == "cores" else "gpus"
+    others = [n for n, e in entries.items() if n != name and not e.get("nodes")
+              and e.get(field)]
     return (f"{want} {what} overlap the shares of {', '.join(others) or 'other backends'} "
             f"({used} already assigned): together they exceed the {total} {what} "
             f"available to backends without nodes of their own")
@@ -425,6 +427,9 @@ def build_backends(policy: Policy) -> list:
                     res["resources"] = {"GPU": b.gpus}
                 backend = cls(resources=res, name=b.name, **opts)
             elif b.type == "dask-slurm":
+                import importlib.util
+                if importlib.util.find_spec("dask_jobqueue") is None:
+                    raise ImportError("dask-jobqueue is missing (pip install dask-jobqueue)")
                 from .backends.dask_slurm import SlurmDaskBackend
                 backend = SlurmDaskBackend(b.name, b.cores, max(1, len(b.nodes)), opts)
             elif b.type == "dragon":
