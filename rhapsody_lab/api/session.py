@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import importlib
 import itertools
+import operator
 import os
 import time
+from collections import deque
 from collections.abc import Iterable
+from itertools import repeat, starmap
 from typing import Any
 
+from . import gcfreeze
 from .backend import BaseBackend, _kind
 from .errors import SessionError, TaskValidationError
 from .events import EventStream, Subscriber
 from .states import CANCELED, NEW, SUBMITTED
 from .statistics import Statistics
-from .task import BaseTask
+from .task import BaseTask, ComputeTask
 
 __all__ = ["Session"]
 
@@ -33,6 +38,13 @@ _FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch
 _FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callback)
 _FLUSH_MIN = 1_000  # events pending before a backend batch triggers a flush
 _FIRST_HANDOFF = 256  # handed over before submit_tasks returns (enough to fill the slots)
+_UID = operator.itemgetter("uid")
+_BACKEND = operator.itemgetter("backend")
+_STATE = operator.itemgetter("state")
+_FUNCTION = operator.itemgetter("function")
+_OPTIONS = operator.itemgetter("task_backend_specific_kwargs")
+_FUTURE = operator.attrgetter("_future")
+_GC_FREEZE_MIN = 5_000  # a submit this big freezes the heap while it runs (see gcfreeze)
 
 
 class Session:
@@ -54,6 +66,8 @@ class Session:
         self._services: Any = None  # a ServiceSet, created with the first service
         self._pending: list[_HandOff] = []  # big submits still being handed to backends
         self._handoffs: set[asyncio.Task] = set()
+        self._gc_held = False  # this session holds the process-wide gc freeze (gcfreeze)
+        self._submitting = 0  # submit_tasks calls between validation and hand-off
         self._router: Any = None  # a policy's router (api.routing), set by from_policy
         self.created = time.time()
         if isinstance(backends, BaseBackend):
@@ -107,12 +121,22 @@ class Session:
         A small backlog is left to the stream's timer (every 0.1 s), keeping observer work
         off the critical path of one-task-at-a-time loops.
         """
+        if self._gc_held:
+            self._release_gc_if_idle()
         if self.events.pending < _FLUSH_MIN:
             return
         t0 = time.perf_counter()
         flush = self.events.flush
         while flush(limit=_FLUSH_LIMIT) and time.perf_counter() - t0 < _FLUSH_BUDGET:
             pass
+
+    def _release_gc_if_idle(self) -> None:
+        """Give the gc freeze back once nothing of this session is in flight."""
+        if self._submitting or self._pending or any(
+                b._live for b in self.backends.values()):
+            return
+        self._gc_held = False
+        gcfreeze.release(self)
 
     async def start(self) -> Session:
         """Initialise every backend that is not running yet (concurrently)."""
@@ -180,6 +204,10 @@ class Session:
         if self._router is not None:  # a policy decides (api.routing)
             return self._router.route_all(self, tasks, to_check)
         default: dict[str, BaseBackend | None] = {}
+        if len(tasks) >= 64:
+            backend = self._route_uniform(tasks, default)
+            if backend is not None:
+                return [backend] * len(tasks)
         routed: list[BaseBackend] = []
         append = routed.append
         last_type = last_backend = None
@@ -209,6 +237,25 @@ class Session:
                 last_type = None
         return routed
 
+    def _route_uniform(self, tasks: list, default: dict) -> BaseBackend | None:
+        """The one backend of a chunk of alike fresh tasks, checked at C speed; else None.
+
+        Alike: all exactly ``ComputeTask``, NEW, unbound, with no backend named, no
+        backend-specific options, and all functions or all executables. The first task
+        takes the full route (and its errors); the rest follow it.
+        """
+        first = tasks[0]
+        if len(set(map(type, tasks))) != 1 or first.__class__ is not ComputeTask or \
+                any(map(_BACKEND, tasks)) or any(map(_OPTIONS, tasks)) or \
+                any(map(_FUTURE, tasks)) or set(map(_STATE, tasks)) != {NEW}:
+            return None
+        if first["function"] is not None:
+            if None in map(_FUNCTION, tasks):
+                return None
+        elif list(map(_FUNCTION, tasks)).count(None) != len(tasks):
+            return None
+        return self._route(first, default)
+
     async def submit_tasks(self, tasks: Iterable[BaseTask]) -> list[asyncio.Future]:
         """Route and queue ``tasks``; return their futures (in order) once accepted.
 
@@ -225,6 +272,18 @@ class Session:
             return []
         loop = asyncio.get_running_loop()
         self.events.bind(loop)
+        if len(tasks) >= _GC_FREEZE_MIN and not self._gc_held and gcfreeze.enabled():
+            self._gc_held = gcfreeze.hold(self)  # the user's tasks are long-lived anyway
+        self._submitting += 1
+        try:
+            return await self._submit(tasks, loop)
+        finally:
+            self._submitting -= 1
+            if self._gc_held:
+                self._release_gc_if_idle()  # refused, or everything already finished
+
+    async def _submit(self, tasks: list, loop: asyncio.AbstractEventLoop
+                      ) -> list[asyncio.Future]:
         # 1. validate and route everything before anything is submitted
         routed: list[BaseBackend] = []
         to_check: list[tuple[BaseTask, BaseBackend]] = []
@@ -233,7 +292,7 @@ class Session:
         for start in range(0, len(tasks), _CHUNK):
             part = tasks[start:start + _CHUNK]
             routed += self._route_all(part, to_check)
-            uids.update([t["uid"] for t in part])
+            uids.update(map(_UID, part))
             if time.perf_counter() - last_yield > _YIELD_AFTER:
                 await asyncio.sleep(0)  # a huge call must not freeze the loop (or a notebook)
                 last_yield = time.perf_counter()
@@ -257,14 +316,23 @@ class Session:
         bind = object.__setattr__
         now = time.time()
         futures: list[asyncio.Future] = []
+        pause = self._gc_held and gc.isenabled()  # these futures get frozen: never scan them
         for start in range(0, len(tasks), _CHUNK):
-            part = [create() for _ in range(min(_CHUNK, len(tasks) - start))]
+            if pause:
+                gc.disable()
+            try:
+                part = list(starmap(create, repeat((), min(_CHUNK, len(tasks) - start))))
+                deque(map(bind, tasks[start:start + _CHUNK], repeat("_future"), part),
+                      maxlen=0)  # task._future = fut, at C speed
+            finally:
+                if pause:
+                    gc.enable()
             futures += part
-            for task, fut in zip(tasks[start:start + _CHUNK], part, strict=True):
-                bind(task, "_future", fut)
             if time.perf_counter() - last_yield > _YIELD_AFTER:
                 await asyncio.sleep(0)
                 last_yield = time.perf_counter()
+        if self._gc_held:
+            gcfreeze.refreeze(self)  # the futures live as long as the tasks
         # 3. hand the first tasks over now, the rest in the background
         first = _FIRST_HANDOFF
         self._mark_submitted(tasks[:first], routed[:first], now)
@@ -458,6 +526,9 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        if self._gc_held:
+            self._gc_held = False
+            gcfreeze.release(self)
         for job in list(self._handoffs):
             job.cancel()
         for pending in self._pending:
