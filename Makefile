@@ -3,13 +3,17 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# the JupyterLab extension is built by `pip install` (hatch-jupyter-builder, npm) only when
+# labextension/src is newer than rhapsody_lab/labextension; npm downloads are cached here
+export npm_config_cache ?= $(HOME)/.cache/npm
+LABEXT_SRC := labextension/package.json $(wildcard labextension/src/*.ts labextension/src/style/*)
 EXTRAS ?= test,dask,dashboard,notebook,dragon,inference
 
 .PHONY: demo test lint bench venv clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LABEXT_SRC)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"

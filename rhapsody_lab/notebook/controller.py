@@ -95,6 +95,7 @@ class Controller:
         self.tasks: list[BaseTask] = []
         self.start_error: BaseException | None = None
         self.panels: list[Any] = []  # session panels to stop when the session stops
+        self.publisher: Any = None  # announces the session to the Jupyter server (publish)
 
     @property
     def host(self) -> Host:
@@ -135,6 +136,7 @@ class Controller:
             except BaseException as exc:
                 self.start_error = exc
                 raise
+            self._publish(session)
 
         return self.host.spawn(start())
 
@@ -144,6 +146,24 @@ class Controller:
             raise SessionError(f"expected a Session, got {type(session).__name__}")
         self.session, self.tasks, self.start_error = session, [], None
         self.tracker = self.host.call(lambda: Tracker(session))
+        self.host.call(lambda: self._publish(session))
+
+    def _publish(self, session: Session) -> None:
+        """On the loop: list the session in the Jupyter server's sidebar (in a kernel)."""
+        self._unpublish()
+        if not self.widgets:
+            return  # a terminal: no Jupyter server to show it
+        try:
+            from .publish import Publisher
+            self.publisher = Publisher(session).start()
+        except Exception as exc:  # the sidebar is optional; the session is not
+            print(f"%rhapsody: session not announced to the Jupyter server: {exc}",
+                  file=sys.stderr)
+
+    def _unpublish(self) -> None:
+        publisher, self.publisher = self.publisher, None
+        if publisher is not None:
+            publisher.stop()
 
     def require(self) -> Session:
         s = self.session
@@ -161,6 +181,8 @@ class Controller:
                 await session.close()
                 return session.uid
             finally:
+                if self.publisher is not None:  # joins its thread: not on the loop
+                    await asyncio.get_running_loop().run_in_executor(None, self._unpublish)
                 for panel in self.panels:
                     panel.refresh()
                     panel.stop_timer()

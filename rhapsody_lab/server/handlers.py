@@ -1,0 +1,219 @@
+"""Authenticated handlers: the sessions list and the dashboard proxy (HTTP + websocket).
+
+The proxy forwards only to the Bokeh server of a live registered session, always on
+127.0.0.1, and only under the path that server was started with; the request path is
+forwarded unchanged (the Bokeh server runs with ``prefix`` = the proxied path, so its pages
+and its websocket URL point back through the proxy). The browser's Origin is checked by
+the Jupyter server (its ``allow_origin`` rules); Bokeh's own check then sees the
+loopback origin it allows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.utils import url_path_join
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, websocket_connect
+
+from .registry import ENV_BASE_URL, ENV_DIR, PROXY_ROOT, dashboard_prefix, read_entries
+
+__all__ = ["DashboardProxyHandler", "SessionsHandler", "setup_handlers"]
+
+# never forwarded upstream: hop-by-hop, and the user's Jupyter credentials
+_DROP_REQUEST = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                 "te", "trailer", "transfer-encoding", "upgrade", "host", "cookie",
+                 "authorization", "content-length", "origin", "referer"}
+_DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length",
+                  "server", "date", "set-cookie"}
+_KEY = r"[A-Za-z0-9._-]+"
+
+
+def _registry(handler: web.RequestHandler) -> dict[str, dict[str, Any]]:
+    return read_entries(handler.settings["rhapsody_lab_registry_dir"])
+
+
+def _plots(entry: dict[str, Any], base_url: str) -> dict[str, str]:
+    """Plot -> proxied URL, if the session's dashboard runs behind this server's proxy."""
+    dash = entry.get("dashboard")
+    if not isinstance(dash, dict) or not isinstance(dash.get("port"), int):
+        return {}
+    prefix = dashboard_prefix(base_url, entry["key"])
+    if dash.get("prefix") != prefix:
+        return {}  # started for another server (another base URL): not reachable here
+    return {p: f"{prefix}/{p}" for p in dash.get("plots", []) if isinstance(p, str)}
+
+
+class SessionsHandler(APIHandler):
+    """``GET <base_url>rhapsody-lab/sessions``: the live sessions of this user's kernels."""
+
+    auth_resource = "rhapsody_lab"
+
+    @web.authenticated
+    async def get(self) -> None:
+        paths = await self._notebook_paths()
+        sessions = []
+        for key, e in _registry(self).items():
+            counts = e.get("counts") if isinstance(e.get("counts"), dict) else {}
+            sessions.append({
+                "key": key,
+                "uid": e.get("uid"),
+                "pid": e.get("pid"),
+                "kernel_id": e.get("kernel_id"),
+                "path": paths.get(e.get("kernel_id") or ""),
+                "backends": e.get("backends") or {},
+                "counts": counts,
+                "total": e.get("total", sum(v for v in counts.values()
+                                            if isinstance(v, int))),
+                "started": e.get("started"),
+                "updated": e.get("updated"),
+                "dashboard": _plots(e, self.base_url),
+                "dashboard_error": e.get("dashboard_error"),
+            })
+        sessions.sort(key=lambda s: (s["started"] or 0, s["key"]))
+        self.finish(json.dumps({"sessions": sessions}))
+
+    async def _notebook_paths(self) -> dict[str, str]:
+        manager = self.settings.get("session_manager")
+        if manager is None:
+            return {}
+        try:
+            listed = await manager.list_sessions()
+        except Exception:  # a listing hiccup must not hide the sessions themselves
+            return {}
+        return {s["kernel"]["id"]: s.get("path") for s in listed if s.get("kernel")}
+
+
+class DashboardProxyHandler(WebSocketHandler, JupyterHandler):
+    """``<base_url>rhapsody-lab/dashboard/<key>/<path>`` -> the session's Bokeh server."""
+
+    auth_resource = "rhapsody_lab"
+
+    def initialize(self) -> None:
+        self._upstream: Any = None
+        self._ws_url = ""
+        self._subprotocols: list[str] = []
+        self._origin = ""
+
+    def get_login_url(self) -> str:
+        raise web.HTTPError(403, "authentication required")  # never redirect a proxy
+
+    def check_origin(self, origin: str | None = None) -> bool:
+        return JupyterHandler.check_origin(self)  # the server's allow_origin rules
+
+    def _target(self, key: str) -> int:
+        entry = _registry(self).get(key)
+        if entry is None:
+            raise web.HTTPError(404, f"no live rhapsody_lab session {key!r}")
+        dash = entry.get("dashboard")
+        port = dash.get("port") if isinstance(dash, dict) else None
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise web.HTTPError(404, f"session {key!r} has no dashboard")
+        prefix = dashboard_prefix(self.base_url, key)
+        if dash.get("prefix") != prefix or not (self.request.path == prefix or
+                                                self.request.path.startswith(prefix + "/")):
+            raise web.HTTPError(404, f"session {key!r} has no dashboard under {prefix}")
+        return port
+
+    def _upstream_uri(self) -> str:
+        query = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True)
+                 if k != "token"]  # the Jupyter token stays here
+        return self.request.path + (f"?{urlencode(query)}" if query else "")
+
+    @web.authenticated
+    async def get(self, key: str, rest: str | None = None) -> None:
+        port = self._target(key)
+        if self.request.headers.get("Upgrade", "").lower() == "websocket":
+            self._ws_url = f"ws://127.0.0.1:{port}{self._upstream_uri()}"
+            self._origin = f"http://127.0.0.1:{port}"
+            await WebSocketHandler.get(self, key, rest)
+            return
+        await self._forward(port)
+
+    @web.authenticated
+    async def head(self, key: str, rest: str | None = None) -> None:
+        await self._forward(self._target(key))
+
+    async def _forward(self, port: int) -> None:
+        headers = {k: v for k, v in self.request.headers.get_all()
+                   if k.lower() not in _DROP_REQUEST}
+        request = HTTPRequest(f"http://127.0.0.1:{port}{self._upstream_uri()}",
+                              method=self.request.method, headers=headers,
+                              follow_redirects=False, decompress_response=False,
+                              connect_timeout=10, request_timeout=60)
+        response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        if response.code == 599:
+            raise web.HTTPError(502, f"the dashboard on port {port} did not answer: "
+                                     f"{response.error}")
+        self.set_status(response.code, response.reason)
+        for name, value in response.headers.get_all():
+            if name.lower() not in _DROP_RESPONSE:
+                self.set_header(name, value)
+        if response.code in (204, 304) or self.request.method == "HEAD":
+            self.finish()
+        else:
+            self.finish(response.body)
+
+    # -- websocket ---------------------------------------------------------------------
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        self._subprotocols = list(subprotocols)  # Bokeh sends ["bokeh", <session token>]
+        return subprotocols[0] if subprotocols else None
+
+    async def open(self, key: str, rest: str | None = None) -> None:
+        request = HTTPRequest(self._ws_url, headers={"Origin": self._origin},
+                              connect_timeout=10, request_timeout=30)
+        try:
+            self._upstream = await websocket_connect(
+                request, subprotocols=self._subprotocols or None,
+                on_message_callback=self._from_upstream, max_message_size=64 * 2**20)
+        except Exception as exc:
+            self.log.warning("rhapsody_lab: dashboard websocket %s failed: %s",
+                             self._ws_url, exc)
+            self.close(1011, "dashboard unreachable")
+
+    def _from_upstream(self, message: str | bytes | None) -> None:
+        if message is None:  # the Bokeh server closed it
+            if self.ws_connection is not None:
+                self.close()
+            return
+        try:
+            self.write_message(message, binary=isinstance(message, bytes))
+        except WebSocketClosedError:
+            if self._upstream is not None:
+                self._upstream.close()
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self._upstream is not None:
+            try:
+                await self._upstream.write_message(message, binary=isinstance(message, bytes))
+            except WebSocketClosedError:
+                self.close()
+
+    def on_close(self) -> None:
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
+
+
+def setup_handlers(serverapp: Any) -> None:
+    """Register the handlers; publish the registry dir and base URL to future kernels."""
+    web_app = serverapp.web_app
+    directory = os.environ.get(ENV_DIR) or str(Path(serverapp.runtime_dir) / "rhapsody_lab")
+    base_url = web_app.settings.get("base_url", "/")
+    web_app.settings["rhapsody_lab_registry_dir"] = directory
+    # kernels inherit the server's environment: they register where we read, and start
+    # their dashboards under the path our proxy forwards
+    os.environ[ENV_DIR] = directory
+    os.environ[ENV_BASE_URL] = base_url
+    root = url_path_join(base_url, "rhapsody-lab")
+    web_app.add_handlers(".*$", [
+        (url_path_join(root, "sessions"), SessionsHandler),
+        (url_path_join(base_url, PROXY_ROOT, f"({_KEY})(/.*)?"), DashboardProxyHandler),
+    ])
+    serverapp.log.info("rhapsody_lab: sessions at %s, registry %s", root, directory)
