@@ -19,7 +19,9 @@ from typing import Any
 from .errors import BackendError, SessionError, TaskExecutionError
 from .states import CANCELED, DONE, FAILED, QUEUED
 
-__all__ = ["BaseBackend"]
+__all__ = ["CANCELED_CLAIM", "BaseBackend"]
+
+CANCELED_CLAIM = object()  # a claim marker: the task was canceled before a worker took it
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ class BaseBackend(ABC):
         self.emit: Callable[[tuple], None] = _no_emit
         self._callbacks: list[Callable[[dict, str], None]] = []
         self._live: dict[str, Any] = {}
+        # uid -> who runs it, or CANCELED_CLAIM: workers and cancel race through
+        # ``self._claims.setdefault(uid, me)``; whoever gets there first decides
+        self._claims: dict[str, Any] = {}
         self._backend_state = "NEW"
         self._init_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,6 +203,21 @@ class BaseBackend(ABC):
             self._loop.call_soon_threadsafe(self._drain)  # type: ignore[attr-defined]
         except RuntimeError:  # loop closed: the session is gone, nothing to deliver to
             pass
+
+    def _cancel_unstarted(self, uid: str) -> bool | None:
+        """Cancel ``uid`` if no worker claimed it yet: True done, False running, None unknown."""
+        task = self._live.get(uid)
+        if task is None:
+            return None
+        if self._claims.setdefault(uid, CANCELED_CLAIM) is CANCELED_CLAIM:
+            self._finish(task, CANCELED, time.time(), reason="canceled before it started")
+            return True
+        return False
+
+    def _claim_all_canceled(self) -> None:
+        """At shutdown: no worker may start a task it has not claimed yet."""
+        for uid in list(self._live):
+            self._claims.setdefault(uid, CANCELED_CLAIM)
 
     def _notify(self, task: dict, state: str) -> None:
         for cb in self._callbacks:

@@ -16,12 +16,13 @@ import time
 import traceback
 from typing import Any
 
+from ..api.backend import CANCELED_CLAIM
 from ..api.errors import BackendError, TaskExecutionError
 from ..api.states import DONE, FAILED, RUNNING
 
 __all__ = ["NativePoolMixin", "record_failure"]
 
-_CANCELED = object()  # claim marker shared with the backend
+_CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
 _CHUNK = 1024          # most native tasks in one pool call
 _CHUNK_SECONDS = 0.05  # aim for chunks of about this much work once task times are known
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-from ..api.backend import BaseBackend
+from ..api.backend import CANCELED_CLAIM, BaseBackend
 from ..api.errors import SessionError, TaskExecutionError
 from ..api.states import CANCELED, DONE, FAILED, RUNNING
 from ._pool import RETRY, PoolFeeder
@@ -29,7 +29,7 @@ from ._subprocess import ProcessTable, exec_options, run_executable
 
 __all__ = ["ConcurrentExecutionBackend"]
 
-_CANCELED = object()  # claim marker: the task was canceled before a worker took it
+_CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
 _DRAIN_BUDGET = 2_000  # completions finished per loop callback (keeps the loop responsive)
 _DRAIN_SECONDS = 0.004
 _PUMP_CHUNK = 512      # process-pool tasks handed over per loop callback
@@ -65,7 +65,6 @@ class ConcurrentExecutionBackend(BaseBackend):
         else:
             self._workers = max_workers or _default_workers()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._claims: dict[str, Any] = {}
         self._done: deque = deque()
         self._threads: list[threading.Thread] = []
         self._procs = ProcessTable()
@@ -99,8 +98,7 @@ class ConcurrentExecutionBackend(BaseBackend):
             self._threads.append(t)
 
     async def _stop(self) -> None:
-        for uid in list(self._live):
-            self._claims.setdefault(uid, _CANCELED)
+        self._claim_all_canceled()
         self._procs.kill_all()
         for _ in range(self._workers):
             self._queue.put(None)
@@ -143,12 +141,10 @@ class ConcurrentExecutionBackend(BaseBackend):
                 put(task)
 
     async def cancel_task(self, uid: str) -> bool:
-        task = self._live.get(uid)
-        if task is None:
-            return False
-        if self._claims.setdefault(uid, _CANCELED) is _CANCELED:
-            self._finish(task, CANCELED, time.time(), reason="canceled before it started")
-            return True
+        started = self._cancel_unstarted(uid)
+        if started is not False:
+            return bool(started)
+        task = self._live[uid]
         if task.get("executable") is not None and self._procs.kill(uid):
             return True  # the worker reports CANCELED once the process group is gone
         return False  # a running Python function cannot be interrupted safely

@@ -73,7 +73,6 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         self._feeder: threading.Thread | None = None
         self._inflight: threading.Semaphore | None = None
         self._task_seconds = 0.01  # running estimate of one native task's run time
-        self._claims: dict[str, Any] = {}
         self._fids: dict[Any, int] = {}
         self._blobs: dict[int, bytes] = {}
         self._fid_lock = threading.Lock()
@@ -133,8 +132,7 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         self._pool = ctx.Pool(self._workers, initializer=init_worker, initargs=(self._startq,))
 
     async def _stop(self) -> None:
-        for uid in list(self._live):
-            self._claims.setdefault(uid, _CANCELED)
+        self._claim_all_canceled()
         self._native_q.put(None)
         self._stopping = True
         ranks = list(self._ranks.values())
@@ -181,12 +179,9 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
                 self._launcher.submit(self._run_procs, task, p)
 
     async def cancel_task(self, uid: str) -> bool:
-        task = self._live.get(uid)
-        if task is None:
-            return False
-        if self._claims.setdefault(uid, _CANCELED) is _CANCELED:
-            self._finish(task, CANCELED, time.time(), reason="canceled before it started")
-            return True
+        started = self._cancel_unstarted(uid)
+        if started is not False:
+            return bool(started)
         ranks = self._ranks.get(uid)
         if ranks is not None:
             threading.Thread(target=ranks.kill, daemon=True).start()
