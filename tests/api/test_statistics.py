@@ -37,3 +37,20 @@ def test_histogram_quantiles_are_within_bucket_resolution():
     assert 0.5 <= q["p50"] <= 0.5 * 1.13
     assert 0.95 <= q["p95"] <= 0.95 * 1.13
     assert q["max"] == 1.0 and q["min"] == 0.001
+
+
+def test_bulk_histogram_matches_one_by_one():
+    import random
+    rng = random.Random(7)
+    values = [0.0, -1.0, 1e-9, 1e-6, 2e-6, 1e9, 5e4] + \
+        [10 ** rng.uniform(-7, 5) for _ in range(5000)]
+    one, bulk = LatencyHistogram(), LatencyHistogram()
+    for v in values:
+        one.add(v)
+    bulk.extend(values[:3000])
+    bulk.extend(values[3000:])
+    bulk.extend([])
+    assert bulk.counts == one.counts and bulk.n == one.n == len(values)
+    assert bulk.min == one.min == 0.0 and bulk.max == one.max == 1e9
+    assert abs(bulk.total - one.total) <= 1e-9 * one.total
+    assert bulk.summary()["p50"] == one.summary()["p50"]
