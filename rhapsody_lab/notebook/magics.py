@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
 from IPython.utils.process import arg_split
 
-from ..api import AITask, ComputeTask
+from ..api import AITask, ComputeTask, Session
 from ..api.errors import RhapsodyError, SessionError
 from .cellcode import AWAITED_VERBS, cell_function, shell_command
 from .controller import BACKEND_KINDS, Controller, tasks_from
@@ -140,15 +141,16 @@ class RhapsodyMagics(Magics):
                  help="also attach an inference backend (VllmInferenceBackend) to the "
                       "OpenAI-compatible server at URL, e.g. http://host:8001/v1")
     @ma.argument("--policy", metavar="FILE",
-                 help="a resource policy file splitting the allocation between backends")
+                 help="a policy file (JSON, or YAML with PyYAML) that splits the "
+                      "allocation between backends and routes tasks to them "
+                      "(Session.from_policy; replaces --backend/--workers/--inference)")
     @ma.argument("--name", metavar="UID", help="the session's uid")
     @ma.argument("--var", default="session",
                  help="variable bound to the Session (default: session)")
     def start(self, args: argparse.Namespace, cell: str | None) -> Pending | None:
         """Start a Session on this kernel's event loop and bind it to `session`."""
         if args.policy is not None:
-            raise SessionError(f"--policy {args.policy!r}: policy files are not yet "
-                               "supported here; start with --backend KIND --workers N")
+            return self._start_policy(args)
         if args.workers is not None and args.workers < 1:
             raise SessionError(f"--workers must be >= 1, got {args.workers}")
         kinds = [k.strip() for spec in (args.backend or ["concurrent"])
@@ -165,6 +167,33 @@ class RhapsodyMagics(Magics):
                                f"http://host:8001/v1, got {args.inference!r}")
         pending = self.ctl.start(kinds, args.workers, args.name, args.inference)
         self.shell.user_ns[args.var] = self.ctl.session
+        self._show_session()
+        return pending
+
+    def _start_policy(self, args: argparse.Namespace) -> Pending:
+        """``start --policy FILE``: ``Session.from_policy`` (validated before anything starts)."""
+        if args.backend or args.workers is not None or args.inference is not None:
+            raise SessionError("--policy decides the backends; drop --backend, --workers "
+                               "and --inference (put them in the policy file)")
+        if not args.var.isidentifier():
+            raise SessionError(f"--var must be a Python name, got {args.var!r}")
+        ctl = self.ctl
+        if ctl.session is not None and not ctl.session.closed:
+            raise SessionError(f"session {ctl.session.uid} is already running; "
+                               "`%rhapsody stop` it first")
+        session = Session.from_policy(os.path.expanduser(args.policy), uid=args.name)
+        ctl.attach(session)
+
+        async def start() -> None:
+            try:
+                await session.start()
+            except BaseException as exc:
+                ctl.start_error = exc
+                raise
+
+        pending = ctl.host.spawn(start())
+        self.shell.user_ns[args.var] = session
+        print(session._router.policy.summary())
         self._show_session()
         return pending
 

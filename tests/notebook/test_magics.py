@@ -81,7 +81,7 @@ def test_task_cells_python_async_and_shell(ip):
     ("%rhapsody map len 5", "not iterable"),
     ("%rhapsody start --workers 0", "--workers must be >= 1"),
     ("%rhapsody start --backend gpu", "unknown backend 'gpu'"),
-    ("%rhapsody start --policy alloc.yaml", "not yet supported"),
+    ("%rhapsody start --policy alloc.yaml", "cannot be read"),
     ("%rhapsody start --workers many", "invalid int value"),
     ("%rhapsody wait --timeout -1", "--timeout must be >= 0"),
     ("%rhapsody wait not_a_task_list", "NameError"),
@@ -240,3 +240,39 @@ def test_load_ext_by_the_package_name(ip):
     from rhapsody_lab import notebook
     assert rhapsody_lab.load_ipython_extension is notebook.load_ipython_extension
     assert rhapsody_lab.unload_ipython_extension is notebook.unload_ipython_extension
+
+
+POLICY = """{
+  "backends": {"exe": {"type": "concurrent", "cores": 1, "limit": 8},
+               "fn": {"type": "concurrent", "cores": 1}},
+  "routing": [{"kind": "executable", "backend": "exe"}],
+  "default": "fn"
+}"""
+
+
+def test_start_with_a_policy_file(ip, capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(POLICY.replace('"default": "fn"', '"default": "gpu"'))
+    run(ip, f"%rhapsody start --policy {bad}")
+    err = capsys.readouterr().err
+    assert "default: 'gpu' is not a backend of this policy" in err and "Traceback" not in err
+    assert "session" not in ip.user_ns  # refused before anything started
+    good = tmp_path / "policy.json"
+    good.write_text(POLICY)
+    run(ip, f"%rhapsody start --policy {good} --backend dask")
+    assert "--policy decides the backends" in capsys.readouterr().err
+    run(ip, f"%rhapsody start --policy {good} --name policy-demo")
+    out = capsys.readouterr().out
+    assert "exe: concurrent cores=1" in out and "limit=8" in out
+    session = ip.user_ns["session"]
+    assert session.uid == "policy-demo"
+    assert {n: b.capacity() for n, b in session.backends.items()} == {"exe": 1, "fn": 1}
+    run(ip, "%rhapsody map abs range(-3, 0)")
+    run(ip, "%%rhapsody task sh --shell\necho routed")
+    run(ip, "%rhapsody wait")
+    assert [t.return_value for t in ip.user_ns["tasks"]] == [3, 2, 1]
+    assert {t.backend for t in ip.user_ns["tasks"]} == {"fn"}
+    assert ip.user_ns["sh"].backend == "exe" and ip.user_ns["sh"].stdout == "routed\n"
+    run(ip, "%rhapsody stop")
+    assert session.closed
+
