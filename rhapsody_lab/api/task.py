@@ -173,12 +173,25 @@ class ComputeTask(BaseTask):
                  kwargs: dict[str, Any] | None = None, arguments: list[str] | None = None,
                  backend: str | None = None, uid: str | None = None,
                  task_backend_specific_kwargs: dict[str, Any] | None = None, **extra: Any):
-        super().__init__(
-            uid=uid, backend=backend, function=function, executable=executable,
-            args=tuple(args) if isinstance(args, list) else args,
-            kwargs={} if kwargs is None else kwargs,
-            arguments=[] if arguments is None else arguments,
-            task_backend_specific_kwargs=task_backend_specific_kwargs, **extra)
+        # The same fields, in the same order, as BaseTask.__init__ would give, built from a
+        # template: a notebook may build 100,000 of these in one cell.
+        dict.__init__(self, _COMPUTE_TEMPLATE)
+        self["uid"] = _next_uid() if uid is None else uid
+        self["backend"] = backend
+        self["function"] = function
+        self["executable"] = executable
+        self["args"] = tuple(args) if args.__class__ is list else args
+        self["kwargs"] = {} if kwargs is None else kwargs
+        self["arguments"] = [] if arguments is None else arguments
+        self["task_backend_specific_kwargs"] = task_backend_specific_kwargs
+        if extra:
+            dict.update(self, extra)
+        object.__setattr__(self, "_future", None)
+        if extra or backend is not None or task_backend_specific_kwargs is not None or \
+                executable is not None or function is None or args.__class__ is not tuple \
+                or self["kwargs"].__class__ is not dict or uid is not None \
+                or not callable(function):
+            self.validate()  # the common case (a callable, defaults) needs no more checks
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -225,6 +238,12 @@ class ComputeTask(BaseTask):
                     raise TaskValidationError(
                         uid, f"arguments[{i}] must be a string, got {type(a).__name__}",
                         field="arguments")
+
+
+_COMPUTE_TEMPLATE = dict.fromkeys(("uid", "backend", *_RESULT_FIELDS, "function",
+                                   "executable", "args", "kwargs", "arguments",
+                                   "task_backend_specific_kwargs"))
+_COMPUTE_TEMPLATE["state"] = NEW
 
 
 class AITask(BaseTask):

@@ -119,3 +119,19 @@ def test_ai_task_accepts_valid_sampling_values():
     t = AITask(prompt=["a", "b"], temperature=0.0, top_p=1.0, top_k=-1, max_tokens=8,
                stop_sequences=["\n\n"], system_prompt="be brief")
     assert t.kind == "ai" and t.prompt == ["a", "b"]
+
+
+def test_compute_task_fields_and_order_whatever_the_path():
+    """The common case skips re-validation; every path gives the same fields, in order."""
+    order = ["uid", "backend", "state", "stdout", "stderr", "exit_code", "return_value",
+             "response", "exception", "function", "executable", "args", "kwargs",
+             "arguments", "task_backend_specific_kwargs"]
+    fast = ComputeTask(function=add)
+    named = ComputeTask(function=add, uid="mine", args=[1], kwargs={"b": 2},
+                        backend="b1", task_backend_specific_kwargs={"x": 1}, tag="t")
+    exe = ComputeTask(executable="/bin/echo", arguments=["hi"])
+    assert list(fast) == order and list(exe) == order and list(named) == order + ["tag"]
+    assert fast.state == "NEW" and fast.args == () and fast.kwargs == {} \
+        and fast.arguments == [] and fast.future is None
+    assert named.args == (1,) and named.uid == "mine" and named.tag == "t"
+    assert fast.kwargs is not ComputeTask(function=add).kwargs  # never a shared default
