@@ -130,7 +130,7 @@ def test_compute_task_fields_and_order_whatever_the_path():
     named = ComputeTask(function=add, uid="mine", args=[1], kwargs={"b": 2},
                         backend="b1", task_backend_specific_kwargs={"x": 1}, tag="t")
     exe = ComputeTask(executable="/bin/echo", arguments=["hi"])
-    assert list(fast) == order and list(exe) == order and list(named) == order + ["tag"]
+    assert list(fast) == order and list(exe) == order and list(named) == [*order, "tag"]
     assert fast.state == "NEW" and fast.args == () and fast.kwargs == {} \
         and fast.arguments == [] and fast.future is None
     assert named.args == (1,) and named.uid == "mine" and named.tag == "t"
