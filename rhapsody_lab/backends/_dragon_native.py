@@ -22,7 +22,11 @@ from ..api.states import DONE, FAILED, RUNNING
 
 __all__ = ["NativePoolMixin", "record_failure"]
 
+_PLAIN = frozenset((type(None), bool, int, float, str, bytes))  # values restore() keeps
+
 _CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
+_NO_FN = object()  # no function looked up yet in this batch
+_NO_KWARGS: dict = {}  # shared empty kwargs of the items sent to the pool (never mutated)
 _CHUNK = 1024          # most native tasks in one pool call
 _CHUNK_SECONDS = 0.05  # aim for chunks of about this much work once task times are known
 
@@ -79,17 +83,28 @@ class NativePoolMixin:
                     break
                 batch.append(t)
             tasks, items, blobs = [], [], {}
+            last_fn: Any = _NO_FN
+            fid = 0
             for task in batch:
                 if claims.setdefault(task["uid"], "pool") is _CANCELED:
                     continue
-                try:
-                    fid, blob = self._fid(task["function"])
-                except Exception as exc:
-                    self._done.append((task, record_failure(task, exc), time.time(), None))
-                    continue
-                blobs[fid] = blob
+                fn = task["function"]
+                if fn is not last_fn:  # a batch is mostly one function: look it up once
+                    try:
+                        fid, blob = self._fid(fn)
+                    except Exception as exc:
+                        self._done.append((task, record_failure(task, exc), time.time(),
+                                           None))
+                        last_fn = _NO_FN
+                        continue
+                    blobs[fid] = blob
+                    last_fn = fn
                 tasks.append(task)
-                items.append((fid, tuple(task["args"]), dict(task["kwargs"])))
+                args, kwargs = task["args"], task["kwargs"]
+                # copies, so later edits of the task never change what runs; empty ones
+                # are shared (pickle then sends them once per chunk)
+                items.append((fid, args if args.__class__ is tuple else tuple(args),
+                              dict(kwargs) if kwargs else _NO_KWARGS))
             if not tasks or self._pool is None:
                 self._inflight.release()
                 self._wake_drain()
@@ -169,14 +184,14 @@ class NativePoolMixin:
         emit, name, done = self.emit, self._name, self._done.append
         for task, (ok, t0, t1, value, tb) in zip(tasks, outs, strict=True):
             emit((t0, task["uid"], RUNNING, name, pid))
-            if ok:
+            if ok and value.__class__ not in _PLAIN:
                 try:
                     value = restore(value)
                 except Exception as exc:
                     ok, value, tb = False, exc, "".join(traceback.format_exception(exc))
             if ok:
                 task["return_value"] = value
-                task["stdout"] = _text(value)
+                task["stdout"] = "None" if value is None else _text(value)
                 task["exit_code"] = 0
                 done((task, DONE, t1, pid))
             else:
