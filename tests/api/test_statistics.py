@@ -39,7 +39,7 @@ def test_histogram_quantiles_are_within_bucket_resolution():
     assert q["max"] == 1.0 and q["min"] == 0.001
 
 
-def test_bulk_histogram_matches_one_by_one():
+def test_bulk_histogram_matches_one_by_one_and_quantiles_are_close():
     import random
     rng = random.Random(7)
     values = [0.0, -1.0, 1e-9, 1e-6, 2e-6, 1e9, 5e4] + \
@@ -50,7 +50,12 @@ def test_bulk_histogram_matches_one_by_one():
     bulk.extend(values[:3000])
     bulk.extend(values[3000:])
     bulk.extend([])
-    assert bulk.counts == one.counts and bulk.n == one.n == len(values)
+    assert bulk.buckets == one.buckets and bulk.n == one.n == len(values)
     assert bulk.min == one.min == 0.0 and bulk.max == one.max == 1e9
     assert abs(bulk.total - one.total) <= 1e-9 * one.total
+    exact = sorted(max(v, 0.0) for v in values)
+    for q in (0.5, 0.95, 0.99):
+        true = exact[int(q * len(exact)) - 1]
+        assert true <= bulk.quantile(q) <= true * 1.13  # its bucket's upper edge: <= 12.5% up
     assert bulk.summary()["p50"] == one.summary()["p50"]
+    assert len(bulk.buckets) < 300  # sparse: ~8 buckets per octave actually used
