@@ -133,8 +133,8 @@ def test_sidebar_lists_the_session_and_opens_a_live_plot(lab):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(30_000)
             page.goto(f"{lab['base']}lab/tree/ui.ipynb?token={lab['token']}")
             # the extension's sidebar tab is there; open it
@@ -192,14 +192,23 @@ def test_sidebar_lists_the_session_and_opens_a_live_plot(lab):
                 time.sleep(0.3)
             assert len(seen) >= 3 and seen == sorted(seen), seen  # the plot updates live
             page.screenshot(path=str(ARTIFACTS / "lab-dashboard-panel.png"))
+
+            # the kernel announced itself (pid, kernel id) in the server's registry
+            entries = [json.loads(f.read_text()) for f in lab["registry"].glob("*.json")]
+            assert [e["uid"] for e in entries] == ["ui-demo"]
+            assert entries[0]["kernel_id"] and entries[0]["dashboard"]["prefix"].startswith(
+                "/lab-test/rhapsody-lab/dashboard/")
+
+            # stopping the session withdraws it from the sidebar
+            last = cells.nth(len(CELLS)).locator(".jp-InputArea-editor")
+            last.click()
+            page.keyboard.type("%rhapsody stop")
+            page.keyboard.press("Shift+Enter")
+            expect(card).to_have_count(0)
+            expect(sidebar).to_contain_text("No live sessions")
+            assert list(lab["registry"].glob("*.json")) == []
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "lab-failure.png"))
             raise
         finally:
             browser.close()
-
-    # the kernel announced itself (pid, kernel id) in the server's registry
-    entries = [json.loads(f.read_text()) for f in lab["registry"].glob("*.json")]
-    assert [e["uid"] for e in entries] == ["ui-demo"]
-    assert entries[0]["kernel_id"] and entries[0]["dashboard"]["prefix"].startswith(
-        "/lab-test/rhapsody-lab/dashboard/")

@@ -62,6 +62,16 @@ def test_a_kernel_session_is_announced_and_withdrawn(tmp_path):
         assert read_entries(registry) == {}
         assert list(registry.glob("*.json")) == []
 
+        # a Session built in a cell is announced once adopted by the magics
+        _run(kc, "from rhapsody_lab import Session\n"
+                 "from rhapsody_lab.backends import ConcurrentExecutionBackend\n"
+                 "s3 = Session([ConcurrentExecutionBackend()], uid='k3')\n"
+                 "await s3.start()")
+        _run(kc, "%rhapsody status --attach s3")
+        _wait_for(lambda: [e for e in read_entries(registry).values() if e["uid"] == "k3"])
+        _run(kc, "%rhapsody stop")
+        assert read_entries(registry) == {}
+
         # a kernel that dies leaves its file behind: the reader ignores and prunes it
         _run(kc, "%rhapsody start --name k2")
         _wait_for(lambda: read_entries(registry))
