@@ -15,9 +15,20 @@ with the last lines of its log. A service never restarts itself: its death is re
 ``on_exit`` callbacks (from a watcher thread) and whoever owns it decides. The process is
 independent of any event loop, so one service can outlive the loop that started it.
 
-Placement: a local child process (its own session/process group). Under a Dragon runtime
-the process is still started on the node running the caller (Dragon placement is a
-follow-up); ``placement`` records what was used. Standard library only.
+Placement (``placement=``): ``"local"`` is a child process of the caller in its own
+session/process group. ``"dragon"`` starts the command as a Dragon process
+(``dragon.native.process.Process``), on node ``host=`` if given (a node name of the runtime,
+else ``ResourceError``) or where the runtime's policy puts it; it needs the script to run
+under Dragon (``dragon -s script.py``). ``"auto"`` (the default) means ``"dragon"`` when
+this process runs under a Dragon runtime and ``"local"`` otherwise. ``placement`` records
+what was used (``"local"`` or ``"dragon on <host> (puid N)"``) and ``host`` the node.
+``{host}`` in ``ready_url`` and ``endpoint`` becomes the node's hostname once the process is
+placed (``127.0.0.1`` locally); in the command it becomes the pinned ``host``, else
+``0.0.0.0`` under Dragon (the node is not known before placement) and ``127.0.0.1`` locally.
+A Dragon-placed service writes its log on the node it runs on (use a shared file system
+for ``log_file`` when that is another node); the processes it leaves behind are found by a
+token in their environment and ended with it. Standard library only; Dragon is imported
+from ``rhapsody_lab.backends._dragon_launch`` when a service is placed through it.
 """
 
 from __future__ import annotations
@@ -34,16 +45,23 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from .api.errors import BackendError
+from .api.errors import BackendError, ResourceError
 
-__all__ = ["Service", "ServiceSet", "free_port", "http_get"]
+_NOT_UNDER_DRAGON = ("placement='dragon' needs a Dragon runtime in this process; start the "
+                     "script with `dragon -s script.py` (single node) or `dragon script.py` "
+                     "inside an allocation, or use placement='local'")
+
+__all__ = ["Service", "ServiceSet", "free_port", "http_get", "resolve_placement"]
 
 _counter = itertools.count(1)
 _LIVE: weakref.WeakSet[Service] = weakref.WeakSet()
+_DRAGON_ATEXIT = False  # _stop_all registered again once Dragon is imported
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -94,7 +112,8 @@ class Service:
                  endpoint: str | None = None, env: Mapping[str, str] | None = None,
                  cwd: str | None = None, log_file: str | None = None,
                  startup_timeout: float = 600.0, stop_timeout: float = 15.0,
-                 poll_interval: float = 0.5, placement: str = "auto"):
+                 poll_interval: float = 0.5, placement: str = "auto",
+                 host: str | None = None):
         if not isinstance(name, str) or not name:
             raise BackendError("service", f"name must be a non-empty string, got {name!r}")
         if isinstance(command, str) or not command or not all(
@@ -108,6 +127,12 @@ class Service:
         if placement not in ("auto", "local", "dragon"):
             raise BackendError(name, f"placement must be 'auto', 'local' or 'dragon', got "
                                f"{placement!r}")
+        if host is not None and (not isinstance(host, str) or not host):
+            raise BackendError(name, f"host must be a node name of the Dragon runtime, got "
+                               f"{host!r}")
+        if host is not None and placement == "local":
+            raise BackendError(name, f"host={host!r} places the service through Dragon; it "
+                               "cannot be combined with placement='local'")
         self.name = name
         self.command = list(command)
         self.ready_url = ready_url
@@ -122,12 +147,18 @@ class Service:
         self.stop_timeout = float(stop_timeout)
         self.poll_interval = float(poll_interval)
         self.requested_placement = placement
+        self.requested_host = host
         self.placement = "local"
+        self.host: str | None = None  # the node it runs on, once started
+        self.puid: int | None = None  # its Dragon process id, if placed through Dragon
         self.state = "NEW"  # NEW, STARTING, READY, STOPPED, FAILED
         self.returncode: int | None = None
         self.started_at: float | None = None
         self.ready_at: float | None = None
         self._proc: subprocess.Popen | None = None
+        self._dproc: Any = None  # dragon.native.process.Process when placed through Dragon
+        self._token = uuid.uuid4().hex
+        self._exited = threading.Event()  # set by the watcher once the process has ended
         self._stopping = False
         self._exit_callbacks: list[Callable[[Service], None]] = []
         self._watcher: threading.Thread | None = None
@@ -135,10 +166,18 @@ class Service:
     # -- information -------------------------------------------------------------------
     @property
     def pid(self) -> int | None:
+        """The local pid (``None`` when placed through Dragon: see ``puid``)."""
         return self._proc.pid if self._proc is not None else None
 
     def is_alive(self) -> bool:
         """Whether the process runs (a zombie not yet reaped by the watcher counts as dead)."""
+        if self._exited.is_set():
+            return False
+        if self._dproc is not None:
+            try:
+                return bool(self._dproc.is_alive)
+            except Exception:  # gone from the runtime
+                return False
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return False
@@ -161,7 +200,9 @@ class Service:
         self._exit_callbacks.append(callback)
 
     def __repr__(self) -> str:
-        return (f"<Service {self.name} {self.state} pid={self.pid} endpoint={self.endpoint} "
+        where = f"puid={self.puid} host={self.host}" if self._dproc is not None else \
+            f"pid={self.pid}"
+        return (f"<Service {self.name} {self.state} {where} endpoint={self.endpoint} "
                 f"log={self.log_file}>")
 
     # -- life cycle --------------------------------------------------------------------
@@ -170,23 +211,19 @@ class Service:
         if self.state != "NEW":
             raise BackendError(self.name, f"service is {self.state.lower()}; create a new "
                                "Service to start it again")
-        if self.requested_placement in ("auto", "dragon") and _under_dragon():
-            # Dragon placement of services is a follow-up: the process runs on this node.
-            self.placement = "local (dragon runtime detected)"
-        env = dict(os.environ)
-        env.update(self.env)
+        dragon = resolve_placement(self.requested_placement, self.name,
+                                   self.requested_host) == "dragon"
         os.makedirs(os.path.dirname(os.path.abspath(self.log_file)), exist_ok=True)
         self.state = "STARTING"
         self.started_at = time.time()
-        with open(self.log_file, "ab") as log:
-            try:
-                self._proc = subprocess.Popen(
-                    self.command, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, start_new_session=True)
-            except OSError as exc:
-                self.state = "FAILED"
-                raise BackendError(self.name, f"could not launch {self.command[0]!r}: "
-                                   f"{exc}") from exc
+        try:
+            if dragon:
+                await asyncio.to_thread(self._launch_dragon)
+            else:
+                self._launch_local()
+        except BaseException:
+            self.state = "FAILED"
+            raise
         _LIVE.add(self)
         self._watcher = threading.Thread(target=self._watch, daemon=True,
                                          name=f"rhapsody-service-{self.name}")
@@ -200,22 +237,80 @@ class Service:
                 raise
         return self
 
+    def _place(self, host: str) -> None:
+        self.host = host
+        if self.ready_url is not None:
+            self.ready_url = self.ready_url.replace("{host}", host)
+        if self.endpoint is not None:
+            self.endpoint = self.endpoint.replace("{host}", host)
+
+    def _launch_local(self) -> None:
+        env = dict(os.environ)
+        env.update(self.env)
+        command = [c.replace("{host}", "127.0.0.1") for c in self.command]
+        with open(self.log_file, "ab") as log:
+            try:
+                self._proc = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, start_new_session=True)
+            except OSError as exc:
+                raise BackendError(self.name, f"could not launch {command[0]!r}: "
+                                   f"{exc}") from exc
+        self.command = command
+        self.placement = "local"
+        self._place("127.0.0.1")
+
+    def _launch_dragon(self) -> None:
+        from .backends import _dragon_launch as dl
+        global _DRAGON_ATEXIT
+        if not _DRAGON_ATEXIT:  # runs before Dragon's own exit handlers (registered earlier)
+            atexit.register(_stop_all)
+            _DRAGON_ATEXIT = True
+        pinned = self.requested_host
+        command = [c.replace("{host}", pinned or "0.0.0.0") for c in self.command]
+        env = dl.child_env({**self.env, dl.TOKEN_ENV: self._token})
+        with open(self.log_file, "ab"):
+            pass  # it exists (and is ours) before the process appends to it
+        try:
+            proc, host = dl.start_process(command, env=env, cwd=self.cwd,
+                                          log_file=os.path.abspath(self.log_file),
+                                          host=pinned, who=self.name)
+        except (BackendError, ResourceError):
+            raise
+        except Exception as exc:
+            raise BackendError(self.name, f"Dragon could not start {command[0]!r}"
+                               f"{' on ' + pinned if pinned else ''}: "
+                               f"{str(exc).strip().splitlines()[-1][-300:]}") from exc
+        self._dproc = proc
+        self.puid = proc.puid
+        self.command = command
+        self.placement = f"dragon on {host} (puid {proc.puid})"
+        self._place(host)
+
+    def _exit_code(self) -> tuple[bool, int | None]:
+        """(ended?, exit code) without blocking."""
+        if self._dproc is not None:
+            return self._exited.is_set(), self.returncode
+        code = self._proc.poll()
+        return code is not None, code
+
     async def ready(self, timeout: float | None = None) -> Service:
         """Wait until the readiness URL answers 2xx; raise if the process ends first."""
         if self.state == "READY":
             return self
-        if self._proc is None:
+        if self._proc is None and self._dproc is None:
             raise BackendError(self.name, "service was not started; `await service.start()`")
         timeout = self.startup_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         last_err = "no answer yet"
         while True:
-            if self._proc.poll() is not None:
+            ended, code = self._exit_code()
+            if ended:
                 self.state = "FAILED"
-                raise BackendError(self.name, f"service exited with code "
-                                   f"{self._proc.returncode} before it was ready "
-                                   f"(command {' '.join(self.command)!r}); last log lines "
-                                   f"of {self.log_file}:\n{self.tail()}")
+                raise BackendError(self.name, f"service exited with code {code} before it "
+                                   f"was ready (command {' '.join(self.command)!r}, "
+                                   f"{self.placement}); last log lines of "
+                                   f"{self.log_file}:\n{self.tail()}")
             if self.ready_url is None:
                 break
             try:
@@ -235,8 +330,8 @@ class Service:
         return self
 
     async def stop(self) -> None:
-        """End the process group: SIGTERM, then SIGKILL after ``stop_timeout``."""
-        if self._proc is None:
+        """End the process and what it started: SIGTERM, then SIGKILL after ``stop_timeout``."""
+        if self._proc is None and self._dproc is None:
             if self.state == "NEW":
                 self.state = "STOPPED"
             return
@@ -246,6 +341,16 @@ class Service:
             self.state = "STOPPED"
 
     def _terminate(self) -> None:
+        if self._dproc is not None:
+            from .backends import _dragon_launch as dl
+            if not self._exited.is_set():
+                dl.stop_process(self._dproc, self.stop_timeout)
+            if self._watcher is not None:
+                self._watcher.join(5)
+            # what the process started (vLLM's engine core) may outlive it
+            dl.kill_tagged(self._token, self.host or "")
+            _LIVE.discard(self)
+            return
         proc = self._proc
         if proc is None:
             return
@@ -263,20 +368,42 @@ class Service:
         _LIVE.discard(self)
 
     def kill(self) -> None:
-        """End the process group at once (no grace period); the owner sees an exit."""
+        """End the process at once (no grace period); the owner sees an exit."""
+        if self._dproc is not None:
+            if not self._exited.is_set():
+                with contextlib.suppress(Exception):
+                    self._dproc.kill()
+                if self._watcher is not None:
+                    self._watcher.join(10)  # exit callbacks called on return
+            return
         if self._proc is not None and self._proc.returncode is None:
             _signal_group(self._proc.pid, signal.SIGKILL)
             if self._watcher is not None:
                 self._watcher.join(5)  # reaped (and exit callbacks called) on return
 
     def _watch(self) -> None:
-        proc = self._proc
-        assert proc is not None
-        proc.wait()
-        self.returncode = proc.returncode
-        if not self._stopping:
-            self.state = "FAILED"
-            _signal_group(proc.pid, signal.SIGKILL)  # no orphans of a dead leader
+        if self._dproc is not None:
+            code = None
+            try:
+                code = self._dproc.join()
+            except Exception:  # the runtime went away under us
+                with contextlib.suppress(Exception):
+                    code = self._dproc.returncode
+            self.returncode = code
+            self._exited.set()
+            if not self._stopping:
+                self.state = "FAILED"
+                from .backends import _dragon_launch as dl
+                dl.kill_tagged(self._token, self.host or "")  # no orphans of a dead leader
+        else:
+            proc = self._proc
+            assert proc is not None
+            proc.wait()
+            self.returncode = proc.returncode
+            self._exited.set()
+            if not self._stopping:
+                self.state = "FAILED"
+                _signal_group(proc.pid, signal.SIGKILL)  # no orphans of a dead leader
         for cb in list(self._exit_callbacks):
             try:
                 cb(self)
@@ -343,6 +470,18 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def _under_dragon() -> bool:
     return bool(os.environ.get("DRAGON_MY_PUID") and os.environ.get("DRAGON_INF_PD"))
+
+
+def resolve_placement(placement: str, name: str = "service", host: str | None = None) -> str:
+    """``"dragon"`` or ``"local"``: what ``placement`` (and a pinned ``host``) mean here."""
+    if placement == "local":
+        return "local"
+    if _under_dragon():
+        return "dragon"
+    if placement == "dragon" or host is not None:
+        what = "placement='dragon'" if placement == "dragon" else f"host={host!r}"
+        raise BackendError(name, _NOT_UNDER_DRAGON.replace("placement='dragon'", what, 1))
+    return "local"
 
 
 @atexit.register

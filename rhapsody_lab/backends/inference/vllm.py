@@ -34,7 +34,7 @@ from ...api.backend import BaseBackend
 from ...api.errors import BackendError, SessionError, TaskExecutionError, TaskValidationError
 from ...api.states import CANCELED, DONE, FAILED, RUNNING
 from ...api.task import AITask, BaseTask
-from ...services import Service, free_port
+from ...services import Service, free_port, resolve_placement
 
 __all__ = ["DragonVllmInferenceBackend", "VllmInferenceBackend", "default_vllm_python"]
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 VLLM_HOME_ENV = "RHAPSODY_VLLM_HOME"
 VLLM_PYTHON_ENV = "RHAPSODY_VLLM_PYTHON"
 _CPU_ARGS = ["--max-model-len", "1024", "--dtype", "bfloat16", "--enforce-eager"]
+#: ``host`` values that pin no node under Dragon (the runtime places the server)
+_ANY_HOST = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
 _SAMPLING = ("temperature", "max_tokens", "top_p", "top_k", "stop_sequences",
              "system_prompt", "model")
 
@@ -238,9 +240,10 @@ class VllmInferenceBackend(BaseBackend):
         self._senders = [loop.create_task(self._sender(i), name=f"rhapsody-{self.name}-{i}")
                          for i in range(self.max_concurrency)]
 
-    def _command(self) -> list[str]:
+    def _command(self, bind: str | None = None) -> list[str]:
+        bind = self.host if bind is None else bind
         if self.server_command is not None:
-            return [c.replace("{port}", str(self.port)).replace("{host}", self.host)
+            return [c.replace("{port}", str(self.port)).replace("{host}", bind)
                     for c in self.server_command]
         python = self.python or default_vllm_python()
         if python is None:
@@ -248,7 +251,7 @@ class VllmInferenceBackend(BaseBackend):
                                f"${VLLM_PYTHON_ENV}, or install it with "
                                f".ci/setup.d/50-vllm.sh (into {vllm_home()})")
         cmd = [python, "-m", "vllm.entrypoints.openai.api_server",
-               "--model", self.load_model, "--host", self.host, "--port", str(self.port)]
+               "--model", self.load_model, "--host", bind, "--port", str(self.port)]
         if self.served_model_name:
             cmd += ["--served-model-name", self.served_model_name]
         if self.tp_size > 1:
@@ -271,22 +274,40 @@ class VllmInferenceBackend(BaseBackend):
         return env
 
     async def _launch(self) -> None:
+        dragon = resolve_placement(self.placement, self.name) == "dragon"
+        node = None
+        if dragon:
+            # under Dragon ``host`` names the node to run on; a loopback or wildcard address
+            # leaves the choice to the runtime, and the server then listens on every
+            # interface of whichever node it gets (its name is known only once placed)
+            node = None if self.host in _ANY_HOST else self.host
+            bind = node or "0.0.0.0"
+        else:
+            bind = self.host
         if self.port == 0:
-            self.port = free_port(self.host)
+            self.port = free_port("127.0.0.1" if dragon else self.host)
         if self.served_model_name is None and self.server_command is None:
             self.served_model_name = os.path.basename(os.path.normpath(self.load_model))
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        self._endpoint = f"http://{host}:{self.port}/v1"
+        if dragon:
+            endpoint = f"http://{{host}}:{self.port}/v1"  # the Service fills in the node
+        else:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+            endpoint = f"http://{host}:{self.port}/v1"
+        self._endpoint = endpoint
         log_file = self.log_file  # None: a temp file (keeps the user's directory clean)
         self.service = Service(
-            self.name, self._command(), ready_url=f"{self._endpoint}/models",
-            endpoint=self._endpoint, env=self._service_env(), log_file=log_file,
-            startup_timeout=self.startup_timeout, placement=self.placement)
+            self.name, self._command(bind), ready_url=f"{endpoint}/models",
+            endpoint=endpoint, env=self._service_env(), log_file=log_file,
+            startup_timeout=self.startup_timeout,
+            placement="dragon" if dragon else "local", host=node)
         loop = asyncio.get_running_loop()
         self.service.on_exit(lambda svc: _call_soon(loop, self._service_exited, svc))
-        await self.service.start()
-        log.info("%s: vLLM server ready at %s (pid %s, log %s)", self.name, self._endpoint,
-                 self.service.pid, self.service.log_file)
+        try:
+            await self.service.start()
+        finally:
+            self._endpoint = self.service.endpoint
+        log.info("%s: vLLM server ready at %s (%s, log %s)", self.name, self._endpoint,
+                 self.service.placement, self.service.log_file)
 
     async def _check_models(self) -> None:
         url = f"{self._endpoint}/models"
@@ -537,9 +558,14 @@ class VllmInferenceBackend(BaseBackend):
 class DragonVllmInferenceBackend(VllmInferenceBackend):
     """The vLLM backend under its RHAPSODY name (``name="vllm"`` by default).
 
-    Under a Dragon runtime the server is still started as a local process of the node
-    running the session (Dragon placement of services is a planned follow-up); elsewhere it
-    behaves exactly like ``VllmInferenceBackend``.
+    Placement of a managed server (``placement=``, as for ``Service``): under a Dragon
+    runtime (a script started with ``dragon``) ``"auto"`` starts the vLLM server as a Dragon
+    process, on node ``host=`` if that names a node of the runtime (``ResourceError`` if it
+    is not one) or where the runtime puts it (then it listens on ``0.0.0.0``); the endpoint
+    is ``http://<node hostname>:<port>/v1`` and ``service.placement`` says
+    ``"dragon on <node> (puid N)"``. Elsewhere (or with ``placement="local"``) it is a local
+    process, exactly as for ``VllmInferenceBackend``; ``placement="dragon"`` outside Dragon
+    raises ``BackendError``. Multi-node (``num_nodes > 1``) servers are not placed yet.
     """
 
 
