@@ -153,9 +153,11 @@ class PolicyRouter:
                 kind = _kind(task)
                 cores, gpus, ranks = task_request(task)
                 if (kind != "ai" and cores > share.cores) or gpus > share.gpus:
-                    what, need, have = ("gpus", gpus, share.gpus) if gpus > share.gpus \
-                        else ("cores", cores, share.cores)
-                    raise ResourceError(task["uid"], what, f"needs {need} {what} but "
+                    what, need, have = ("gpus", f"{gpus} GPUs", share.gpus) \
+                        if gpus > share.gpus else ("cores", f"{ranks} ranks ({cores} cores)"
+                                                   if ranks > 1 else f"{cores} cores",
+                                                   share.cores)
+                    raise ResourceError(task["uid"], what, f"needs {need} but "
                                         f"backend '{backend.name}' (named by the task) has "
                                         f"a share of {have}; ask for fewer or route it to "
                                         "another backend")

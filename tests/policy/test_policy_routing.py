@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import subprocess
@@ -231,6 +232,7 @@ async def test_three_backends_run_20000_mixed_null_tasks(dask_ok):
         assert by == s._router.routed
 
 
+@functools.cache
 def _slurm_skip() -> str | None:
     if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
         return "Slurm is not installed (run .ci/setup.d/20-slurm.sh)"
@@ -271,3 +273,50 @@ async def test_dask_on_slurm_inside_its_share(tmp_path):
         assert len(jobs) == 1 and jobs.pop().isdigit()  # one Slurm job of 1 core
         assert {t.backend for t in remote} == {"batch"}
         assert all(t.backend == "local" for t in here)
+
+
+# -- Dragon (slow: one runtime launch for every check) -----------------------------------------
+DRAGON_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts",
+                             "dragon_policy.py")
+
+
+def _dragon() -> str | None:
+    import importlib.util
+    bindir = os.path.dirname(sys.executable)
+    exe = shutil.which("dragon", path=bindir + os.pathsep + os.environ.get("PATH", ""))
+    return exe if importlib.util.find_spec("dragon") is not None else None
+
+
+@pytest.mark.skipif(_dragon() is None, reason="dragonhpc is not installed "
+                    "(pip install 'rhapsody-lab[dragon]')")
+def test_dragon_beside_a_thread_pool(tmp_path):
+    import json
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    env["DRAGON_DEFAULT_SEG_SZ"] = str(512 * 1024 * 1024)
+    env["DRAGON_INF_SEG_SZ"] = str(256 * 1024 * 1024)
+    with subprocess.Popen([_dragon(), "-s", DRAGON_SCRIPT], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        try:  # (no new session: the Dragon launcher kills itself in one)
+            out, err = p.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+    checks = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            d = json.loads(line)
+            checks[d["check"]] = d
+    assert "closed" in checks, f"rc {p.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    assert checks["started"]["capacity"] == {"dragon": 1, "exe": 1}
+    m = checks["mixed"]
+    assert m["fn_states"] == ["DONE"] and m["exe_states"] == ["DONE"]
+    assert m["fn_backends"] == ["dragon"] and m["exe_backends"] == ["exe"]
+    assert m["values"] == [i * i for i in range(50)]
+    assert m["outs"] == [f"{i}\n" for i in range(10)]
+    o = checks["oversized"]
+    assert o["raised"] == "ResourceError" and "needs 2 ranks" in o["message"]
+    assert "backend 'dragon' (named by the task) has a share of 1" in o["message"]
+    assert o["state"] == "NEW"
