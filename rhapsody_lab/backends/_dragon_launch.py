@@ -2,8 +2,8 @@
 
 Used by ``rhapsody_lab.services`` to place a service (an inference server) through the
 Dragon runtime. Everything here blocks on Dragon's global services, so callers run it in a
-thread. The process's output goes to a file on the node it runs on (Dragon opens it in
-append mode, stderr merged), and its environment carries a token so that the children it
+thread. The process's output goes to a file on the node it runs on (appended, stderr
+merged), and its environment carries a token so that the children it
 leaves behind (vLLM's engine core) can be found and ended on that node.
 """
 
@@ -64,8 +64,15 @@ def start_process(command: Sequence[str], *, env: Mapping[str, str], cwd: str | 
             raise ResourceError(None, "node", f"service {who!r}: host {host!r} is not a node of "
                                 f"this Dragon runtime (nodes: {[n.hostname for n in nodes]})")
         policy = Policy(placement=Policy.Placement.HOST_NAME, host_name=host)
-    proc = Process(command[0], list(command[1:]), cwd=cwd or ".", env=dict(env),
-                   stdin=None, stdout=log_file, stderr=ProcessTemplate.STDOUT, policy=policy)
+    # The shell points the command's stdout/stderr at the log itself. Dragon's own file
+    # output goes through a pipe that local services drain when the process dies: a child
+    # that outlives it (vLLM's engine core) holds the pipe open and stalls that node's
+    # death watcher, so exits are not seen (measured with Dragon 0.15).
+    argv = ["-c", 'exec "$@" >>"$RHAPSODY_SERVICE_LOG" 2>&1', "sh", *command]
+    proc = Process("/bin/sh", argv, cwd=cwd or ".",
+                   env={**env, "RHAPSODY_SERVICE_LOG": log_file}, stdin=None,
+                   stdout=ProcessTemplate.DEVNULL, stderr=ProcessTemplate.DEVNULL,
+                   policy=policy)
     proc.start()
     by_huid = {n.h_uid: n.hostname for n in nodes}
     placed = by_huid.get(proc.h_uid)
