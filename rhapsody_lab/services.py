@@ -173,11 +173,8 @@ class Service:
         """Whether the process runs (a zombie not yet reaped by the watcher counts as dead)."""
         if self._exited.is_set():
             return False
-        if self._dproc is not None:
-            try:
-                return bool(self._dproc.is_alive)
-            except Exception:  # gone from the runtime
-                return False
+        if self._dproc is not None:  # the watcher's join() returns when the runtime sees
+            return True              # the exit (no round trip to Dragon from the caller)
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return False
