@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
@@ -53,9 +54,10 @@ def _plots(entry: dict[str, Any], base_url: str) -> dict[str, str]:
 class SessionsHandler(APIHandler):
     """``GET <base_url>rhapsody-lab/sessions``: the live sessions of this user's kernels."""
 
-    auth_resource = "rhapsody_lab"
+    auth_resource = "rhapsody_lab"  # for custom Authorizers: read access to sessions
 
     @web.authenticated
+    @authorized
     async def get(self) -> None:
         paths = await self._notebook_paths()
         sessions = []
@@ -127,6 +129,7 @@ class DashboardProxyHandler(WebSocketHandler, JupyterHandler):
         return self.request.path + (f"?{urlencode(query)}" if query else "")
 
     @web.authenticated
+    @authorized("read")
     async def get(self, key: str, rest: str | None = None) -> None:
         port = self._target(key)
         if self.request.headers.get("Upgrade", "").lower() == "websocket":
@@ -137,6 +140,7 @@ class DashboardProxyHandler(WebSocketHandler, JupyterHandler):
         await self._forward(port)
 
     @web.authenticated
+    @authorized("read")
     async def head(self, key: str, rest: str | None = None) -> None:
         await self._forward(self._target(key))
 
