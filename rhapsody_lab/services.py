@@ -279,6 +279,7 @@ class Service:
                                f"{' on ' + pinned if pinned else ''}: "
                                f"{str(exc).strip().splitlines()[-1][-300:]}") from exc
         self._dproc = proc
+        _LIVE.add(self)  # even if the caller was canceled meanwhile: ended at exit
         self.puid = proc.puid
         self.command = command
         self.placement = f"dragon on {host} (puid {proc.puid})"

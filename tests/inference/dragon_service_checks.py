@@ -137,10 +137,20 @@ async def services():
         await s.submit_tasks(ts)
         await s.wait_tasks(ts, timeout=30)
         bsvc = b.service
+        # a service of the session itself (not an inference special case), pinned
+        port = free_port()
+        ssvc = await s.start_service(
+            "echo", [sys.executable, FAKE, "--port", str(port)], host=nodes[0],
+            ready_url=f"http://{{host}}:{port}/v1/models", endpoint=f"http://{{host}}:{port}/v1",
+            poll_interval=0.05, stop_timeout=3)
+        report("session_service", placement=ssvc.placement, endpoint=s.get_service(
+            "echo").endpoint, answer=ask(ssvc.endpoint, "2+2"), log=ssvc.log_file)
         report("vllm_backend", placement=bsvc.placement, endpoint=b.endpoint, host=bsvc.host,
                puid=bsvc.puid, dragon_alive=dragon_alive(bsvc.puid),
                states=[t.state for t in ts], responses=[t.response for t in ts],
                backends=[t.backend for t in ts])
+    report("session_service_closed", state=ssvc.state, alive=ssvc.is_alive(),
+           tagged_left=kill_tagged_here(ssvc._token, 0))
     report("vllm_backend_closed", state=bsvc.state, alive=bsvc.is_alive(),
            dragon_alive=dragon_alive(bsvc.puid), tagged_left=kill_tagged_here(bsvc._token, 0))
 

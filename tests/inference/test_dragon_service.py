@@ -128,6 +128,17 @@ def test_vllm_backend_server_is_a_dragon_process(checks):
 
 
 @needs_dragon
+def test_session_start_service_places_through_dragon(checks):
+    node = checks["nodes"]["nodes"][0]
+    s = checks["session_service"]
+    assert s["placement"].startswith(f"dragon on {node} (puid ")
+    assert s["endpoint"].startswith(f"http://{node}:") and s["answer"] == "4"
+    assert s["log"].endswith(".echo.log")  # the session's work_dir log
+    c = checks["session_service_closed"]  # close() stopped it
+    assert c["state"] == "STOPPED" and not c["alive"] and c["tagged_left"] == []
+
+
+@needs_dragon
 def test_nothing_left_after_the_runtime_exits(checks):
     # a service the script never stopped is ended when its interpreter exits
     assert checks["orphan_started"]["alive"]
