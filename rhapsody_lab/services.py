@@ -8,7 +8,7 @@ A ``Service`` is a command started once, with a log file, an endpoint and a read
                   endpoint="http://127.0.0.1:8001/v1")
     await svc.start()   # launches the process and waits until it is ready
     ...
-    await svc.stop()    # SIGTERM to its process group, SIGKILL after ``stop_timeout``
+    await svc.stop()    # SIGTERM, SIGKILL after ``stop_timeout``; its children too
 
 If the process exits or never becomes ready, ``start()``/``ready()`` raise ``BackendError``
 with the last lines of its log. A service never restarts itself: its death is reported to
@@ -277,7 +277,7 @@ class Service:
         except Exception as exc:
             raise BackendError(self.name, f"Dragon could not start {command[0]!r}"
                                f"{' on ' + pinned if pinned else ''}: "
-                               f"{str(exc).strip().splitlines()[-1][-300:]}") from exc
+                               f"{(str(exc).strip().splitlines() or [repr(exc)])[-1][-300:]}") from exc
         self._dproc = proc
         _LIVE.add(self)  # even if the caller was canceled meanwhile: ended at exit
         self.puid = proc.puid
