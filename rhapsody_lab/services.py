@@ -275,9 +275,9 @@ class Service:
         except (BackendError, ResourceError):
             raise
         except Exception as exc:
+            why = (str(exc).strip().splitlines() or [repr(exc)])[-1][-300:]
             raise BackendError(self.name, f"Dragon could not start {command[0]!r}"
-                               f"{' on ' + pinned if pinned else ''}: "
-                               f"{(str(exc).strip().splitlines() or [repr(exc)])[-1][-300:]}") from exc
+                               f"{' on ' + pinned if pinned else ''}: {why}") from exc
         self._dproc = proc
         _LIVE.add(self)  # even if the caller was canceled meanwhile: ended at exit
         self.puid = proc.puid
