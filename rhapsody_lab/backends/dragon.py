@@ -117,13 +117,8 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
     def _start_runtime(self) -> None:
         import multiprocessing as mp
 
-        from dragon.native.machine import Node, System
-        nodes = []
-        for h in System().nodes:
-            node = Node(h)
-            nodes.append(NodeInfo(node.hostname, node.h_uid, frozenset(node.cpus or ()),
-                                  frozenset(node.gpus or ())))
-        self._nodes = nodes
+        from ._dragon_launch import runtime_nodes
+        nodes = self._nodes = runtime_nodes()
         if self._workers is None:
             self._workers = max(1, sum(len(n.cpus) for n in nodes))
         from ._dragon_worker import init_worker
