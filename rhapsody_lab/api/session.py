@@ -241,20 +241,26 @@ class Session:
         """The one backend of a chunk of alike fresh tasks, checked at C speed; else None.
 
         Alike: all exactly ``ComputeTask``, NEW, unbound, with no backend named, no
-        backend-specific options, and all functions or all executables. The first task
-        takes the full route (and its errors); the rest follow it.
+        backend-specific options, and all functions or all executables (unless the first
+        backend for either kind is the same). The first task takes the full route (and its
+        errors); the rest follow it.
         """
         first = tasks[0]
         if len(set(map(type, tasks))) != 1 or first.__class__ is not ComputeTask or \
                 any(map(_BACKEND, tasks)) or any(map(_OPTIONS, tasks)) or \
                 any(map(_FUTURE, tasks)) or set(map(_STATE, tasks)) != {NEW}:
             return None
+        backend = self._route(first, default)
+        if all(k in backend.task_kinds for k in ("function", "executable")) and next(
+                b for b in self.backends.values() if "executable" in b.task_kinds
+                or "function" in b.task_kinds) is backend:
+            return backend  # functions and executables both go here by default
         if first["function"] is not None:
             if None in map(_FUNCTION, tasks):
                 return None
         elif list(map(_FUNCTION, tasks)).count(None) != len(tasks):
             return None
-        return self._route(first, default)
+        return backend
 
     async def submit_tasks(self, tasks: Iterable[BaseTask]) -> list[asyncio.Future]:
         """Route and queue ``tasks``; return their futures (in order) once accepted.
@@ -288,21 +294,27 @@ class Session:
         routed: list[BaseBackend] = []
         to_check: list[tuple[BaseTask, BaseBackend]] = []
         uids: set[str] = set()
+        used: set[BaseBackend] = set()
         last_yield = time.perf_counter()
         for start in range(0, len(tasks), _CHUNK):
             part = tasks[start:start + _CHUNK]
-            routed += self._route_all(part, to_check)
+            route = self._route_all(part, to_check)
+            routed += route
+            if route.count(route[0]) == len(route):
+                used.add(route[0])  # the usual case: one backend (identity count, in C)
+            else:
+                used.update(route)
             uids.update(map(_UID, part))
             if time.perf_counter() - last_yield > _YIELD_AFTER:
                 await asyncio.sleep(0)  # a huge call must not freeze the loop (or a notebook)
                 last_yield = time.perf_counter()
         if len(uids) != len(tasks) or any(not b._live.keys().isdisjoint(uids)
-                                           for b in set(routed)) or \
+                                           for b in used) or \
                 any(not job.uids.isdisjoint(uids) for job in self._pending):
             raise TaskValidationError(self._duplicate_uid(tasks), "another task with this "
                                       "uid is already submitted; leave uid unset for an "
                                       "automatic one", field="uid")
-        for backend in set(routed):
+        for backend in used:
             if not backend.is_running:
                 await backend.initialize()
         for task, backend in to_check:  # a running backend knows its resources
