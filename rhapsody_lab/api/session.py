@@ -44,6 +44,7 @@ _STATE = operator.itemgetter("state")
 _FUNCTION = operator.itemgetter("function")
 _OPTIONS = operator.itemgetter("task_backend_specific_kwargs")
 _FUTURE = operator.attrgetter("_future")
+_SMALL = 32  # submits this small skip the chunked, vectorised machinery
 _GC_FREEZE_MIN = 5_000  # a submit this big freezes the heap while it runs (see gcfreeze)
 
 
@@ -67,6 +68,8 @@ class Session:
         self._pending: list[_HandOff] = []  # big submits still being handed to backends
         self._handoffs: set[asyncio.Task] = set()
         self._gc_held = False  # this session holds the process-wide gc freeze (gcfreeze)
+        self._default_routes: dict[str, BaseBackend | None] = {}  # kind -> first backend
+        self._future_factory: tuple[Any, Any] = (None, None)  # (loop, create a future)
         self._submitting = 0  # submit_tasks calls between validation and hand-off
         self._router: Any = None  # a policy's router (api.routing), set by from_policy
         self.created = time.time()
@@ -113,6 +116,7 @@ class Session:
             raise SessionError(f"a backend named '{backend.name}' is already registered; "
                                "give the second one another name=")
         self.backends[backend.name] = backend
+        self._default_routes.clear()
         backend.attach(self.events.emit, self._flush_events, self.work_dir)
 
     def _flush_events(self) -> None:
@@ -203,7 +207,7 @@ class Session:
         """
         if self._router is not None:  # a policy decides (api.routing)
             return self._router.route_all(self, tasks, to_check)
-        default: dict[str, BaseBackend | None] = {}
+        default = self._default_routes
         if len(tasks) >= 64:
             backend = self._route_uniform(tasks, default)
             if backend is not None:
@@ -270,10 +274,11 @@ class Session:
         chunks, while the caller goes on (a task is SUBMITTED until its backend has it).
         """
         self._check_open()
-        if isinstance(tasks, BaseTask) or not isinstance(tasks, Iterable):
-            raise SessionError("submit_tasks expects a list of tasks; write "
-                               "submit_tasks([task])")
-        tasks = tasks if isinstance(tasks, list) else list(tasks)
+        if tasks.__class__ is not list:
+            if isinstance(tasks, BaseTask) or not isinstance(tasks, Iterable):
+                raise SessionError("submit_tasks expects a list of tasks; write "
+                                   "submit_tasks([task])")
+            tasks = list(tasks)
         if not tasks:
             return []
         loop = asyncio.get_running_loop()
@@ -321,15 +326,22 @@ class Session:
             backend.check_task(task)
         # 2. bind a future to every task; the first ones become SUBMITTED now, the rest as
         #    they are handed over (stamped with this call's time)
-        if type(loop).create_future is asyncio.BaseEventLoop.create_future:
-            create = functools.partial(asyncio.Future, loop=loop)
-        else:
-            create = loop.create_future
+        factory_loop, create = self._future_factory
+        if factory_loop is not loop:
+            if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+                create = functools.partial(asyncio.Future, loop=loop)
+            else:
+                create = loop.create_future
+            self._future_factory = (loop, create)
         bind = object.__setattr__
         now = time.time()
         futures: list[asyncio.Future] = []
+        if len(tasks) <= _SMALL:  # one task at a time (an agentic loop): the short way
+            futures = [create() for _ in tasks]
+            for task, fut in zip(tasks, futures, strict=True):
+                bind(task, "_future", fut)
         pause = self._gc_held and gc.isenabled()  # these futures get frozen: never scan them
-        for start in range(0, len(tasks), _CHUNK):
+        for start in range(0, len(tasks) if len(tasks) > _SMALL else 0, _CHUNK):
             if pause:
                 gc.disable()
             try:
@@ -379,14 +391,19 @@ class Session:
 
     async def _hand_off(self, tasks: list, routed: list) -> None:
         groups: dict[BaseBackend, list] = {}
-        for task, backend in zip(tasks, routed, strict=True):
-            if task["state"] != SUBMITTED:
-                continue  # canceled before its backend got it
-            group = groups.get(backend)
-            if group is None:
-                groups[backend] = [task]
-            else:
-                group.append(task)
+        if routed.count(routed[0]) == len(routed):  # one backend, the usual case
+            group = [t for t in tasks if t["state"] == SUBMITTED]  # not canceled meanwhile
+            if group:
+                groups[routed[0]] = group
+        else:
+            for task, backend in zip(tasks, routed, strict=True):
+                if task["state"] != SUBMITTED:
+                    continue  # canceled before its backend got it
+                group = groups.get(backend)
+                if group is None:
+                    groups[backend] = [task]
+                else:
+                    group.append(task)
         for backend, group in groups.items():
             try:
                 await backend.submit_tasks(group)
