@@ -7,6 +7,9 @@ server's event loop.
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F403
 
@@ -25,3 +28,30 @@ def registry(tmp_path, monkeypatch):
 @pytest.fixture
 def jp_server_config(registry):
     return {"ServerApp": {"jpserver_extensions": {"rhapsody_lab.server": True}}}
+
+
+def _children() -> set[int]:
+    me, found = str(os.getpid()), set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            found.add(int(pid))
+    return found
+
+
+@pytest.fixture
+def no_new_children():
+    """Fail if the test leaves a child process behind (ones alive before it are not its:
+    a session-scoped fixture elsewhere, e.g. a vLLM server, may hold one)."""
+    before = _children()
+    yield
+    deadline = time.monotonic() + 5
+    while (left := _children() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"child processes left behind: {sorted(left)}"
