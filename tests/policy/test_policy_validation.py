@@ -216,3 +216,14 @@ def test_a_bad_policy_starts_nothing(no_children):
         Session.from_policy({"backends": {"a": {"type": "dask", "cores": 1}},
                              "routing": [{"kind": "function", "backend": "a"},
                                          {"kind": "executable", "backend": "b"}]}, TWO)
+
+
+def test_the_documented_example_policy_is_valid():
+    pytest.importorskip("yaml", reason="PyYAML is not installed")
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "notebooks",
+                        "policy-example.yaml")
+    p = load_policy(path, TWO)
+    assert {n: (b.type, b.cores) for n, b in p.backends.items()} == {
+        "sim": ("concurrent", 1), "fn": ("dask", 1), "llm": ("vllm", 0)}
+    assert p.backends["sim"].limit == 256 and p.default == "fn"
