@@ -180,7 +180,11 @@ class NativePoolMixin:
         self.seen_pids.add(pid)
         if outs:
             per_task = max(1e-6, (outs[-1][2] - outs[0][1]) / len(outs))
-            self._task_seconds = 0.5 * self._task_seconds + 0.5 * per_task
+            est = self._task_seconds
+            # smooth small changes; follow a change of more than 4x at once (the first
+            # chunks of null tasks would otherwise stay tiny for a dozen round trips)
+            self._task_seconds = per_task if not est / 4 < per_task < est * 4 \
+                else 0.5 * est + 0.5 * per_task
         emit, name, done = self.emit, self._name, self._done.append
         for task, (ok, t0, t1, value, tb) in zip(tasks, outs, strict=True):
             emit((t0, task["uid"], RUNNING, name, pid))
