@@ -211,11 +211,18 @@ def test_backends_are_built_inside_their_shares():
     assert info.value.key == "backends.x.options" and "max_workers" in str(info.value)
 
 
-def test_a_bad_policy_starts_nothing(no_children):
+def test_a_bad_policy_starts_nothing():
+    import threading
+
+    from conftest import _children
+
+    kids, threads = set(_children()), threading.active_count()
     with pytest.raises(PolicyError, match=r"routing\[1\]\.backend"):
         Session.from_policy({"backends": {"a": {"type": "dask", "cores": 1}},
                              "routing": [{"kind": "function", "backend": "a"},
                                          {"kind": "executable", "backend": "b"}]}, TWO)
+    # (other test modules may keep their own servers: only new ones would be ours)
+    assert set(_children()) <= kids and threading.active_count() <= threads
 
 
 def test_the_documented_example_policy_is_valid():
