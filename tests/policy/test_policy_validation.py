@@ -6,6 +6,7 @@ Nothing here starts a backend: a bad policy must fail before any runtime exists.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -211,10 +212,20 @@ def test_backends_are_built_inside_their_shares():
     assert info.value.key == "backends.x.options" and "max_workers" in str(info.value)
 
 
+def _children() -> list[int]:
+    me, out = str(os.getpid()), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[1] == me:
+                    out.append(int(pid))
+        except OSError:
+            continue
+    return out
+
+
 def test_a_bad_policy_starts_nothing():
     import threading
-
-    from conftest import _children
 
     kids, threads = set(_children()), threading.active_count()
     with pytest.raises(PolicyError, match=r"routing\[1\]\.backend"):
@@ -227,7 +238,6 @@ def test_a_bad_policy_starts_nothing():
 
 def test_the_documented_example_policy_is_valid():
     pytest.importorskip("yaml", reason="PyYAML is not installed")
-    import os
     path = os.path.join(os.path.dirname(__file__), "..", "..", "notebooks",
                         "policy-example.yaml")
     p = load_policy(path, TWO)
