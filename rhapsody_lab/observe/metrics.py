@@ -89,7 +89,9 @@ class Metrics:
         self._tq: dict[str, float] = {}   # uid -> time it was submitted/queued
         self._tr: dict[str, float] = {}   # running uid -> start
         self._rslot: dict[str, Any] = {}  # running uid -> slot
-        self._rects: deque[tuple] = deque(maxlen=max_rectangles)
+        # the task stream: bars kept as column chunks, one per fold (rows built on read)
+        self._rects: deque[tuple] = deque()  # (n, start, end, uid, backend, slot, state)
+        self._rects_held = 0              # bars in _rects (the newest max_rectangles+)
         self.rect_index = 0               # bars ever recorded (readers keep a cursor)
         self._rows: dict[tuple[str, Any], int] = {}
         self.total_tasks = 0
@@ -309,23 +311,25 @@ class Metrics:
                 ov = min(e, (j + 1) * w) - max(s, j * w)
                 if ov > 0:
                     self._busy[j % r, k] += ov
-        # the task stream keeps the newest bars only
-        tslots = list(compress(slots, mask))
-        tstates = list(compress(states, mask))
-        tnames = list(compress(names, mask))
+        # the task stream keeps the newest bars only, as columns (no tuple per bar)
         idx = np.flatnonzero(ran)[-self.max_rectangles:].tolist()
+        if not idx:
+            return
+        tslots = list(compress(slots, mask))
+        slots_ = [a if a is not None else b for a, b in zip(tslots, rslots, strict=True)]
+        cols = (st.tolist(), te.tolist(), tu, list(compress(names, mask)), slots_,
+                list(compress(states, mask)))
+        if len(idx) != len(tu):
+            pick = itemgetter(*idx) if len(idx) > 1 else (lambda c, i=idx[0]: (c[i],))
+            cols = tuple(list(pick(c)) for c in cols)
         rows = self._rows
-        add = self._rects.append
-        stl, tel = st.tolist(), te.tolist()
-        for i in idx:
-            slot = tslots[i]
-            if slot is None:
-                slot = rslots[i]
-            key = (tnames[i], slot)
-            y = rows.get(key)
-            if y is None:
-                y = rows[key] = len(rows)
-            add((stl[i], tel[i], tu[i], tnames[i], slot, tstates[i], y))
+        for key in dict.fromkeys(zip(cols[3], cols[4], strict=True)):  # a few (backend, slot) pairs
+            if key not in rows:
+                rows[key] = len(rows)
+        self._rects.append((len(idx), *cols))
+        self._rects_held += len(idx)
+        while self._rects_held - self._rects[0][0] >= self.max_rectangles:
+            self._rects_held -= self._rects.popleft()[0]
         self.rect_index += len(idx)
 
     def _hist(self, hist: Any, bc: Any, values: Any) -> None:
@@ -429,21 +433,29 @@ class Metrics:
         """
         with self._lock:
             total = self.rect_index
-            n = min(total - since, len(self._rects))
+            n = min(total - since, self._rects_held, self.max_rectangles)
             if limit is not None:
                 n = min(n, limit)
-            rects = list(self._rects)[len(self._rects) - n:] if n > 0 else []
+            parts = []
+            need = n
+            for chunk in reversed(self._rects):  # newest chunks first, until n bars
+                if need <= 0:
+                    break
+                take = min(need, chunk[0])
+                parts.append(tuple(c[chunk[0] - take:] for c in chunk[1:]))
+                need -= take
+            rows = dict(self._rows)
         cols: dict[str, list] = {k: [] for k in ("start", "end", "y", "row", "uid",
                                                  "backend", "state", "duration")}
-        for s, e, uid, name, slot, state, y in rects:
-            cols["start"].append(s * 1000.0)
-            cols["end"].append(e * 1000.0)
-            cols["y"].append(y)
-            cols["row"].append(f"{name}/{slot}")
-            cols["uid"].append(uid)
-            cols["backend"].append(name)
-            cols["state"].append(state)
-            cols["duration"].append(e - s)
+        for start, end, uids, names, slots, states in reversed(parts):
+            cols["start"] += [x * 1000.0 for x in start]
+            cols["end"] += [x * 1000.0 for x in end]
+            cols["y"] += [rows[k] for k in zip(names, slots, strict=True)]
+            cols["row"] += [f"{a}/{b}" for a, b in zip(names, slots, strict=True)]
+            cols["uid"] += uids
+            cols["backend"] += names
+            cols["state"] += states
+            cols["duration"] += [e - s for s, e in zip(start, end, strict=True)]
         return total, cols
 
     def rows(self) -> dict[int, str]:

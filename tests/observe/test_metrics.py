@@ -86,7 +86,8 @@ async def test_per_backend_series_and_rollover_bounds(tmp_path):
         assert m.counts() == {"DONE": 80}
         assert sorted(m.backends) == ["a", "b"]
         assert m.capacity == {"a": 2, "b": 1}
-        assert len(m._rects) <= 25  # rollover: only the newest bars are kept
+        total, bars = m.rectangles(0)
+        assert total >= 25 and len(set(bars["uid"])) == 25  # rollover: the newest bars only
         _, data = m.series("b")
         assert len(data["time"]) <= 8  # ring of max_bins
         assert data["DONE"][-1] == 20
@@ -120,3 +121,29 @@ def test_replay_in_bins_is_exact_and_validates_options():
         Metrics(max_rectangles=0)
     with pytest.raises(SessionError, match="Session"):
         attach_metrics(object())
+
+
+def test_task_stream_rollover_cursor_and_limit_across_folds():
+    """Bars from many folds: the newest max_rectangles kept, in order, rows stable."""
+    m = Metrics(max_rectangles=50, live=False)
+    t = 1000.0
+    for fold in range(7):  # 7 folds of 20 tasks: 140 bars recorded, 50 kept
+        events = []
+        for i in range(20):
+            uid = f"f{fold}-{i:02d}"
+            events += [(t, uid, "SUBMITTED", "b", None), (t + 0.1, uid, "RUNNING", "b", i % 3),
+                       (t + 0.3, uid, "DONE" if i % 5 else "FAILED", "b", None)]
+            t += 0.01
+        m.ingest(events)
+    total, bars = m.rectangles(0)
+    assert total == 140 and len(bars["uid"]) == 50
+    assert bars["uid"][0] == "f4-10" and bars["uid"][-1] == "f6-19"  # newest 50, in order
+    assert set(bars["row"]) == {"b/0", "b/1", "b/2"}  # the RUNNING event's slot is kept
+    rows = m.rows()
+    assert all(rows[y] == r for y, r in zip(bars["y"], bars["row"], strict=True))
+    assert all(abs(d - 0.2) < 1e-6 for d in bars["duration"])
+    assert bars["state"].count("FAILED") == 10
+    assert m.rectangles(total)[1]["uid"] == []  # nothing after the cursor
+    _, newest = m.rectangles(130, limit=4)  # 10 newer than the cursor; the newest 4
+    assert newest["uid"] == ["f6-16", "f6-17", "f6-18", "f6-19"]
+    assert m._rects_held < 50 + 20  # at most one fold beyond the bound is held
