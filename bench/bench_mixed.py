@@ -20,7 +20,12 @@ overall: makespan together vs the alone makespans run one after another (ideal: 
 5% ``/bin/true``; ``--mix`` to change) on a 3-backend policy session in waves of
 ``--wave`` tasks (at most two waves in flight; a finished wave is dropped), and prints
 tasks/s, the driver's peak RSS (``ru_maxrss``) and its RSS after each wave: flat after the
-first waves means memory is bounded by the wave size, not by N.
+first waves means memory is bounded by the wave size, not by N. (A Dask LocalCluster's
+scheduler runs inside the driver, and its client keeps up to 20,000 gathered keys, so
+with Dask the driver's RSS also carries the scheduler's bounded logs; ``--second
+processes`` puts a process pool in that share instead.) Overlapping big submits keep the
+session's GC freeze (``rhapsody_lab.api.gcfreeze``) held for the whole run, so cyclic
+garbage of finished waves waits: ``RHAPSODY_LAB_GC_FREEZE=0`` shows the flat profile.
 
 Usage: python bench/bench_mixed.py [--n-exe 200] [--n-fn 400] [--n-ai 3000] [--d 0.02]
        python bench/bench_mixed.py --scale 100000 [--wave 25000]
@@ -180,8 +185,9 @@ async def scale(args) -> None:
     alloc = Allocation(("localhost",), (max(3, args.cores),), (0,), "local")
     pol = {
         "backends": {"threads": {"type": "concurrent", "cores": 1, "priority": 1},
-                     "dask": {"type": "dask", "cores": 1,
-                              "options": {"resources": {"silence_logs": 50}}},
+                     "dask": {"type": args.second, "cores": 1,
+                              **({"options": {"resources": {"silence_logs": 50}}}
+                                 if args.second == "dask" else {})},
                      "exe": {"type": "concurrent", "cores": 1, "limit": 256,
                              "options": {"max_workers": 4}}},
         "routing": [{"kind": "executable", "backend": "exe"},
@@ -189,7 +195,9 @@ async def scale(args) -> None:
         "default": "threads",
     }
     rng_fn, rng_dask = mix[0], mix[0] + mix[1]
-    print(f"scale: {args.scale} mixed null tasks (threads {mix[0]:.0%}, dask {mix[1]:.0%}, "
+    freeze = os.environ.get("RHAPSODY_LAB_GC_FREEZE", "1")
+    print(f"scale: RHAPSODY_LAB_GC_FREEZE={freeze}; {args.scale} mixed null tasks "
+          f"(threads {mix[0]:.0%}, dask {mix[1]:.0%}, "
           f"/bin/true {mix[2]:.0%}) in waves of {args.wave}; load {load()}")
     base = rss_mb()
     async with Session.from_policy(pol, alloc) as s:
@@ -244,6 +252,9 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=0, help="run the N-task scale mode")
     ap.add_argument("--wave", type=int, default=25_000)
     ap.add_argument("--mix", default="0.70,0.25,0.05")
+    ap.add_argument("--second", default="dask", choices=["dask", "processes"],
+                    help="scale mode: the type of the 'dask' share (processes: a process "
+                         "pool, no in-driver Dask scheduler)")
     args = ap.parse_args()
     asyncio.run(scale(args) if args.scale else mixed(args))
 
