@@ -27,6 +27,17 @@ processes`` puts a process pool in that share instead.) Overlapping big submits 
 session's GC freeze (``rhapsody_lab.api.gcfreeze``) held for the whole run, so cyclic
 garbage of finished waves waits: ``RHAPSODY_LAB_GC_FREEZE=0`` shows the flat profile.
 
+Measured on the 2-core machine (defaults, medians of the ABA runs, 22 Nov 2026):
+- under ``dragon -s`` with ``--fn-backend dragon`` (load ~3, 1 rep): together vs alone
+  throughput exe 0.96x, fn 0.99x, ai 0.66x; share utilisation together exe 0.84, Dragon
+  0.99; overall 1.65x the one-after-another throughput, 99% of the ideal overlap (1.66x).
+- Dask LocalCluster for the functions (load 7-10, 2 reps): exe 0.77x, fn 0.83x, ai 0.46x;
+  utilisation together 0.56 / 0.71; overall 1.44x, 83% of the ideal overlap (1.73x).
+- ``--scale 100000`` (threads + Dask + /bin/true): 1,050-1,080 tasks/s (Dask-bound), peak
+  RSS 258-281 MB; ``--scale 200000 --second processes``: ~20,000-23,000 tasks/s, RSS flat
+  at ~80 MB (peak 98 MB) with ``RHAPSODY_LAB_GC_FREEZE=0``, growing ~21 MB per 25,000-task
+  wave with the freeze on (waves overlap, so it is never released).
+
 Usage: python bench/bench_mixed.py [--n-exe 200] [--n-fn 400] [--n-ai 3000] [--d 0.02]
        python bench/bench_mixed.py --scale 100000 [--wave 25000]
 Benchmarks print ratios measured in the same run; read ratios, not rates.
