@@ -6,8 +6,11 @@ during a big run triggers several. The tasks of a big ``submit_tasks`` call are
 long-lived by construction, so the session moves the heap into the collector's permanent
 generation (``gc.freeze()``, O(1)) when such a call starts and puts it back
 (``gc.unfreeze()``, O(1)) once no session has a frozen batch in flight. Objects created
-meanwhile are collected as usual; cyclic garbage among frozen objects waits until the
-release.
+meanwhile are collected as usual; cyclic garbage among frozen objects (a finished task
+and its future, once the user drops them) waits until the release. So when big submits
+overlap (waves that may never leave the session idle), the session gives the heap back at
+the second one and freezes nothing more until it is idle: memory stays bounded, at the
+price of the collector's usual pauses during the waves.
 
 The hold is process-wide and counted (several sessions may hold it). A process that
 froze the heap itself (a pre-fork server) is left alone: nothing is frozen or unfrozen.

@@ -68,6 +68,7 @@ class Session:
         self._pending: list[_HandOff] = []  # big submits still being handed to backends
         self._handoffs: set[asyncio.Task] = set()
         self._gc_held = False  # this session holds the process-wide gc freeze (gcfreeze)
+        self._gc_waves = False  # big submits overlapped: no freeze again until idle
         self._default_routes: dict[str, BaseBackend | None] = {}  # kind -> first backend
         self._future_factory: tuple[Any, Any] = (None, None)  # (loop, create a future)
         self._submitting = 0  # submit_tasks calls between validation and hand-off
@@ -125,7 +126,7 @@ class Session:
         A small backlog is left to the stream's timer (every 0.1 s), keeping observer work
         off the critical path of one-task-at-a-time loops.
         """
-        if self._gc_held:
+        if self._gc_held or self._gc_waves:
             self._release_gc_if_idle()
         if self.events.pending < _FLUSH_MIN:
             return
@@ -139,7 +140,23 @@ class Session:
         if self._submitting or self._pending or any(
                 b._live for b in self.backends.values()):
             return
+        self._gc_waves = False
+        if self._gc_held:
+            self._gc_held = False
+            gcfreeze.release(self)
+
+    def _hold_gc(self) -> None:
+        """A big submit: freeze the heap, unless big submits overlap (see gcfreeze)."""
+        if self._gc_waves or not gcfreeze.enabled():
+            return
+        if not self._gc_held:
+            self._gc_held = gcfreeze.hold(self)  # the user's tasks are long-lived anyway
+            return
+        # Another big batch while the first still runs (waves): finished tasks the user
+        # drops would stay frozen garbage (task <-> future cycles) until the session is
+        # idle, and waves may never leave it idle. Give the heap back to the collector.
         self._gc_held = False
+        self._gc_waves = True
         gcfreeze.release(self)
 
     async def start(self) -> Session:
@@ -283,14 +300,14 @@ class Session:
             return []
         loop = asyncio.get_running_loop()
         self.events.bind(loop)
-        if len(tasks) >= _GC_FREEZE_MIN and not self._gc_held and gcfreeze.enabled():
-            self._gc_held = gcfreeze.hold(self)  # the user's tasks are long-lived anyway
+        if len(tasks) >= _GC_FREEZE_MIN:
+            self._hold_gc()
         self._submitting += 1
         try:
             return await self._submit(tasks, loop)
         finally:
             self._submitting -= 1
-            if self._gc_held:
+            if self._gc_held or self._gc_waves:
                 self._release_gc_if_idle()  # refused, or everything already finished
 
     async def _submit(self, tasks: list, loop: asyncio.AbstractEventLoop

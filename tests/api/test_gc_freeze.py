@@ -155,3 +155,36 @@ async def test_alike_chunks_route_like_single_tasks():
         with pytest.raises(TaskValidationError, match="timeout"):
             await session.submit_tasks(bad)
         assert all(t.state == "NEW" for t in bad)
+
+
+async def test_overlapping_big_submits_give_the_heap_back_until_idle():
+    """Waves: a big batch while another runs unfreezes (finished tasks must stay
+    collectable); once the session is idle, the next big batch freezes again."""
+    gate = threading.Event()
+    async with Session([ConcurrentExecutionBackend(max_workers=2)]) as session:
+        first = [ComputeTask(function=gated, args=(gate,))] + \
+            [ComputeTask(function=noop) for _ in range(BIG)]
+        await session.submit_tasks(first)
+        assert gcfreeze.holders() == 1
+        second = [ComputeTask(function=noop) for _ in range(BIG)]
+        await session.submit_tasks(second)  # overlaps the first: no freeze now
+        assert gcfreeze.holders() == 0 and gc.get_freeze_count() == 0
+        third = [ComputeTask(function=noop) for _ in range(BIG)]
+        await session.submit_tasks(third)  # still waves: stays unfrozen
+        assert gcfreeze.holders() == 0 and gc.get_freeze_count() == 0
+        gate.set()
+        await session.wait_tasks(first + second + third)
+        for _ in range(50):  # idle again (noticed with the next batch report)
+            if not session._gc_waves:
+                break
+            await asyncio.sleep(0.02)
+        assert not session._gc_waves
+        fourth = [ComputeTask(function=noop) for _ in range(BIG)]
+        await session.submit_tasks(fourth)
+        assert gcfreeze.holders() == 1  # a lone big batch freezes again
+        await session.wait_tasks(fourth)
+        for _ in range(50):
+            if gcfreeze.holders() == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert all(t.state == "DONE" for t in first + second + third + fourth)
