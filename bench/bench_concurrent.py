@@ -293,7 +293,11 @@ def main() -> int:
             r = _one(name, size)
             res[name].append(r)
             print(f"  rep {rep + 1} {name}: {r}", file=sys.stderr)
-    scale = _one("scale_100k", 20_000 if args.quick else 100_000)
+    # one 100k run is a single sample of its worst stall: take the median of `reps` runs
+    scales = [_one("scale_100k", 20_000 if args.quick else 100_000) for _ in range(reps)]
+    scale = {k: _median(scales, k) for k in scales[0] if k != "all_done"}
+    scale["all_done"] = all(r.get("all_done") for r in scales)
+    worst = max((r.get("max_stall_no_gc_ms", float("nan")) for r in scales), default=0.0)
     memory = _one("memory", 20_000 if args.quick else 100_000)
 
     def rate(name: str) -> float:
@@ -335,7 +339,7 @@ def main() -> int:
          f"{scale.get('rate', 0):,.0f}/s"),
         ("100k tasks: longest event-loop stall, engine code (ms)",
          scale.get("max_stall_no_gc_ms", float("nan")), "<= 50",
-         f"all done: {scale.get('all_done')}"),
+         f"all done: {scale.get('all_done')}; worst of {len(scales)}: {worst:.0f} ms"),
         ("100k tasks: longest stall incl. Python's cyclic GC (ms)",
          scale.get("max_stall_ms", float("nan")), "(info)",
          f"longest GC pause {scale.get('max_gc_pause_ms', float('nan')):.0f} ms"),
