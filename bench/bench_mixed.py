@@ -23,9 +23,9 @@ tasks/s, the driver's peak RSS (``ru_maxrss``) and its RSS after each wave: flat
 first waves means memory is bounded by the wave size, not by N. (A Dask LocalCluster's
 scheduler runs inside the driver, and its client keeps up to 20,000 gathered keys, so
 with Dask the driver's RSS also carries the scheduler's bounded logs; ``--second
-processes`` puts a process pool in that share instead.) Overlapping big submits keep the
-session's GC freeze (``rhapsody_lab.api.gcfreeze``) held for the whole run, so cyclic
-garbage of finished waves waits: ``RHAPSODY_LAB_GC_FREEZE=0`` shows the flat profile.
+processes`` puts a process pool in that share instead.) Overlapping big submits give the
+session's GC freeze (``rhapsody_lab.api.gcfreeze``) back until the session is idle, so
+finished waves stay collectable.
 
 Measured on the 2-core machine (defaults, medians of the ABA runs, 22 Nov 2026):
 - under ``dragon -s`` with ``--fn-backend dragon`` (load ~3, 1 rep): together vs alone
@@ -35,8 +35,8 @@ Measured on the 2-core machine (defaults, medians of the ABA runs, 22 Nov 2026):
   utilisation together 0.56 / 0.71; overall 1.44x, 83% of the ideal overlap (1.73x).
 - ``--scale 100000`` (threads + Dask + /bin/true): 1,050-1,080 tasks/s (Dask-bound), peak
   RSS 258-281 MB; ``--scale 200000 --second processes``: ~20,000-23,000 tasks/s, RSS flat
-  at ~80 MB (peak 98 MB) with ``RHAPSODY_LAB_GC_FREEZE=0``, growing ~21 MB per 25,000-task
-  wave with the freeze on (waves overlap, so it is never released).
+  at ~80-89 MB (peak 90 MB). Before overlapping waves released the GC freeze, RSS grew
+  ~21 MB per 25,000-task wave (400 MB after 200,000).
 
 Usage: python bench/bench_mixed.py [--n-exe 200] [--n-fn 400] [--n-ai 3000] [--d 0.02]
        python bench/bench_mixed.py --scale 100000 [--wave 25000]
