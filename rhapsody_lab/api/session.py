@@ -37,13 +37,13 @@ _YIELD_AFTER = 0.010  # seconds of submit work between two yields to the event l
 _FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch
 _FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callback)
 _FLUSH_MIN = 1_000  # events pending before a backend batch triggers a flush
-_FIRST_HANDOFF = 256  # handed over before submit_tasks returns (enough to fill the slots)
+_FIRST_HANDOFF = 128  # handed over before submit_tasks returns (enough to fill the slots)
 _UID = operator.itemgetter("uid")
+_FUTURE = operator.attrgetter("_future")
 _BACKEND = operator.itemgetter("backend")
 _STATE = operator.itemgetter("state")
 _FUNCTION = operator.itemgetter("function")
 _OPTIONS = operator.itemgetter("task_backend_specific_kwargs")
-_FUTURE = operator.attrgetter("_future")
 _SMALL = 32  # submits this small skip the chunked, vectorised machinery
 _GC_FREEZE_MIN = 5_000  # a submit this big freezes the heap while it runs (see gcfreeze)
 
@@ -333,6 +333,11 @@ class Session:
         if len(uids) != len(tasks) or any(not b._live.keys().isdisjoint(uids)
                                            for b in used) or \
                 any(not job.uids.isdisjoint(uids) for job in self._pending):
+            again = next((t for t in tasks if t._future is not None), None)
+            if again is not None:  # the same task object, still waiting for its hand-off
+                raise SessionError(
+                    f"task {again['uid']} was already submitted (state {again['state']}); "
+                    "create a new task to run the same work again")
             raise TaskValidationError(self._duplicate_uid(tasks), "another task with this "
                                       "uid is already submitted; leave uid unset for an "
                                       "automatic one", field="uid")
