@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import BackendError, SessionError, TaskExecutionError
-from .states import CANCELED, DONE, FAILED, QUEUED
+from .states import CANCELED, DONE, FAILED, QUEUED, SUBMITTED
 
 __all__ = ["CANCELED_CLAIM", "BaseBackend"]
 
@@ -203,6 +203,15 @@ class BaseBackend(ABC):
             self._loop.call_soon_threadsafe(self._drain)  # type: ignore[attr-defined]
         except RuntimeError:  # loop closed: the session is gone, nothing to deliver to
             pass
+
+    def _refuse(self, tasks: Sequence[dict], exc: Exception) -> None:
+        """``submit_tasks`` raised: fail the tasks still SUBMITTED with ``exc``, keep others."""
+        now = time.time()
+        for task in tasks:
+            if task["state"] == SUBMITTED:
+                task["exception"] = exc
+                task["stderr"] = f"backend {self.name} refused the task: {exc}"
+                self._finish(task, FAILED, now)
 
     def _cancel_unstarted(self, uid: str) -> bool | None:
         """Cancel ``uid`` if no worker claimed it yet: True done, False running, None unknown."""

@@ -271,12 +271,7 @@ class _Gate:
         try:
             await self._submit(batch)
         except Exception as exc:  # the backend refused: fail these tasks, keep the rest
-            now = time.time()
-            for task in batch:
-                if task["state"] == SUBMITTED:
-                    task["exception"] = exc
-                    task["stderr"] = f"backend {self.backend.name} refused the task: {exc}"
-                    self.backend._finish(task, FAILED, now)
+            self.backend._refuse(batch, exc)
 
     def _on_state(self, task: dict, state: str) -> None:
         if state in _TERMINAL:

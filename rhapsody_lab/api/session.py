@@ -430,12 +430,7 @@ class Session:
             try:
                 await backend.submit_tasks(group)
             except Exception as exc:  # the backend refused: fail these tasks, keep the rest
-                now = time.time()
-                for task in group:
-                    if task["state"] == SUBMITTED:
-                        task["exception"] = exc
-                        task["stderr"] = f"backend {backend.name} refused the task: {exc}"
-                        backend._finish(task, "FAILED", now)
+                backend._refuse(group, exc)
 
     async def _hand_off_all(self, job: _HandOff, now: float) -> None:
         try:
