@@ -259,3 +259,30 @@ async def test_counts_and_cancel_all():
         session.get_statistics()
         counts = session.counts()
         assert counts.get("CANCELED") == n and sum(counts.values()) == 400
+
+
+class _Refusing(ConcurrentExecutionBackend):
+    """A real thread backend whose submit_tasks refuses every batch (a broken backend)."""
+
+    async def submit_tasks(self, tasks):
+        raise BackendError(self.name, "out of service")
+
+
+async def test_a_backend_that_refuses_fails_only_its_own_tasks():
+    async with Session([ConcurrentExecutionBackend(name="ok"), _Refusing(name="broken")]) \
+            as session:
+        good = [ComputeTask(function=hello, backend="ok") for _ in range(300)]
+        bad = [ComputeTask(function=hello, backend="broken") for _ in range(300)]
+        mixed = [t for pair in zip(good, bad, strict=True) for t in pair]
+        futures = await session.submit_tasks(mixed)  # accepted: refusal comes at hand-off
+        await session.wait_tasks(mixed)
+        assert all(t.state == "DONE" and t.return_value.startswith("Hello") for t in good)
+        assert all(t.state == "FAILED" and isinstance(t.exception, BackendError)
+                   and "refused the task" in t.stderr for t in bad)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert sum(isinstance(r, BackendError) for r in results) == 300
+        assert session.get_statistics()["counts"] == {"DONE": 300, "FAILED": 300}
+        more = [ComputeTask(function=hello) for _ in range(5)]  # the session stays usable
+        await session.submit_tasks(more)
+        await session.wait_tasks(more)
+        assert all(t.state == "DONE" and t.backend == "ok" for t in more)
