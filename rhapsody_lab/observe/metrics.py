@@ -253,8 +253,7 @@ class Metrics:
         term = ((new % _NS) >= _DONE) & ((new % _NS) <= _CANCELED)
         last.update(final)
         if term.any():
-            for uid in compress(final, term.tolist()):
-                del last[uid]
+            deque(map(last.pop, compress(final, term.tolist())), maxlen=0)  # in C
         # this bin and any later one already opened end with these counts
         self._bcounts[[i % r for i in range(max(b, first), self._cur + 1)]] = self._counts
 
@@ -289,8 +288,8 @@ class Metrics:
         tu = list(compress(uids, mask))
         te = ts[is_term]
         tb = bc[is_term]
-        for uid in tu:  # canceled before running: forget its queue time
-            self._tq.pop(uid, None)
+        # canceled before running: forget its queue time (a C loop, no call per task)
+        deque(map(self._tq.pop, tu, repeat(None)), maxlen=0)
         st = np.fromiter(map(self._tr.pop, tu, repeat(math.nan)), np.float64, len(tu))
         rslots = list(map(self._rslot.pop, tu, repeat(None)))
         ran = ~np.isnan(st)
