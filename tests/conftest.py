@@ -13,6 +13,8 @@ HERE = os.path.dirname(__file__)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+from real_env import child_processes  # noqa: E402
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function):
@@ -40,18 +42,4 @@ def no_children():
 
 
 def _children() -> list[str]:
-    me = str(os.getpid())
-    out = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me and fields[0] != "Z":
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\x00", b" ").decode(errors="replace")
-            out.append(f"{pid}:{cmd}")
-    return out
+    return [f"{pid}:{cmd}" for pid, cmd in child_processes().items()]

@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+from real_env import child_processes
 
 from rhapsody_lab.api import Session
 from rhapsody_lab.api.errors import SessionError
@@ -213,15 +214,7 @@ def test_backends_are_built_inside_their_shares():
 
 
 def _children() -> list[int]:
-    me, out = str(os.getpid()), []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[1] == me:
-                    out.append(int(pid))
-        except OSError:
-            continue
-    return out
+    return list(child_processes(zombies=True))
 
 
 def test_a_bad_policy_starts_nothing():

@@ -7,11 +7,11 @@ server's event loop.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F403
+from real_env import child_processes
 
 from rhapsody_lab.server.registry import ENV_BASE_URL, ENV_DIR
 
@@ -31,18 +31,7 @@ def jp_server_config(registry):
 
 
 def _children() -> set[int]:
-    me, found = str(os.getpid()), set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me and fields[0] != "Z":
-            found.add(int(pid))
-    return found
+    return set(child_processes())
 
 
 @pytest.fixture
