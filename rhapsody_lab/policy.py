@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,9 +166,7 @@ def load_policy(source: str | os.PathLike | Mapping, allocation: Allocation | No
     elif not isinstance(allocation, Allocation):
         raise PolicyError("", f"allocation must be an Allocation (Allocation.detect()), "
                           f"got {type(allocation).__name__}")
-    for key in data:
-        if key not in _TOP_KEYS:
-            raise PolicyError(str(key), f"unknown key; a policy has {', '.join(_TOP_KEYS)}")
+    _known_keys(data, _TOP_KEYS, "", "a policy")
     raw = data.get("backends")
     if not isinstance(raw, Mapping) or not raw:
         raise PolicyError("backends", "must be a non-empty mapping of backend name to "
@@ -218,6 +216,14 @@ def _int_opt(key: str, value: Any, low: int) -> int:
     return value
 
 
+def _known_keys(spec: Mapping, allowed: Sequence[str], where: str, what: str) -> None:
+    """Refuse the first key of ``spec`` not in ``allowed``, naming its path."""
+    for k in spec:
+        if k not in allowed:
+            raise PolicyError(f"{where}.{k}" if where else str(k),
+                              f"unknown key; {what} has {', '.join(allowed)}")
+
+
 def _resolve_shares(raw: Mapping, alloc: Allocation) -> dict[str, BackendShare]:
     entries: dict[str, dict] = {}
     for name, spec in raw.items():
@@ -227,10 +233,7 @@ def _resolve_shares(raw: Mapping, alloc: Allocation) -> dict[str, BackendShare]:
         if not isinstance(spec, Mapping):
             raise PolicyError(key, f"must be a mapping like {{type: concurrent, cores: 1}}, "
                               f"got {spec!r}")
-        for k in spec:
-            if k not in _BACKEND_KEYS:
-                raise PolicyError(f"{key}.{k}", f"unknown key; a backend has "
-                                  f"{', '.join(_BACKEND_KEYS)}")
+        _known_keys(spec, _BACKEND_KEYS, key, "a backend")
         btype = spec.get("type")
         if btype not in BACKEND_TYPES:
             raise PolicyError(f"{key}.type", f"unknown backend type {btype!r}; one of "
@@ -363,10 +366,7 @@ def _parse_rules(raw: Any, shares: dict[str, BackendShare]) -> tuple[Rule, ...]:
         if not isinstance(spec, Mapping):
             raise PolicyError(key, f"a rule is a mapping like {{kind: executable, backend: "
                               f"sim}}, got {spec!r}")
-        for k in spec:
-            if k not in _RULE_KEYS:
-                raise PolicyError(f"{key}.{k}", f"unknown key; a rule has "
-                                  f"{', '.join(_RULE_KEYS)}")
+        _known_keys(spec, _RULE_KEYS, key, "a rule")
         if "backend" not in spec:
             raise PolicyError(f"{key}.backend", "missing: name the backend(s) these tasks "
                               "go to")
