@@ -19,7 +19,7 @@ from typing import Any
 from .errors import BackendError, SessionError, TaskExecutionError
 from .states import CANCELED, DONE, FAILED, QUEUED, SUBMITTED
 
-__all__ = ["CANCELED_CLAIM", "BaseBackend"]
+__all__ = ["CANCELED_CLAIM", "BaseBackend", "result_text"]
 
 CANCELED_CLAIM = object()  # a claim marker: the task was canceled before a worker took it
 
@@ -260,6 +260,15 @@ class BaseBackend(ABC):
                 fut.set_result(task)
         if self._callbacks:
             self._notify(task, state)
+
+
+def result_text(value: Any) -> str:
+    """A function's return value as its task's ``stdout`` (``repr`` when ``str()`` fails:
+    an object whose ``__str__`` raises must not fail the task)."""
+    try:
+        return str(value)
+    except Exception:
+        return object.__repr__(value)
 
 
 def _kind(task: dict) -> str:

@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import Any
 
-from ..api.backend import CANCELED_CLAIM
+from ..api.backend import CANCELED_CLAIM, result_text
 from ..api.errors import BackendError, TaskExecutionError
 from ..api.states import DONE, FAILED, RUNNING
 
@@ -195,7 +195,7 @@ class NativePoolMixin:
                     ok, value, tb = False, exc, "".join(traceback.format_exception(exc))
             if ok:
                 task["return_value"] = value
-                task["stdout"] = "None" if value is None else _text(value)
+                task["stdout"] = "None" if value is None else result_text(value)
                 task["exit_code"] = 0
                 done((task, DONE, t1, pid))
             else:
@@ -238,10 +238,3 @@ def record_failure(task: dict, exc: BaseException) -> str:
     task["stderr"] = "".join(traceback.format_exception(exc))
     task["exit_code"] = 1
     return FAILED
-
-
-def _text(value: Any) -> str:
-    try:
-        return str(value)
-    except Exception:
-        return object.__repr__(value)

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from ..api.backend import result_text
 from ..api.errors import TaskExecutionError
 from ..api.states import CANCELED, DONE, FAILED
 from ._dragon_spec import Plan
@@ -188,7 +189,7 @@ def _collect(task: dict, plan: Plan, is_fn: bool, outs: list, errs: list, codes:
             return FAILED
         value = values if job else values[0]
         task["return_value"] = value
-        task["stdout"] = _text(value)
+        task["stdout"] = result_text(value)
         task["exit_code"] = 0
         return DONE
     task["stdout"] = "".join(values)
@@ -213,10 +214,3 @@ def _launch_failed(task: dict, exc: Exception, rank: int, cwd: Any) -> str:
     task["exit_code"] = code
     task["exception"] = TaskExecutionError(task["uid"], msg, code)
     return FAILED
-
-
-def _text(value: Any) -> str:
-    try:
-        return str(value)
-    except Exception:
-        return object.__repr__(value)

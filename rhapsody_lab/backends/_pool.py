@@ -18,6 +18,7 @@ from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from ..api.backend import result_text
 from ..api.errors import BackendError
 from ..api.states import DONE, FAILED, RUNNING
 from ._proc_worker import call_batch
@@ -114,7 +115,7 @@ class PoolFeeder:
                 if ok:
                     value = pickle.loads(payload)
                     task["return_value"] = value
-                    task["stdout"] = _text(value)
+                    task["stdout"] = result_text(value)
                     task["exit_code"] = 0
                     self._report(task, DONE, end, pid)
                 else:
@@ -154,10 +155,3 @@ class PoolFeeder:
         self.closing = True
         for fut in list(self._futures):
             fut.cancel()
-
-
-def _text(value: Any) -> str:
-    try:
-        return str(value)
-    except Exception:
-        return object.__repr__(value)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-from ..api.backend import CANCELED_CLAIM, BaseBackend
+from ..api.backend import CANCELED_CLAIM, BaseBackend, result_text
 from ..api.errors import SessionError, TaskExecutionError
 from ..api.states import CANCELED, DONE, FAILED, RUNNING
 from ._pool import RETRY, PoolFeeder
@@ -246,7 +246,7 @@ def _run_function(task: dict, fn: Any) -> str:
     except BaseException as exc:
         return _record_failure(task, exc)
     task["return_value"] = value
-    task["stdout"] = _text(value)
+    task["stdout"] = result_text(value)
     task["exit_code"] = 0
     return DONE
 
@@ -263,10 +263,3 @@ def _record_failure(task: dict, exc: BaseException) -> str:
     if not isinstance(exc, Exception):  # SystemExit & co. must not escape an await
         task["exception"] = TaskExecutionError(task["uid"], repr(exc), 1)
     return FAILED
-
-
-def _text(value: Any) -> str:
-    try:
-        return str(value)
-    except Exception:  # an object whose __str__ fails must not fail the task
-        return object.__repr__(value)

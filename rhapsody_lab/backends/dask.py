@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from ..api.backend import BaseBackend
+from ..api.backend import BaseBackend, result_text
 from ..api.errors import BackendError, ResourceError, SessionError, TaskValidationError
 from ..api.states import CANCELED, DONE, FAILED, RUNNING
 from ._subprocess import ProcessTable, exec_options, run_executable
@@ -701,7 +701,7 @@ class DaskExecutionBackend(BaseBackend):
                     size += sys.getsizeof(value)
                     if good:
                         task["return_value"] = value
-                        task["stdout"] = _text(value)
+                        task["stdout"] = result_text(value)
                         task["exit_code"] = 0
                         out((task, DONE, t0, t1, slot))
                     else:
@@ -796,10 +796,3 @@ def _stop_resource_tracker() -> None:
         resource_tracker._resource_tracker._stop()
     except Exception:
         pass
-
-
-def _text(value: Any) -> str:
-    try:
-        return str(value)
-    except Exception:
-        return object.__repr__(value)
