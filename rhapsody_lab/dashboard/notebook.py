@@ -19,7 +19,7 @@ from typing import Any
 from ..api.errors import SessionError
 from ..observe.metrics import Metrics
 from .components import COMPONENTS, Component, refresh
-from .server import _metrics_of
+from .server import _checked_plots, _metrics_of
 
 __all__ = ["DashboardWidget", "show"]
 
@@ -32,12 +32,7 @@ class DashboardWidget:
     def __init__(self, metrics: Metrics, plots: Sequence[str] | None = None,
                  interval: float = 0.5, start: bool = True):
         from bokeh.layouts import column
-        plots = list(plots or DEFAULT_PLOTS)
-        unknown = [p for p in plots if p not in COMPONENTS]
-        if unknown:
-            raise SessionError(f"unknown plot(s) {unknown}; choose from {list(COMPONENTS)}")
-        if not isinstance(interval, int | float) or interval <= 0:
-            raise SessionError(f"interval must be a number of seconds > 0, got {interval!r}")
+        plots = _checked_plots(plots or DEFAULT_PLOTS, interval)
         self.metrics = metrics
         self.interval = float(interval)
         self.components: dict[str, Component] = {p: COMPONENTS[p](metrics) for p in plots}

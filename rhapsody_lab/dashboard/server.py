@@ -39,6 +39,17 @@ def _metrics_of(target: Any) -> Metrics:
                        f"{type(target).__name__}")
 
 
+def _checked_plots(plots: Iterable[str], interval: Any) -> list[str]:
+    """The plot names, checked against COMPONENTS; ``interval`` checked too."""
+    plots = list(plots)
+    unknown = [p for p in plots if p not in COMPONENTS]
+    if unknown:
+        raise SessionError(f"unknown plot(s) {unknown}; choose from {list(COMPONENTS)}")
+    if not isinstance(interval, int | float) or interval <= 0:
+        raise SessionError(f"interval must be a number of seconds > 0, got {interval!r}")
+    return plots
+
+
 def _tick(ref: weakref.ref) -> None:
     component = ref()
     if component is not None:
@@ -54,12 +65,7 @@ class DashboardServer:
     def __init__(self, metrics: Metrics, *, plots: Sequence[str] | None = None,
                  port: int = 0, address: str = "127.0.0.1", interval: float = 0.5,
                  prefix: str = "", allow_websocket_origin: Iterable[str] = ()):
-        plots = list(plots or COMPONENTS)
-        unknown = [p for p in plots if p not in COMPONENTS]
-        if unknown:
-            raise SessionError(f"unknown plot(s) {unknown}; choose from {list(COMPONENTS)}")
-        if not isinstance(interval, int | float) or interval <= 0:
-            raise SessionError(f"interval must be a number of seconds > 0, got {interval!r}")
+        plots = _checked_plots(plots or COMPONENTS, interval)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
             raise SessionError(f"port must be an integer in 0..65535 (0: any free port), "
                                f"got {port!r}")
