@@ -362,21 +362,22 @@ class Session:
             futures = [create() for _ in tasks]
             for task, fut in zip(tasks, futures, strict=True):
                 bind(task, "_future", fut)
-        pause = self._gc_held and gc.isenabled()  # these futures get frozen: never scan them
-        for start in range(0, len(tasks) if len(tasks) > _SMALL else 0, _CHUNK):
-            if pause:
-                gc.disable()
-            try:
-                part = list(starmap(create, repeat((), min(_CHUNK, len(tasks) - start))))
-                deque(map(bind, tasks[start:start + _CHUNK], repeat("_future"), part),
-                      maxlen=0)  # task._future = fut, at C speed
-            finally:
+        else:
+            pause = self._gc_held and gc.isenabled()  # these futures get frozen: no scans
+            for start in range(0, len(tasks), _CHUNK):
                 if pause:
-                    gc.enable()
-            futures += part
-            if time.perf_counter() - last_yield > _YIELD_AFTER:
-                await asyncio.sleep(0)
-                last_yield = time.perf_counter()
+                    gc.disable()
+                try:
+                    part = list(starmap(create, repeat((), min(_CHUNK, len(tasks) - start))))
+                    deque(map(bind, tasks[start:start + _CHUNK], repeat("_future"), part),
+                          maxlen=0)  # task._future = fut, at C speed
+                finally:
+                    if pause:
+                        gc.enable()
+                futures += part
+                if time.perf_counter() - last_yield > _YIELD_AFTER:
+                    await asyncio.sleep(0)
+                    last_yield = time.perf_counter()
         if self._gc_held:
             gcfreeze.refreeze(self)  # the futures live as long as the tasks
         # 3. hand the first tasks over now, the rest in the background
