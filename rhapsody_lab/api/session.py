@@ -39,6 +39,7 @@ _FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callbac
 _FLUSH_MIN = 1_000  # events pending before a backend batch triggers a flush
 _FIRST_HANDOFF = 128  # handed over before submit_tasks returns (enough to fill the slots)
 _UID = operator.itemgetter("uid")
+_BIND_FUTURE = BaseTask._future.__set__  # task._future = fut, without setattr's lookup
 _FUTURE = operator.attrgetter("_future")
 _BACKEND = operator.itemgetter("backend")
 _STATE = operator.itemgetter("state")
@@ -355,13 +356,13 @@ class Session:
             else:
                 create = loop.create_future
             self._future_factory = (loop, create)
-        bind = object.__setattr__
+        bind = _BIND_FUTURE
         now = time.time()
         futures: list[asyncio.Future] = []
         if len(tasks) <= _SMALL:  # one task at a time (an agentic loop): the short way
             futures = [create() for _ in tasks]
             for task, fut in zip(tasks, futures, strict=True):
-                bind(task, "_future", fut)
+                bind(task, fut)
         else:
             pause = self._gc_held and gc.isenabled()  # these futures get frozen: no scans
             for start in range(0, len(tasks), _CHUNK):
@@ -369,10 +370,11 @@ class Session:
                     gc.disable()
                 try:
                     part = list(starmap(create, repeat((), min(_CHUNK, len(tasks) - start))))
-                    deque(map(bind, tasks[start:start + _CHUNK], repeat("_future"), part),
+                    deque(map(bind, tasks[start:start + _CHUNK], part),
                           maxlen=0)  # task._future = fut, at C speed
                 finally:
-                    if pause:
+                    if pause:  # freeze them before the collector sees them (no gen-0 scan)
+                        gcfreeze.refreeze(self)
                         gc.enable()
                 futures += part
                 if time.perf_counter() - last_yield > _YIELD_AFTER:

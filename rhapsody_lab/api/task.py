@@ -25,7 +25,9 @@ _RESULT_FIELDS = ("state", "stdout", "stderr", "exit_code", "return_value", "res
 
 
 def _next_uid() -> str:
-    return "task.%06d" % next(_uid_counter)  # noqa: UP031 (%-format is the fastest here)
+    uid = "task.%06d" % next(_uid_counter)  # noqa: UP031 (%-format is the fastest here)
+    hash(uid)  # cached in the string: submit's duplicate check and the backends reuse it
+    return uid
 
 
 class BaseTask(dict):
