@@ -204,6 +204,16 @@ class BaseBackend(ABC):
         except RuntimeError:  # loop closed: the session is gone, nothing to deliver to
             pass
 
+    def _drain_again(self) -> None:
+        """``_drain`` ran out of budget: finish the rest next loop iteration, once.
+
+        A worker may already have scheduled a drain while this one ran; a second one would
+        double the loop's share of the work in one iteration (and its stall).
+        """
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon(self._drain)  # type: ignore[attr-defined]
+
     def _refuse(self, tasks: Sequence[dict], exc: Exception) -> None:
         """``submit_tasks`` raised: fail the tasks still SUBMITTED with ``exc``, keep others."""
         now = time.time()

@@ -33,7 +33,8 @@ __all__ = ["Session"]
 
 _session_counter = itertools.count(0)
 _CHUNK = 2_000  # tasks handed to backends between two yields to the event loop
-_YIELD_AFTER = 0.010  # seconds of submit work between two yields to the event loop
+_HANDOFF_CHUNK = 2_000  # tasks handed to backends per step of the background hand-off
+_YIELD_AFTER = 0.005  # seconds of submit work between two yields to the event loop
 _FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch
 _FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callback)
 _FLUSH_MIN = 1_000  # events pending before a backend batch triggers a flush
@@ -439,7 +440,7 @@ class Session:
         try:
             while job.next < len(job.tasks) and not self._closed:
                 await asyncio.sleep(0)
-                start, end = job.next, job.next + _CHUNK
+                start, end = job.next, job.next + _HANDOFF_CHUNK
                 part, routed = job.tasks[start:end], job.routed[start:end]
                 job.next = end
                 self._mark_submitted(part, routed, now)

@@ -208,8 +208,7 @@ class ConcurrentExecutionBackend(BaseBackend):
             self._pump_scheduled = True
             self._loop.call_soon(self._pump)
         if done:
-            self._wake_pending = True
-            self._loop.call_soon(self._drain)
+            self._drain_again()
         if self._wake_session is not None:
             self._wake_session()
 

@@ -764,8 +764,7 @@ class DaskExecutionBackend(BaseBackend):
                     self._notify(task, RUNNING)
             finish(task, state, t1, slot)
         if done:
-            self._wake_pending = True
-            self._loop.call_soon(self._drain)
+            self._drain_again()
         if self._wake_session is not None:
             self._wake_session()
 

@@ -228,8 +228,7 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
             claims.pop(task["uid"], None)
             finish(task, state, t, slot)
         if done:
-            self._wake_pending = True
-            self._loop.call_soon(self._drain)
+            self._drain_again()
         if self._wake_session is not None:
             self._wake_session()
 
