@@ -170,3 +170,20 @@ def test_a_batch_is_one_json_line_of_columns():
     assert json.loads(line) == {"t": [1_000_000, 2_000_000], "uid": ["a", "c"],
                                 "state": ["DONE", "RUNNING"], "backend": ["b", "b"],
                                 "slot": [1, None]}
+
+
+@pytest.mark.parametrize("events", [
+    [(1.5, "task.000001", "DONE", "concurrent", 0), (2.0, "task.2", "QUEUED", "dask", None)],
+    [(1.0, 'we"ird', "DONE", "c\\x", True), (1.0, "tab\there", "QUEUED", "b", 1.5)],
+    [(1.0, "ünï", "DONE", "bé", {3, 1}), (1.0, "ctl\x01", "DONE", "b", ("w", 1))],
+    [(1.0, "a", "SUBMITTED", None, False), (1.0, "b", "RUNNING", "b", [1, 2])],
+    [(1.0, 7, "RUNNING", "b", -3)],
+])
+def test_the_fast_encoder_writes_what_json_would(events):
+    """Joined tokens and the json module give the same bytes, escapes and odd slots too."""
+    from rhapsody_lab.observe.journal import _micros, _slot_default
+    reference = json.JSONEncoder(separators=(",", ":"), default=_slot_default,
+                                 check_circular=False).encode
+    columns = {"t": _micros(events), **{k: [e[i] for e in events] for i, k in
+                                         enumerate(("uid", "state", "backend", "slot"), 1)}}
+    assert encode_batch(events) == (reference(columns) + "\n").encode()
