@@ -91,9 +91,12 @@ async def ours_vs_raw(n: int, reps: int, workers: int) -> None:
         warm = [ComputeTask(function=noop) for _ in range(100)]
         await s.submit_tasks(warm)
         await s.wait_tasks(warm)
+        settle = float(os.environ.get("BENCH_SETTLE", "0"))
         for _ in range(reps):
+            await asyncio.sleep(settle)
             out("raw_pool_map", n=n, seconds=await asyncio.to_thread(raw_map, raw, n))
             tasks = [ComputeTask(function=noop) for _ in range(n)]
+            await asyncio.sleep(settle)
             t = time.time()
             await s.submit_tasks(tasks)
             t_sub = time.time() - t
@@ -101,6 +104,7 @@ async def ours_vs_raw(n: int, reps: int, workers: int) -> None:
             dt = time.time() - t
             assert all(x.state == "DONE" for x in tasks)
             out("ours", n=n, seconds=dt, submit_seconds=t_sub)
+            await asyncio.sleep(settle)
             out("ours_direct", n=n, seconds=await direct(backend, n))
         # one task in flight at a time (the agentic-loop case)
         lat = []

@@ -91,7 +91,6 @@ class Statistics:
     """An inline event subscriber that keeps counts, latencies and throughput."""
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = _zero_counts()
         self.by_backend: dict[str, dict[str, int]] = {}
         self._live: dict[str, list] = {}  # uid -> [state, t_submit, t_queued, t_running]
         self.total = LatencyHistogram()
@@ -103,32 +102,44 @@ class Statistics:
         self.last_time: float | None = None
         self._window: list[tuple[float, int]] = []  # (second, finished in it), last 10 s
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Tasks in each state now, over all backends (summed from ``by_backend``)."""
+        total = _zero_counts()
+        for per in list(self.by_backend.values()):
+            for state, n in per.items():
+                total[state] += n
+        return total
+
     def __call__(self, batch: Sequence[tuple]) -> None:
-        # The hot path of observation: plain locals, no calls for the common transitions.
-        counts = self.counts
+        # The hot path of observation: plain locals, one dict of counts per event (the
+        # backend's; the overall counts are summed when read), no calls for the common
+        # transitions. A task's first event also counts it as SUBMITTED.
         live = self._live
         by_backend = self.by_backend
-        finished = []
+        finished: list[list] = []
+        done = finished.append
+        name = bc = None
+        new = 0
+        first = None
         for t, uid, state, backend, _slot in batch:
-            rec = live.get(uid)
-            if rec is None:  # a new task (its first event, normally SUBMITTED)
-                live[uid] = rec = ["SUBMITTED", t, None, None]
-                counts["SUBMITTED"] += 1
+            if backend is not name:
                 bc = by_backend.get(backend)
                 if bc is None:
                     bc = by_backend[backend] = _zero_counts()
+                name = backend
+            rec = live.get(uid)
+            if rec is None:  # a new task (its first event, normally SUBMITTED)
+                live[uid] = rec = ["SUBMITTED", t, None, None]
                 bc["SUBMITTED"] += 1
-                self.total_tasks += 1
-                if self.first_time is None:
-                    self.first_time = t
+                new += 1
+                if first is None:
+                    first = t
                 if state == "SUBMITTED":
                     continue
             prev = rec[0]
             if prev == state:
                 continue
-            counts[prev] -= 1
-            counts[state] += 1
-            bc = by_backend[backend]
             bc[prev] -= 1
             bc[state] += 1
             rec[0] = state
@@ -139,7 +150,11 @@ class Statistics:
             elif state in _TERMINAL:
                 del live[uid]
                 rec.append(t)
-                finished.append(rec)
+                done(rec)
+        if new:
+            self.total_tasks += new
+            if self.first_time is None:
+                self.first_time = first
         if finished:
             self._finished(finished)
             if not live:
@@ -150,15 +165,17 @@ class Statistics:
         queues: list[float] = []
         runs: list[float] = []
         add_total, add_queue, add_run = totals.append, queues.append, runs.append
+        last = 0.0
         for _state, t0, tq, ts, t in recs:
             add_total(t - t0)
+            if t > last:
+                last = t
             if ts is not None:
                 add_queue(ts - (tq if tq is not None else t0))
                 add_run(t - ts)
         self.total.extend(totals)
         self.queue.extend(queues)
         self.execution.extend(runs)
-        last = max(rec[4] for rec in recs)
         if self.last_time is not None and self.last_time > last:
             last = self.last_time
         self.last_time = last
