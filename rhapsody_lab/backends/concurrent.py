@@ -19,6 +19,8 @@ import traceback
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 from ..api.backend import CANCELED_CLAIM, BaseBackend, result_text
@@ -32,6 +34,10 @@ __all__ = ["ConcurrentExecutionBackend"]
 _CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
 _DRAIN_BUDGET = 2_000  # completions finished per loop callback (keeps the loop responsive)
 _DRAIN_SECONDS = 0.004
+_DRAIN_STEP = 256      # outcomes taken from the deque at once (then the clock is read)
+_POPLEFT = deque.popleft
+_TASK_OF, _STATE_OF, _TIME_OF, _SLOT_OF = (itemgetter(i) for i in range(4))  # an outcome
+_UID = itemgetter("uid")
 _PUMP_CHUNK = 512      # process-pool tasks handed over per loop callback
 
 
@@ -185,24 +191,29 @@ class ConcurrentExecutionBackend(BaseBackend):
     def _drain(self) -> None:
         self._wake_pending = False
         done = self._done
-        pop = done.popleft
         finish = self._finish
         claims = self._claims
         n = 0
         deadline = time.perf_counter() + _DRAIN_SECONDS
-        while done and n < _DRAIN_BUDGET:
-            task, state, t, slot = pop()
-            n += 1
-            if not n & 255 and time.perf_counter() > deadline:
-                n = _DRAIN_BUDGET  # out of time: finish the rest in the next callback
-            if state is RUNNING:
-                self._notify(task, RUNNING)
-                continue
-            claims.pop(task["uid"], None)
-            if state is RETRY:
-                self._feeder.pending.appendleft(task)
-                continue
-            finish(task, state, t, slot)
+        while done and n < _DRAIN_BUDGET and time.perf_counter() < deadline:
+            k = min(len(done), _DRAIN_STEP)  # workers only append: k entries are there
+            entries = list(map(_POPLEFT, repeat(done, k)))
+            n += k
+            if list(map(_STATE_OF, entries)).count(DONE) == k:  # the bulk of a busy run
+                tasks = list(map(_TASK_OF, entries))
+                deque(map(claims.pop, map(_UID, tasks), repeat(None)), maxlen=0)
+                if self._finish_done(tasks, list(map(_TIME_OF, entries)),
+                                     map(_SLOT_OF, entries)):
+                    continue
+            for task, state, t, slot in entries:
+                if state is RUNNING:
+                    self._notify(task, RUNNING)
+                    continue
+                claims.pop(task["uid"], None)
+                if state is RETRY:
+                    self._feeder.pending.appendleft(task)
+                    continue
+                finish(task, state, t, slot)
         if self._feeder is not None and self._feeder.pending and not self._pump_scheduled \
                 and self.is_running and self._feeder.room() > 0:
             self._pump_scheduled = True
