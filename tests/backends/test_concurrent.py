@@ -214,3 +214,28 @@ def _alive(pid_: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+async def test_a_future_cancelled_by_the_user_leaves_the_batch_intact(kind):
+    """Drains finish runs of outcomes at once; one future the caller cancelled (or a
+    callback) sends that run down the one-by-one path, and nothing else changes."""
+    pool = ThreadPoolExecutor(2) if kind == "threads" else ProcessPoolExecutor(2)
+    backend = await ConcurrentExecutionBackend(pool)
+    async with Session([backend]) as session:
+        tasks = [ComputeTask(function=square, args=(i,)) for i in range(3000)]
+        futures = await session.submit_tasks(tasks)
+        futures[1500].cancel()
+        await asyncio.gather(*futures, return_exceptions=True)
+        await session.wait_tasks(tasks)
+        assert [t.return_value for t in tasks] == [i * i for i in range(3000)]
+        assert {t.state for t in tasks} == {"DONE"}
+        assert futures[1500].cancelled() and tasks[0].future.result() is tasks[0]
+        seen = []
+        backend.register_callback(lambda task, state: seen.append(state))
+        more = [ComputeTask(function=square, args=(i,)) for i in range(500)]
+        await session.submit_tasks(more)
+        await session.wait_tasks(more)
+        assert [t.return_value for t in more] == [i * i for i in range(500)]
+        assert seen.count("DONE") == 500
+        assert session.get_statistics()["counts"]["DONE"] == 3500
