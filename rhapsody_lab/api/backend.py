@@ -22,7 +22,7 @@ from typing import Any
 from .errors import BackendError, SessionError, TaskExecutionError
 from .states import CANCELED, DONE, FAILED, QUEUED, SUBMITTED
 
-__all__ = ["CANCELED_CLAIM", "BaseBackend", "result_text"]
+__all__ = ["CANCELED_CLAIM", "BaseBackend", "result_text", "take_outcomes"]
 
 CANCELED_CLAIM = object()  # a claim marker: the task was canceled before a worker took it
 
@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 _UID = itemgetter("uid")
 _SET_RESULT = asyncio.Future.set_result
 _FUTURE_DONE = asyncio.Future.done
+_POPLEFT = deque.popleft
+_TASK_OF, _STATE_OF, _TIME_OF, _SLOT_OF = (itemgetter(i) for i in range(4))  # an outcome
+
+
+def take_outcomes(done: deque, most: int) -> list:
+    """Up to ``most`` ``(task, state, time, slot)`` outcomes from the left of ``done``
+    (other threads only append, so the ones counted are there)."""
+    return list(map(_POPLEFT, repeat(done, min(len(done), most))))
 
 
 def _no_emit(event: tuple) -> None:
@@ -187,12 +195,11 @@ class BaseBackend(ABC):
     def _accept(self, tasks: Sequence[dict]) -> None:
         """Record ``tasks`` as live and QUEUED here."""
         now = time.time()
-        emit, live, name = self.emit, self._live, self._name
-        for task in tasks:
-            uid = task["uid"]
-            live[uid] = task
-            task["state"] = QUEUED
-            emit((now, uid, QUEUED, name, None))
+        uids = list(map(_UID, tasks))
+        self._live.update(zip(uids, tasks, strict=True))
+        deque(map(setitem, tasks, repeat("state"), repeat(QUEUED)), maxlen=0)
+        deque(map(self.emit, zip(repeat(now), uids, repeat(QUEUED), repeat(self._name),
+                                 repeat(None))), maxlen=0)
         if self._callbacks:
             for task in tasks:
                 self._notify(task, QUEUED)
@@ -277,6 +284,16 @@ class BaseBackend(ABC):
                 fut.set_result(task)
         if self._callbacks:
             self._notify(task, state)
+
+    def _finish_outcomes(self, outcomes: list) -> bool:
+        """Finish ``(task, state, time, slot)`` outcomes that are all DONE at once (claims
+        released); False, having changed nothing but claims, if any needs ``_finish``."""
+        if list(map(_STATE_OF, outcomes)).count(DONE) != len(outcomes):
+            return False
+        tasks = list(map(_TASK_OF, outcomes))
+        deque(map(self._claims.pop, map(_UID, tasks), repeat(None)), maxlen=0)
+        return self._finish_done(tasks, list(map(_TIME_OF, outcomes)),
+                                 map(_SLOT_OF, outcomes))
 
     def _finish_done(self, tasks: list, times: Sequence[float], slots: Any) -> bool:
         """Finish ``tasks`` as DONE in C-level passes (the bulk of a busy drain).

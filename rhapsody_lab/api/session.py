@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from itertools import repeat, starmap
+from operator import setitem
 from typing import Any
 
 from . import gcfreeze
@@ -396,6 +397,16 @@ class Session:
         return futures
 
     def _mark_submitted(self, tasks: list, routed: list, now: float) -> None:
+        if not tasks:
+            return
+        name = routed[0]._name
+        if routed.count(routed[0]) == len(routed) and \
+                list(map(_STATE, tasks)).count(NEW) == len(tasks):  # the usual case, in C
+            deque(map(setitem, tasks, repeat("backend"), repeat(name)), maxlen=0)
+            deque(map(setitem, tasks, repeat("state"), repeat(SUBMITTED)), maxlen=0)
+            deque(map(self.events.emit, zip(repeat(now), map(_UID, tasks), repeat(SUBMITTED),
+                                            repeat(name), repeat(None))), maxlen=0)
+            return
         emit = self.events.emit
         for task, backend in zip(tasks, routed, strict=True):
             if task["state"] != NEW:

@@ -14,6 +14,9 @@ import functools
 import queue
 import time
 import traceback
+from collections import deque
+from itertools import repeat
+from operator import is_, itemgetter, setitem
 from typing import Any
 
 from ..api.backend import CANCELED_CLAIM, result_text
@@ -27,6 +30,10 @@ _PLAIN = frozenset((type(None), bool, int, float, str, bytes))  # values restore
 _CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
 _NO_FN = object()  # no function looked up yet in this batch
 _NO_KWARGS: dict = {}  # shared empty kwargs of the items sent to the pool (never mutated)
+_POPLEFT = deque.popleft
+_UID, _FUNCTION = itemgetter("uid"), itemgetter("function")
+_ARGS, _KWARGS = itemgetter("args"), itemgetter("kwargs")
+_OK, _STARTED, _ENDED, _VALUE = (itemgetter(i) for i in range(4))  # a worker's outcome
 _CHUNK = 1024          # most native tasks in one pool call
 _CHUNK_SECONDS = 0.05  # aim for chunks of about this much work once task times are known
 
@@ -61,55 +68,82 @@ class NativePoolMixin:
         return fid
 
     def _feed(self) -> None:
+        """Feeder thread: queued tasks (single, or a submit's list) -> chunks -> the pool."""
         get, get_nowait = self._native_q.get, self._native_q.get_nowait
-        claims = self._claims
+        pending: deque = deque()
         stop = False
-        while not stop:
-            first = get()
-            if first is None:
-                return
+        while pending or not stop:
+            if not pending:
+                item = get()
+                if item is None:
+                    return
+                pending.extend(item) if item.__class__ is list else pending.append(item)
+            while not stop:  # take what else is queued, without blocking
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    pending.extend(item) if item.__class__ is list else pending.append(item)
             self._inflight.acquire()
-            batch = [first]
             # a chunk holds what is queued, up to about _CHUNK_SECONDS of work (by the
             # running estimate), so long tasks stay balanced between the workers
             size = min(_CHUNK, max(1, int(_CHUNK_SECONDS / self._task_seconds)))
-            while len(batch) < size:
-                try:
-                    t = get_nowait()
-                except queue.Empty:
-                    break
-                if t is None:
-                    stop = True
-                    break
-                batch.append(t)
-            tasks, items, blobs = [], [], {}
-            last_fn: Any = _NO_FN
-            fid = 0
-            for task in batch:
-                if claims.setdefault(task["uid"], "pool") is _CANCELED:
-                    continue
-                fn = task["function"]
-                if fn is not last_fn:  # a batch is mostly one function: look it up once
-                    try:
-                        fid, blob = self._fid(fn)
-                    except Exception as exc:
-                        self._done.append((task, record_failure(task, exc), time.time(),
-                                           None))
-                        last_fn = _NO_FN
-                        continue
-                    blobs[fid] = blob
-                    last_fn = fn
-                tasks.append(task)
-                args, kwargs = task["args"], task["kwargs"]
-                # copies, so later edits of the task never change what runs; empty ones
-                # are shared (pickle then sends them once per chunk)
-                items.append((fid, args if args.__class__ is tuple else tuple(args),
-                              dict(kwargs) if kwargs else _NO_KWARGS))
+            batch = list(map(_POPLEFT, repeat(pending, min(size, len(pending)))))
+            tasks, blobs, items = self._uniform_chunk(batch) or self._chunk_items(batch)
             if not tasks or self._pool is None:
                 self._inflight.release()
                 self._wake_drain()
                 continue
             self._send(tasks, blobs, items, permit=True)
+
+    def _uniform_chunk(self, batch: list) -> tuple[list, dict, list] | None:
+        """A chunk of one function without arguments (null tasks, sweeps of a closure): one
+        item shared by every task, so pickle sends it once. None if that is not the case."""
+        fn = batch[0]["function"]
+        try:
+            if any(map(len, map(_ARGS, batch))) or any(map(_KWARGS, batch)) or \
+                    not all(map(is_, map(_FUNCTION, batch), repeat(fn))):
+                return None
+        except TypeError:  # arguments without a length: the one-by-one path copies them
+            return None
+        claims = self._claims
+        if _CANCELED in map(claims.setdefault, map(_UID, batch), repeat("pool")):
+            return None  # some were canceled meanwhile: the one-by-one path skips them
+        try:
+            fid, blob = self._fid(fn)
+        except Exception:
+            return None  # the one-by-one path fails these tasks with the reason
+        return batch, {fid: blob}, [(fid, (), _NO_KWARGS)] * len(batch)
+
+    def _chunk_items(self, batch: list) -> tuple[list, dict, list]:
+        """Tasks still to run of ``batch``, their functions' blobs and the pool's items."""
+        claims = self._claims
+        tasks, items, blobs = [], [], {}
+        last_fn: Any = _NO_FN
+        fid = 0
+        for task in batch:
+            if claims.setdefault(task["uid"], "pool") is _CANCELED:
+                continue
+            fn = task["function"]
+            if fn is not last_fn:  # a batch is mostly one function: look it up once
+                try:
+                    fid, blob = self._fid(fn)
+                except Exception as exc:
+                    self._done.append((task, record_failure(task, exc), time.time(), None))
+                    last_fn = _NO_FN
+                    continue
+                blobs[fid] = blob
+                last_fn = fn
+            tasks.append(task)
+            args, kwargs = task["args"], task["kwargs"]
+            # copies, so later edits of the task never change what runs; empty ones
+            # are shared (pickle then sends them once per chunk)
+            items.append((fid, args if args.__class__ is tuple else tuple(args),
+                          dict(kwargs) if kwargs else _NO_KWARGS))
+        return tasks, blobs, items
 
     def _send(self, tasks: list, blobs: dict, items: list, permit: bool) -> None:
         from ._dragon_worker import run_chunk
@@ -185,6 +219,15 @@ class NativePoolMixin:
             # chunks of null tasks would otherwise stay tiny for a dozen round trips)
             self._task_seconds = per_task if not est / 4 < per_task < est * 4 \
                 else 0.5 * est + 0.5 * per_task
+        if all(map(_OK, outs)) and all(map(is_, map(_VALUE, outs), repeat(None))):
+            # every task returned None (null tasks, side effects): record them at once
+            deque(map(self.emit, zip(map(_STARTED, outs), map(_UID, tasks), repeat(RUNNING),
+                                     repeat(self._name), repeat(pid))), maxlen=0)
+            for field, value in (("return_value", None), ("stdout", "None"), ("exit_code", 0)):
+                deque(map(setitem, tasks, repeat(field), repeat(value)), maxlen=0)
+            self._done.extend(zip(tasks, repeat(DONE), map(_ENDED, outs), repeat(pid)))
+            self._wake_drain()
+            return
         emit, name, done = self.emit, self._name, self._done.append
         for task, (ok, t0, t1, value, tb) in zip(tasks, outs, strict=True):
             emit((t0, task["uid"], RUNNING, name, pid))

@@ -19,11 +19,9 @@ import traceback
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from itertools import repeat
-from operator import itemgetter
 from typing import Any
 
-from ..api.backend import CANCELED_CLAIM, BaseBackend, result_text
+from ..api.backend import CANCELED_CLAIM, BaseBackend, result_text, take_outcomes
 from ..api.errors import SessionError, TaskExecutionError
 from ..api.states import CANCELED, DONE, FAILED, RUNNING
 from ._pool import RETRY, PoolFeeder
@@ -35,9 +33,6 @@ _CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
 _DRAIN_BUDGET = 2_000  # completions finished per loop callback (keeps the loop responsive)
 _DRAIN_SECONDS = 0.004
 _DRAIN_STEP = 256      # outcomes taken from the deque at once (then the clock is read)
-_POPLEFT = deque.popleft
-_TASK_OF, _STATE_OF, _TIME_OF, _SLOT_OF = (itemgetter(i) for i in range(4))  # an outcome
-_UID = itemgetter("uid")
 _PUMP_CHUNK = 512      # process-pool tasks handed over per loop callback
 
 
@@ -196,15 +191,10 @@ class ConcurrentExecutionBackend(BaseBackend):
         n = 0
         deadline = time.perf_counter() + _DRAIN_SECONDS
         while done and n < _DRAIN_BUDGET and time.perf_counter() < deadline:
-            k = min(len(done), _DRAIN_STEP)  # workers only append: k entries are there
-            entries = list(map(_POPLEFT, repeat(done, k)))
-            n += k
-            if list(map(_STATE_OF, entries)).count(DONE) == k:  # the bulk of a busy run
-                tasks = list(map(_TASK_OF, entries))
-                deque(map(claims.pop, map(_UID, tasks), repeat(None)), maxlen=0)
-                if self._finish_done(tasks, list(map(_TIME_OF, entries)),
-                                     map(_SLOT_OF, entries)):
-                    continue
+            entries = take_outcomes(done, _DRAIN_STEP)
+            n += len(entries)
+            if self._finish_outcomes(entries):  # the bulk of a busy run: all DONE
+                continue
             for task, state, t, slot in entries:
                 if state is RUNNING:
                     self._notify(task, RUNNING)

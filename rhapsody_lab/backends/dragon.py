@@ -28,9 +28,11 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from operator import is_, itemgetter
 from typing import Any
 
-from ..api.backend import BaseBackend
+from ..api.backend import BaseBackend, take_outcomes
 from ..api.errors import BackendError, SessionError
 from ..api.states import CANCELED, RUNNING
 from ._dragon_native import _CANCELED, NativePoolMixin, record_failure
@@ -39,6 +41,10 @@ from ._dragon_spec import NodeInfo, plan
 __all__ = ["DragonExecutionBackend", "DragonExecutionBackendV3"]
 
 _DRAIN_BUDGET = 4_000
+_DRAIN_STEP = 512  # outcomes finished at once
+_OPTIONS = itemgetter("task_backend_specific_kwargs")
+_FUNCTION = itemgetter("function")
+_is_none = partial(is_, None)
 _MAX_LAUNCHERS = 64   # process/job tasks starting or running at once
 
 _NOT_UNDER_DRAGON = (
@@ -162,6 +168,10 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
 
     async def submit_tasks(self, tasks: Sequence[dict]) -> None:
         self._ensure_running()
+        if not any(map(_OPTIONS, tasks)) and not any(map(_is_none, map(_FUNCTION, tasks))):
+            self._accept(tasks)  # all native functions (the common case): one hand-over
+            self._native_q.put(list(tasks))
+            return
         plans = [plan(t, self._nodes) if (t.get("task_backend_specific_kwargs")
                                           or t.get("function") is None) else None
                  for t in tasks]  # validate all before accepting any
@@ -219,14 +229,16 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
     def _drain(self) -> None:
         self._wake_pending = False
         done = self._done
-        pop = done.popleft
         finish, claims = self._finish, self._claims
         n = 0
         while done and n < _DRAIN_BUDGET:
-            task, state, t, slot = pop()
-            n += 1
-            claims.pop(task["uid"], None)
-            finish(task, state, t, slot)
+            outcomes = take_outcomes(done, _DRAIN_STEP)
+            n += len(outcomes)
+            if self._finish_outcomes(outcomes):  # a chunk of null tasks: all DONE
+                continue
+            for task, state, t, slot in outcomes:
+                claims.pop(task["uid"], None)
+                finish(task, state, t, slot)
         if done:
             self._drain_again()
         if self._wake_session is not None:
