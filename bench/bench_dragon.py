@@ -7,6 +7,7 @@ start-up and teardown from outside) and prints the measurements as ratios to the
 Dragon ``multiprocessing`` Pool measured in the same run. RHAPSODY 0.6.0's Dragon backend
 (``pip install rhapsody-py==0.6.0``) runs too when it imports; it is built on Dragon's
 ``Batch`` (~2 tasks/s here), so it gets a smaller N and a deadline, and says so.
+``BENCH_SETTLE=0.5`` sleeps that long before each timed run (both pools idle first).
 """
 
 from __future__ import annotations
