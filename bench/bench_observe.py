@@ -7,7 +7,7 @@ journal + metrics (observer process) + the notebook widget refreshing every 0.5 
 default) + one Bokeh server app open; the 100,000-task run refreshes every 0.25 s.
 The wall-clock ratio swings with other load on the machine; the kernel's CPU time per
 task (all its threads) is printed beside it as the steadier figure.
-Run: .venv/bin/python bench/bench_observe.py [--tasks 50000] [--reps 3] [--big 100000]
+Run: .venv/bin/python bench/bench_observe.py [--tasks 50000] [--reps 7] [--big 100000]
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ async def _run(n: int, observe: bool, interval: float = 0.25) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tasks", type=int, default=50_000, help="tasks per throughput run")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--big", type=int, default=100_000, help="tasks of the dashboard run")
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
