@@ -219,7 +219,8 @@ class NativePoolMixin:
             # chunks of null tasks would otherwise stay tiny for a dozen round trips)
             self._task_seconds = per_task if not est / 4 < per_task < est * 4 \
                 else 0.5 * est + 0.5 * per_task
-        if all(map(_OK, outs)) and all(map(is_, map(_VALUE, outs), repeat(None))):
+        if len(outs) == len(tasks) and all(map(_OK, outs)) and \
+                all(map(is_, map(_VALUE, outs), repeat(None))):
             # every task returned None (null tasks, side effects): record them at once
             deque(map(self.emit, zip(map(_STARTED, outs), map(_UID, tasks), repeat(RUNNING),
                                      repeat(self._name), repeat(pid))), maxlen=0)

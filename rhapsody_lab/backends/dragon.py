@@ -29,7 +29,8 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from operator import is_, itemgetter
+from itertools import repeat
+from operator import is_
 from typing import Any
 
 from ..api.backend import BaseBackend, take_outcomes
@@ -42,8 +43,6 @@ __all__ = ["DragonExecutionBackend", "DragonExecutionBackendV3"]
 
 _DRAIN_BUDGET = 4_000
 _DRAIN_STEP = 512  # outcomes finished at once
-_OPTIONS = itemgetter("task_backend_specific_kwargs")
-_FUNCTION = itemgetter("function")
 _is_none = partial(is_, None)
 _MAX_LAUNCHERS = 64   # process/job tasks starting or running at once
 
@@ -168,7 +167,8 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
 
     async def submit_tasks(self, tasks: Sequence[dict]) -> None:
         self._ensure_running()
-        if not any(map(_OPTIONS, tasks)) and not any(map(_is_none, map(_FUNCTION, tasks))):
+        if not any(map(dict.get, tasks, repeat("task_backend_specific_kwargs"))) and \
+                not any(map(_is_none, map(dict.get, tasks, repeat("function")))):
             self._accept(tasks)  # all native functions (the common case): one hand-over
             self._native_q.put(list(tasks))
             return

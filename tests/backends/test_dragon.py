@@ -247,3 +247,11 @@ def test_dead_pool_worker_fails_only_its_task(modes):
     assert r["crash"]["state"] == "FAILED", r
     assert "died" in r["crash"]["stderr"] and "BackendError" in r["crash"]["exception"]
     assert r["others"] == ["DONE"] and r["values_ok"]
+
+
+def test_chunks_of_one_function_without_arguments(modes):
+    r = modes["bulk"]
+    assert r["null_states"] == ["DONE"] and r["null_values"] == ["None"], r
+    assert r["null_stdout"] == ["None"] and r["null_codes"] == [0], r
+    assert r["pid_states"] == ["DONE"] and r["pids_ok"], r
+    assert r["done_count"] >= 3500, r

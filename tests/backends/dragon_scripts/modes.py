@@ -53,6 +53,10 @@ def crash():
     os._exit(7)
 
 
+def nothing():
+    return None
+
+
 def sleeper(s):
     time.sleep(s)
     return "woke"
@@ -130,6 +134,20 @@ async def main():
                others=sorted({t.state for t in group if t is not group[10]}),
                values_ok=all(t.return_value == i * i for i, t in
                              enumerate(group[:10] + group[11:])))
+        # chunks of one argument-less function (one shared pool item), recorded at once
+        # when every value is None, one by one when not
+        nulls = [ComputeTask(function=nothing) for _ in range(3000)]
+        pids = [ComputeTask(function=os.getpid) for _ in range(500)]
+        await s.submit_tasks(nulls + pids)
+        await s.wait_tasks(nulls + pids, timeout=60)
+        report("bulk", null_states=sorted({t.state for t in nulls}),
+               null_values=sorted({repr(t.return_value) for t in nulls}),
+               null_stdout=sorted({t.stdout for t in nulls}),
+               null_codes=sorted({t.exit_code for t in nulls}),
+               pid_states=sorted({t.state for t in pids}),
+               pids_ok=all(isinstance(t.return_value, int) and t.stdout == str(t.return_value)
+                           for t in pids),
+               done_count=s.get_statistics()["counts"]["DONE"])
         # values and functions the standard pickle refuses
         lock = threading.Lock()
 
