@@ -15,8 +15,9 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from itertools import repeat
-from operator import itemgetter, setitem
+from operator import is_, itemgetter, setitem
 from typing import Any
 
 from .errors import BackendError, SessionError, TaskExecutionError
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 _UID = itemgetter("uid")
 _SET_RESULT = asyncio.Future.set_result
 _FUTURE_DONE = asyncio.Future.done
+_is_none = partial(is_, None)
 _POPLEFT = deque.popleft
 _TASK_OF, _STATE_OF, _TIME_OF, _SLOT_OF = (itemgetter(i) for i in range(4))  # an outcome
 
@@ -45,6 +47,15 @@ def _no_emit(event: tuple) -> None:
     """Event sink of a backend used without a session."""
 
 
+def _runs_into(emit: Callable[[tuple], None]) -> Callable[..., None]:
+    """An ``emit_run`` that emits each event of the run through ``emit``."""
+    def emit_run(times: Any, uids: list, state: str, backend: str, slots: Any = None) -> None:
+        deque(map(emit, zip(times if times.__class__ is list else repeat(times), uids,
+                            repeat(state), repeat(backend),
+                            slots if slots.__class__ is list else repeat(slots))), maxlen=0)
+    return emit_run
+
+
 class BaseBackend(ABC):
     """Shared life cycle, callbacks and task bookkeeping of a backend."""
 
@@ -57,6 +68,7 @@ class BaseBackend(ABC):
                                f"got {name!r}; pass name=\"my_backend\"")
         self._name = name
         self.emit: Callable[[tuple], None] = _no_emit
+        self.emit_run: Callable[..., None] = _runs_into(_no_emit)  # see EventStream.emit_run
         self._callbacks: list[Callable[[dict, str], None]] = []
         self._live: dict[str, Any] = {}
         # uid -> who runs it, or CANCELED_CLAIM: workers and cancel race through
@@ -138,9 +150,12 @@ class BaseBackend(ABC):
 
     # -- what the session uses ---------------------------------------------------------
     def attach(self, emit: Callable[[tuple], None], wake: Callable[[], None] | None = None,
-               work_dir: str | None = None) -> None:
-        """Send this backend's events to ``emit`` (the session's event stream)."""
+               work_dir: str | None = None, emit_run: Callable[..., None] | None = None
+               ) -> None:
+        """Send this backend's events to ``emit`` (the session's event stream) and runs of
+        them to ``emit_run`` (``EventStream.emit_run``; by default through ``emit``)."""
         self.emit = emit
+        self.emit_run = emit_run if emit_run is not None else _runs_into(emit)
         self._wake_session = wake
         self._work_dir = work_dir
 
@@ -194,12 +209,10 @@ class BaseBackend(ABC):
 
     def _accept(self, tasks: Sequence[dict]) -> None:
         """Record ``tasks`` as live and QUEUED here."""
-        now = time.time()
         uids = list(map(_UID, tasks))
         self._live.update(zip(uids, tasks, strict=True))
         deque(map(setitem, tasks, repeat("state"), repeat(QUEUED)), maxlen=0)
-        deque(map(self.emit, zip(repeat(now), uids, repeat(QUEUED), repeat(self._name),
-                                 repeat(None))), maxlen=0)
+        self.emit_run(time.time(), uids, QUEUED, self._name, None)
         if self._callbacks:
             for task in tasks:
                 self._notify(task, QUEUED)
@@ -293,14 +306,14 @@ class BaseBackend(ABC):
         tasks = list(map(_TASK_OF, outcomes))
         deque(map(self._claims.pop, map(_UID, tasks), repeat(None)), maxlen=0)
         return self._finish_done(tasks, list(map(_TIME_OF, outcomes)),
-                                 map(_SLOT_OF, outcomes))
+                                 list(map(_SLOT_OF, outcomes)))
 
-    def _finish_done(self, tasks: list, times: Sequence[float], slots: Any) -> bool:
+    def _finish_done(self, tasks: list, times: Sequence[float], slots: list | object) -> bool:
         """Finish ``tasks`` as DONE in C-level passes (the bulk of a busy drain).
 
         Only for the plain case: no callbacks, every task live here and bound to a pending
         asyncio future. Returns False, having changed nothing, otherwise: the caller then
-        finishes them one by one with ``_finish``. ``slots``: a list, or ``repeat(slot)``.
+        finishes them one by one with ``_finish``. ``slots``: a list, or one for all.
         """
         if self._callbacks:
             return False
@@ -311,10 +324,10 @@ class BaseBackend(ABC):
         futs = list(map(getattr, tasks, repeat("_future"), repeat(None)))
         if set(map(type, futs)) != {asyncio.Future} or any(map(_FUTURE_DONE, futs)):
             return False
-        deque(map(live.pop, uids), maxlen=0)
+        if any(map(_is_none, map(live.pop, uids, repeat(None)))):
+            return False  # a task twice in the run: _finish (the caller's fallback) copes
         deque(map(setitem, tasks, repeat("state"), repeat(DONE)), maxlen=0)
-        deque(map(self.emit, zip(times, uids, repeat(DONE), repeat(self._name), slots)),
-              maxlen=0)
+        self.emit_run(list(times), uids, DONE, self._name, slots)
         deque(map(_SET_RESULT, futs, tasks), maxlen=0)
         return True
 

@@ -1,7 +1,10 @@
 """The one event stream: every task state change, from every backend, to every observer.
 
 A backend (on any thread) appends a small tuple ``(time, uid, state, backend, slot)`` with
-``emit``; appending is one atomic ``deque.append``, so it never blocks dispatch. The stream
+``emit``; appending is one atomic ``deque.append``, so it never blocks dispatch. Many tasks
+changing state together (a hand-off, a drained batch) go in as one *run* (``emit_run``):
+subscribers see its events as tuples, in order, but one registered with ``runs=True`` (the
+observer process, which serialises them) gets the run as columns. The stream
 flushes batches on the event loop: *inline* subscribers (cheap, O(1) per event, like the
 statistics) are called there; every other subscriber gets the batch on its own thread, so a
 slow or failing subscriber lags or logs but never stalls or breaks task dispatch.
@@ -16,9 +19,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import NamedTuple
 
-__all__ = ["Event", "EventStream", "Subscriber"]
+__all__ = ["RUN", "Event", "EventStream", "Subscriber", "expand"]
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +42,32 @@ Subscriber = Callable[[Sequence[tuple]], None]
 
 _MAX_INLINE_BATCH = 4_000  # bound the time one flush holds the loop
 
+#: First field of a run record ``(RUN, times, uids, state, backend, slots)``; ``times`` and
+#: ``slots`` are lists, or one value for every task. An event has its float time there.
+RUN = "rhapsody_lab.run"
+
+
+def expand(items: Sequence[tuple]) -> list[tuple]:
+    """Event tuples of stream items (events and runs), in order."""
+    out: list[tuple] = []
+    add, add_many = out.append, out.extend
+    for item in items:
+        if item[0].__class__ is str:  # RUN (equal, not identical, once unmarshalled)
+            _, times, uids, state, backend, slots = item
+            add_many(zip(times if times.__class__ is list else repeat(times), uids,
+                         repeat(state), repeat(backend),
+                         slots if slots.__class__ is list else repeat(slots)))
+        else:
+            add(item)
+    return out
+
 
 class _Threaded:
     """Delivers batches to one subscriber on its own daemon thread."""
 
-    def __init__(self, fn: Subscriber, name: str):
+    def __init__(self, fn: Subscriber, name: str, runs: bool = False):
         self.fn = fn
+        self.runs = runs  # gets runs as records (see ``expand``), not expanded
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.errors = 0
         self.delivered = 0
@@ -95,10 +119,20 @@ class EventStream:
         self._flush_pending = False
         self._closed = False
         self.emitted_total = 0
+        self._runs_wanted = 0  # subscribers that take runs as records
+        self._run_lock = threading.Lock()
+        self._runs = 0  # run records in the buffer
+        self._run_extra = 0  # their events beyond one each (for ``pending``)
 
     # -- subscribing -------------------------------------------------------------------
-    def subscribe(self, fn: Subscriber, *, inline: bool = False) -> Subscriber:
-        """Deliver every later batch to ``fn``; ``inline`` only for O(1)-per-event code."""
+    def subscribe(self, fn: Subscriber, *, inline: bool = False, runs: bool = False
+                  ) -> Subscriber:
+        """Deliver every later batch to ``fn``; ``inline`` only for O(1)-per-event code.
+
+        ``runs=True`` (threaded only): ``fn`` gets stream items, with runs of events as
+        ``(RUN, times, uids, state, backend, slots)`` records (``expand`` turns them into
+        tuples); cheaper to serialise than their events one by one.
+        """
         if not callable(fn):
             from .errors import SessionError
             raise SessionError(f"subscriber must be callable taking a list of events, "
@@ -106,7 +140,9 @@ class EventStream:
         if inline:
             self._inline.append(fn)
         else:
-            self._threaded[fn] = _Threaded(fn, f"rhapsody-events-{len(self._threaded)}")
+            self._threaded[fn] = _Threaded(fn, f"rhapsody-events-{len(self._threaded)}",
+                                           runs=runs and not inline)
+            self._runs_wanted = sum(w.runs for w in self._threaded.values())
         return fn
 
     def unsubscribe(self, fn: Subscriber) -> None:
@@ -116,8 +152,25 @@ class EventStream:
         worker = self._threaded.pop(fn, None)
         if worker is not None:
             worker.stop()
+            self._runs_wanted = sum(w.runs for w in self._threaded.values())
 
     # -- emitting (any thread) ---------------------------------------------------------
+    def emit_run(self, times: float | list, uids: list, state: str, backend: str,
+                 slots: object = None) -> None:
+        """Emit ``state`` for every task in ``uids`` (``times``/``slots``: one value for all,
+        or a list per task). A run only a ``runs=True`` subscriber wants stays one record."""
+        if not uids:
+            return
+        if not self._runs_wanted:
+            self._buf.extend(zip(times if times.__class__ is list else repeat(times), uids,
+                                 repeat(state), repeat(backend),
+                                 slots if slots.__class__ is list else repeat(slots)))
+            return
+        with self._run_lock:
+            self._runs += 1
+            self._run_extra += len(uids) - 1
+        self._buf.append((RUN, times, uids, state, backend, slots))
+
     def emit_now(self, uid: str, state: str, backend: str, slot: object = None) -> None:
         """Emit one event stamped with the current time."""
         self._buf.append((time.time(), uid, state, backend, slot))
@@ -148,25 +201,55 @@ class EventStream:
         self.flush()
 
     def flush(self, limit: int | None = _MAX_INLINE_BATCH) -> int:
-        """Deliver what has been emitted (at most ``limit`` events); returns the count."""
+        """Deliver what has been emitted (at most about ``limit`` events); returns the count."""
         buf = self._buf
         n = len(buf)
         if not n:
             return 0
+        if self._runs:
+            return self._flush_runs(limit)
         if limit is not None and n > limit:
             n = limit
             self.flush_soon()
         pop = buf.popleft
         batch = [pop() for _ in range(n)]
-        self.emitted_total += n
+        self._deliver(batch, batch)
+        return n
+
+    def _flush_runs(self, limit: int | None) -> int:
+        buf = self._buf
+        pop = buf.popleft
+        items: list[tuple] = []
+        n = runs = extra = 0
+        left = len(buf)  # what was there: producers may keep appending meanwhile
+        while left and (limit is None or n < limit):
+            left -= 1
+            item = pop()
+            items.append(item)
+            if item[0] is RUN:
+                k = len(item[2])
+                runs += 1
+                extra += k - 1
+                n += k
+            else:
+                n += 1
+        with self._run_lock:
+            self._runs -= runs
+            self._run_extra -= extra
+        if buf:
+            self.flush_soon()
+        self._deliver(expand(items), items)
+        return n
+
+    def _deliver(self, batch: list, items: list) -> None:
+        self.emitted_total += len(batch)
         for fn in self._inline:
             try:
                 fn(batch)
             except Exception:
                 log.exception("inline event subscriber %r failed", fn)
         for worker in self._threaded.values():
-            worker.put(batch)
-        return n
+            worker.put(items if worker.runs else batch)
 
     def drain(self, timeout: float | None = 5.0) -> bool:
         """Flush everything and wait until threaded subscribers have processed it."""
@@ -193,4 +276,4 @@ class EventStream:
     @property
     def pending(self) -> int:
         """Events emitted and not yet flushed."""
-        return len(self._buf)
+        return len(self._buf) + self._run_extra

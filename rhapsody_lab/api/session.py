@@ -121,7 +121,8 @@ class Session:
                                "give the second one another name=")
         self.backends[backend.name] = backend
         self._default_routes.clear()
-        backend.attach(self.events.emit, self._flush_events, self.work_dir)
+        backend.attach(self.events.emit, self._flush_events, self.work_dir,
+                       emit_run=self.events.emit_run)
 
     def _flush_events(self) -> None:
         """Backends call this after finishing a batch: observation keeps pace with dispatch.
@@ -404,8 +405,7 @@ class Session:
                 list(map(_STATE, tasks)).count(NEW) == len(tasks):  # the usual case, in C
             deque(map(setitem, tasks, repeat("backend"), repeat(name)), maxlen=0)
             deque(map(setitem, tasks, repeat("state"), repeat(SUBMITTED)), maxlen=0)
-            deque(map(self.events.emit, zip(repeat(now), map(_UID, tasks), repeat(SUBMITTED),
-                                            repeat(name), repeat(None))), maxlen=0)
+            self.events.emit_run(now, list(map(_UID, tasks)), SUBMITTED, name, None)
             return
         emit = self.events.emit
         for task, backend in zip(tasks, routed, strict=True):

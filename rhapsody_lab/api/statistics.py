@@ -18,6 +18,7 @@ from typing import Any
 __all__ = ["LatencyHistogram", "Statistics"]
 
 _TERMINAL = frozenset(("DONE", "FAILED", "CANCELED"))
+_UNSET = object()  # no backend seen yet in a batch (None is a backend name here too)
 _STATES = ("NEW", "SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED")
 
 
@@ -119,7 +120,8 @@ class Statistics:
         by_backend = self.by_backend
         finished: list[list] = []
         done = finished.append
-        name = bc = None
+        name: Any = _UNSET
+        bc: Any = None
         new = 0
         first = None
         for t, uid, state, backend, _slot in batch:

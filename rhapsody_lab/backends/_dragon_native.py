@@ -78,7 +78,8 @@ class NativePoolMixin:
                 if item is None:
                     return
                 pending.extend(item) if item.__class__ is list else pending.append(item)
-            while not stop:  # take what else is queued, without blocking
+            self._inflight.acquire()
+            while not stop:  # take what else is queued meanwhile, without blocking
                 try:
                     item = get_nowait()
                 except queue.Empty:
@@ -87,7 +88,9 @@ class NativePoolMixin:
                     stop = True
                 else:
                     pending.extend(item) if item.__class__ is list else pending.append(item)
-            self._inflight.acquire()
+            if not pending:  # an empty hand-over
+                self._inflight.release()
+                continue
             # a chunk holds what is queued, up to about _CHUNK_SECONDS of work (by the
             # running estimate), so long tasks stay balanced between the workers
             size = min(_CHUNK, max(1, int(_CHUNK_SECONDS / self._task_seconds)))
@@ -195,7 +198,8 @@ class NativePoolMixin:
                     if entry is not None and len(entry[0]) > 1 and not self._stopping:
                         # which task killed it is unknown: rerun each alone, so only the
                         # culprit fails (tasks of that chunk may run twice)
-                        self._take(cid)
+                        if self._take(cid) is None:
+                            continue  # its results arrived meanwhile: nothing to rerun
                         _tasks, _permit, blobs, items = entry
                         for task, item in zip(_tasks, items, strict=True):
                             self._send([task], {item[0]: blobs[item[0]]}, [item], False)
@@ -222,8 +226,8 @@ class NativePoolMixin:
         if len(outs) == len(tasks) and all(map(_OK, outs)) and \
                 all(map(is_, map(_VALUE, outs), repeat(None))):
             # every task returned None (null tasks, side effects): record them at once
-            deque(map(self.emit, zip(map(_STARTED, outs), map(_UID, tasks), repeat(RUNNING),
-                                     repeat(self._name), repeat(pid))), maxlen=0)
+            self.emit_run(list(map(_STARTED, outs)), list(map(_UID, tasks)), RUNNING,
+                          self._name, pid)
             for field, value in (("return_value", None), ("stdout", "None"), ("exit_code", 0)):
                 deque(map(setitem, tasks, repeat(field), repeat(value)), maxlen=0)
             self._done.extend(zip(tasks, repeat(DONE), map(_ENDED, outs), repeat(pid)))

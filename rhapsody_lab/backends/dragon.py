@@ -167,6 +167,8 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
 
     async def submit_tasks(self, tasks: Sequence[dict]) -> None:
         self._ensure_running()
+        if not tasks:
+            return
         if not any(map(dict.get, tasks, repeat("task_backend_specific_kwargs"))) and \
                 not any(map(_is_none, map(dict.get, tasks, repeat("function")))):
             self._accept(tasks)  # all native functions (the common case): one hand-over

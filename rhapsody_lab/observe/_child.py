@@ -2,8 +2,9 @@
 
 Started by ``rhapsody_lab.observe.process.ObserverProcess`` as
 ``python -m rhapsody_lab.observe._child IN_FD OUT_FD SIDE_FD OPTIONS_JSON``. Frames on
-IN_FD are ``b"E" + marshal((capacity, events))`` or ``b"R" + pickle((method, args))``,
-handled in order (such a request sees every event sent before it; replies on OUT_FD).
+IN_FD are ``b"E" + marshal((capacity, items))`` (events, and runs of them: ``expand``)
+or ``b"R" + pickle((method, args))``, handled in order (such a request sees every event
+sent before it; replies on OUT_FD).
 SIDE_FD (a socket) carries dashboard reads, answered at once by another thread. End of input
 (the session closed, or the kernel died) folds and writes what is left, then exits.
 """
@@ -18,6 +19,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..api.events import expand
 from .journal import Journal
 from .metrics import Metrics
 
@@ -107,8 +109,8 @@ def main(argv: list[str]) -> int:
                 break
             kind = frame[:1]
             if kind == b"E":
-                capacity, batch = marshal.loads(frame[1:])
-                observer.events(capacity, batch)
+                capacity, items = marshal.loads(frame[1:])
+                observer.events(capacity, expand(items))
             elif kind == b"R" and not _reply(out, observer, frame[1:]):
                 break
     finally:

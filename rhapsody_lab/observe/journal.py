@@ -67,6 +67,8 @@ class _Tokens(dict):
     """Value -> its JSON text, computed once: a batch's few states, backends and slots."""
 
     def __missing__(self, value: Any) -> str:
+        if len(self) >= 4096:  # pids, puids: new values keep coming in a long session
+            self.clear()
         text = self[value] = _encode(value)
         return text
 

@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..api.errors import SessionError
+from ..api.events import expand
 
 __all__ = ["ObserverProcess", "RemoteJournal", "RemoteMetrics", "observer_for"]
 
@@ -41,10 +42,10 @@ _BASIC = (int, float, str, bytes, bool, type(None))
 _CACHE_TTL = 0.2  # seconds an answer is reused (by the other plots of one refresh)
 
 
-def _plain(batch: list) -> list:
-    """Events whose slots marshal cannot carry, with those slots as ``repr`` text."""
+def _plain(items: list) -> list:
+    """Events (runs expanded) whose slots marshal cannot carry, those slots as text."""
     out = []
-    for t, uid, state, backend, slot in batch:
+    for t, uid, state, backend, slot in expand(items):
         if not isinstance(slot, _BASIC):
             try:
                 marshal.dumps(slot)
@@ -90,24 +91,22 @@ class ObserverProcess:
         self._wlock = threading.Lock()
         self._rpc = threading.Lock()
         self._closed = False
-        self.events_sent = 0
-        session.events.subscribe(self._on_batch)
+        session.events.subscribe(self._on_batch, runs=True)  # runs travel as columns
         self._session = weakref.ref(session)
         threading.Thread(target=self._watch, name="rhapsody-observer-watch",
                          daemon=True).start()
         atexit.register(self.close)
 
     # -- kernel side: the subscriber -----------------------------------------------------
-    def _on_batch(self, batch: list) -> None:
+    def _on_batch(self, items: list) -> None:
         if self._closed:
             return
         cap = {name: b.capacity() for name, b in list(self._backends.items())}
         try:
-            payload = marshal.dumps((cap, batch))
+            payload = marshal.dumps((cap, items))
         except ValueError:
-            payload = marshal.dumps((cap, _plain(batch)))
+            payload = marshal.dumps((cap, _plain(items)))
         self._send(b"E" + payload)
-        self.events_sent += len(batch)
 
     def _send(self, frame: bytes) -> None:
         with self._wlock:

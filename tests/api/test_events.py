@@ -83,3 +83,55 @@ async def test_events_follow_the_state_order_per_task():
             by_uid.setdefault(uid, []).append(state)
     for t in tasks:
         assert by_uid[t.uid] == ["SUBMITTED", "QUEUED", "RUNNING", "DONE"]
+
+
+def test_runs_reach_plain_subscribers_as_events_in_order_and_run_takers_as_records():
+    """``emit_run`` events arrive as tuples, interleaved in emission order; a ``runs=True``
+    subscriber gets the run as one record that ``expand`` turns into the same tuples."""
+    from rhapsody_lab.api.events import RUN, expand
+    stream = EventStream()
+    plain: list[tuple] = []
+    records: list[tuple] = []
+    inline: list[tuple] = []
+    stream.subscribe(plain.extend)
+    stream.subscribe(records.extend, runs=True)
+    stream.subscribe(inline.extend, inline=True)
+    stream.emit((0.5, "z", "QUEUED", "b", None))
+    stream.emit_run(1.0, ["a", "b", "c"], "SUBMITTED", "b", None)
+    stream.emit((1.5, "z", "RUNNING", "b", 0))
+    stream.emit_run([2.0, 2.1], ["a", "b"], "DONE", "b", [0, 1])
+    stream.emit_run(3.0, [], "DONE", "b")  # nothing
+    assert stream.pending == 7
+    assert stream.flush() == 7 and stream.pending == 0
+    assert stream.drain(5)
+    expected = [(0.5, "z", "QUEUED", "b", None), (1.0, "a", "SUBMITTED", "b", None),
+                (1.0, "b", "SUBMITTED", "b", None), (1.0, "c", "SUBMITTED", "b", None),
+                (1.5, "z", "RUNNING", "b", 0), (2.0, "a", "DONE", "b", 0),
+                (2.1, "b", "DONE", "b", 1)]
+    assert plain == expected and inline == expected
+    assert len(records) == 4 and records[1][0] == RUN and expand(records) == expected
+    assert stream.emitted_total == 7
+    stream.close()
+
+
+def test_a_flush_limit_bounds_a_batch_of_runs_and_the_rest_follows():
+    stream = EventStream()
+    got: list[tuple] = []
+    stream.subscribe(got.extend, runs=True)
+    for i in range(10):
+        stream.emit_run(float(i), [f"t{i}.{j}" for j in range(100)], "QUEUED", "b")
+    assert stream.flush(limit=250) == 300  # whole runs, up to the first past the limit
+    assert stream.pending == 700
+    while stream.flush(limit=250):
+        pass
+    assert stream.drain(5) and stream.pending == 0
+    from rhapsody_lab.api.events import expand
+    assert len(expand(got)) == 1000
+    stream.close()
+
+
+def test_without_run_takers_a_run_is_stored_as_events():
+    stream = EventStream()
+    stream.emit_run(1.0, ["a", "b"], "QUEUED", "b", 3)
+    assert list(stream._buf) == [(1.0, "a", "QUEUED", "b", 3), (1.0, "b", "QUEUED", "b", 3)]
+    stream.close()

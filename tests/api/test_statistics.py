@@ -59,3 +59,12 @@ def test_bulk_histogram_matches_one_by_one_and_quantiles_are_close():
         assert true <= bulk.quantile(q) <= true * 1.13  # its bucket's upper edge: <= 12.5% up
     assert bulk.summary()["p50"] == one.summary()["p50"]
     assert len(bulk.buckets) <= 8 * 42  # sparse: 8 per octave over the ~41 octaves used
+
+
+def test_events_without_a_backend_name_and_mixed_backends_count():
+    s = Statistics()
+    s([(1.0, "x", "SUBMITTED", None, None), (2.0, "y", "SUBMITTED", "b1", None),
+       (3.0, "x", "DONE", None, None), (4.0, "y", "RUNNING", "b1", 0)])
+    assert s.counts["DONE"] == 1 and s.counts["RUNNING"] == 1 and s.total_tasks == 2
+    assert s.snapshot()["backends"] == {None: {"DONE": 1}, "b1": {"RUNNING": 1}}
+    assert s.first_time == 1.0

@@ -239,3 +239,21 @@ async def test_a_future_cancelled_by_the_user_leaves_the_batch_intact(kind):
         assert [t.return_value for t in more] == [i * i for i in range(500)]
         assert seen.count("DONE") == 500
         assert session.get_statistics()["counts"]["DONE"] == 3500
+
+
+async def test_a_task_reported_twice_in_one_drain_finishes_once():
+    """A duplicate outcome (a rerun after a lost worker) never strands the others."""
+    backend = await ConcurrentExecutionBackend(ThreadPoolExecutor(1))
+    async with Session([backend]):
+        loop = asyncio.get_running_loop()
+        tasks = [ComputeTask(function=square, args=(i,)) for i in range(3)]
+        for t in tasks:
+            t.bind_future(loop.create_future())
+        backend._accept(tasks)
+        now = time.time()
+        backend._done.extend([(tasks[0], "DONE", now, 0), (tasks[1], "DONE", now, 0),
+                              (tasks[0], "DONE", now, 0), (tasks[2], "DONE", now, 0)])
+        backend._drain()
+        assert [t.state for t in tasks] == ["DONE"] * 3
+        assert all(t.future.done() and t.future.result() is t for t in tasks)
+        assert not backend._live

@@ -82,6 +82,7 @@ async def main():
     report("started", seconds=backend.startup_seconds, capacity=backend.capacity(),
            have_mpi=HAVE_MPI)
     shm_before = _shm()
+    await backend.submit_tasks([])  # an empty hand-over: nothing happens, nothing breaks
     async with Session(backends=[backend]) as s:
         tpl = {"cwd": OUT, "env": {"MY_VAR": "hello"}}
         tasks = {
