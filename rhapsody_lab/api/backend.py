@@ -47,15 +47,6 @@ def _no_emit(event: tuple) -> None:
     """Event sink of a backend used without a session."""
 
 
-def _runs_into(emit: Callable[[tuple], None]) -> Callable[..., None]:
-    """An ``emit_run`` that emits each event of the run through ``emit``."""
-    def emit_run(times: Any, uids: list, state: str, backend: str, slots: Any = None) -> None:
-        deque(map(emit, zip(times if times.__class__ is list else repeat(times), uids,
-                            repeat(state), repeat(backend),
-                            slots if slots.__class__ is list else repeat(slots))), maxlen=0)
-    return emit_run
-
-
 class BaseBackend(ABC):
     """Shared life cycle, callbacks and task bookkeeping of a backend."""
 
@@ -68,7 +59,8 @@ class BaseBackend(ABC):
                                f"got {name!r}; pass name=\"my_backend\"")
         self._name = name
         self.emit: Callable[[tuple], None] = _no_emit
-        self.emit_run: Callable[..., None] = _runs_into(_no_emit)  # see EventStream.emit_run
+        self._attached_emit: Any = None  # the emit attach() gave, with its run form:
+        self._stream_run: Callable[..., None] | None = None  # EventStream.emit_run
         self._callbacks: list[Callable[[dict, str], None]] = []
         self._live: dict[str, Any] = {}
         # uid -> who runs it, or CANCELED_CLAIM: workers and cancel race through
@@ -155,9 +147,24 @@ class BaseBackend(ABC):
         """Send this backend's events to ``emit`` (the session's event stream) and runs of
         them to ``emit_run`` (``EventStream.emit_run``; by default through ``emit``)."""
         self.emit = emit
-        self.emit_run = emit_run if emit_run is not None else _runs_into(emit)
+        self._attached_emit = emit
+        self._stream_run = emit_run
         self._wake_session = wake
         self._work_dir = work_dir
+
+    def emit_run(self, times: Any, uids: list, state: str, backend: str,
+                 slots: Any = None) -> None:
+        """Emit ``state`` for every task in ``uids`` at once (``times``/``slots``: one value,
+        or a list per task). The session's stream keeps it as one run (``EventStream.
+        emit_run``); an ``emit`` replaced since ``attach`` still gets every event."""
+        run = self._stream_run
+        if run is not None and self.emit is self._attached_emit:
+            run(times, uids, state, backend, slots)
+            return
+        deque(map(self.emit, zip(times if times.__class__ is list else repeat(times), uids,
+                                 repeat(state), repeat(backend),
+                                 slots if slots.__class__ is list else repeat(slots))),
+              maxlen=0)
 
     def can_run(self, task: dict) -> bool:
         """Whether this backend runs tasks of this kind."""

@@ -257,3 +257,17 @@ async def test_a_task_reported_twice_in_one_drain_finishes_once():
         assert [t.state for t in tasks] == ["DONE"] * 3
         assert all(t.future.done() and t.future.result() is t for t in tasks)
         assert not backend._live
+
+
+async def test_a_replaced_emit_gets_every_event_of_a_run():
+    """Runs go to the session's stream as one record, unless ``emit`` was replaced after
+    attach (a test, a tap): then the new ``emit`` gets each event, QUEUED to DONE."""
+    backend = await ConcurrentExecutionBackend(ThreadPoolExecutor(2))
+    async with Session([backend]) as session:
+        events: list[tuple] = []
+        backend.emit = events.append
+        tasks = [ComputeTask(function=square, args=(i,)) for i in range(50)]
+        await session.submit_tasks(tasks)
+        await session.wait_tasks(tasks)
+        for t in tasks:
+            assert [e[2] for e in events if e[1] == t.uid] == ["QUEUED", "RUNNING", "DONE"]
