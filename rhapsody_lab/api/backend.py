@@ -33,6 +33,7 @@ _UID = itemgetter("uid")
 _SET_RESULT = asyncio.Future.set_result
 _FUTURE_DONE = asyncio.Future.done
 _is_none = partial(is_, None)
+_FEW = 8  # fewer tasks than this are handled one by one (the bulk set-up costs more)
 _POPLEFT = deque.popleft
 _TASK_OF, _STATE_OF, _TIME_OF, _SLOT_OF = (itemgetter(i) for i in range(4))  # an outcome
 
@@ -216,6 +217,16 @@ class BaseBackend(ABC):
 
     def _accept(self, tasks: Sequence[dict]) -> None:
         """Record ``tasks`` as live and QUEUED here."""
+        if len(tasks) < _FEW:  # one task at a time (an agentic loop): no set-up
+            now, live, name = time.time(), self._live, self._name
+            for task in tasks:
+                live[task["uid"]] = task
+                task["state"] = QUEUED
+                self.emit((now, task["uid"], QUEUED, name, None))
+            if self._callbacks:
+                for task in tasks:
+                    self._notify(task, QUEUED)
+            return
         uids = list(map(_UID, tasks))
         self._live.update(zip(uids, tasks, strict=True))
         deque(map(setitem, tasks, repeat("state"), repeat(QUEUED)), maxlen=0)
@@ -308,7 +319,8 @@ class BaseBackend(ABC):
     def _finish_outcomes(self, outcomes: list) -> bool:
         """Finish ``(task, state, time, slot)`` outcomes that are all DONE at once (claims
         released); False, having changed nothing but claims, if any needs ``_finish``."""
-        if list(map(_STATE_OF, outcomes)).count(DONE) != len(outcomes):
+        if len(outcomes) < _FEW or \
+                list(map(_STATE_OF, outcomes)).count(DONE) != len(outcomes):
             return False
         tasks = list(map(_TASK_OF, outcomes))
         deque(map(self._claims.pop, map(_UID, tasks), repeat(None)), maxlen=0)

@@ -401,7 +401,7 @@ class Session:
         if not tasks:
             return
         name = routed[0]._name
-        if routed.count(routed[0]) == len(routed) and \
+        if len(tasks) >= 8 and routed.count(routed[0]) == len(routed) and \
                 list(map(_STATE, tasks)).count(NEW) == len(tasks):  # the usual case, in C
             deque(map(setitem, tasks, repeat("backend"), repeat(name)), maxlen=0)
             deque(map(setitem, tasks, repeat("state"), repeat(SUBMITTED)), maxlen=0)

@@ -246,15 +246,16 @@ async def test_a_task_reported_twice_in_one_drain_finishes_once():
     backend = await ConcurrentExecutionBackend(ThreadPoolExecutor(1))
     async with Session([backend]):
         loop = asyncio.get_running_loop()
-        tasks = [ComputeTask(function=square, args=(i,)) for i in range(3)]
+        tasks = [ComputeTask(function=square, args=(i,)) for i in range(20)]
         for t in tasks:
             t.bind_future(loop.create_future())
         backend._accept(tasks)
         now = time.time()
-        backend._done.extend([(tasks[0], "DONE", now, 0), (tasks[1], "DONE", now, 0),
-                              (tasks[0], "DONE", now, 0), (tasks[2], "DONE", now, 0)])
+        outcomes = [(t, "DONE", now, 0) for t in tasks]
+        outcomes.insert(10, (tasks[3], "DONE", now, 0))
+        backend._done.extend(outcomes)
         backend._drain()
-        assert [t.state for t in tasks] == ["DONE"] * 3
+        assert [t.state for t in tasks] == ["DONE"] * 20
         assert all(t.future.done() and t.future.result() is t for t in tasks)
         assert not backend._live
 
