@@ -21,6 +21,7 @@ from operator import is_, itemgetter, setitem
 from typing import Any
 
 from .errors import BackendError, SessionError, TaskExecutionError
+from .events import run_events
 from .states import CANCELED, DONE, FAILED, QUEUED, SUBMITTED
 
 __all__ = ["CANCELED_CLAIM", "BaseBackend", "result_text", "take_outcomes"]
@@ -162,10 +163,7 @@ class BaseBackend(ABC):
         if run is not None and self.emit is self._attached_emit:
             run(times, uids, state, backend, slots)
             return
-        deque(map(self.emit, zip(times if times.__class__ is list else repeat(times), uids,
-                                 repeat(state), repeat(backend),
-                                 slots if slots.__class__ is list else repeat(slots))),
-              maxlen=0)
+        deque(map(self.emit, run_events(times, uids, state, backend, slots)), maxlen=0)
 
     def can_run(self, task: dict) -> bool:
         """Whether this backend runs tasks of this kind."""

@@ -18,11 +18,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
 from typing import NamedTuple
 
-__all__ = ["RUN", "Event", "EventStream", "Subscriber", "expand"]
+__all__ = ["RUN", "Event", "EventStream", "Subscriber", "expand", "run_events"]
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,20 @@ _MAX_INLINE_BATCH = 4_000  # bound the time one flush holds the loop
 RUN = "rhapsody_lab.run"
 
 
+def run_events(times: float | list, uids: list, state: str, backend: str,
+               slots: object = None) -> Iterator[tuple]:
+    """The event tuples of one run (``times``/``slots``: one value for all, or a list)."""
+    return zip(times if times.__class__ is list else repeat(times), uids, repeat(state),
+               repeat(backend), slots if slots.__class__ is list else repeat(slots))
+
+
 def expand(items: Sequence[tuple]) -> list[tuple]:
     """Event tuples of stream items (events and runs), in order."""
     out: list[tuple] = []
     add, add_many = out.append, out.extend
     for item in items:
         if item[0].__class__ is str:  # RUN (equal, not identical, once unmarshalled)
-            _, times, uids, state, backend, slots = item
-            add_many(zip(times if times.__class__ is list else repeat(times), uids,
-                         repeat(state), repeat(backend),
-                         slots if slots.__class__ is list else repeat(slots)))
+            add_many(run_events(*item[1:]))
         else:
             add(item)
     return out
@@ -162,9 +166,7 @@ class EventStream:
         if not uids:
             return
         if not self._runs_wanted:
-            self._buf.extend(zip(times if times.__class__ is list else repeat(times), uids,
-                                 repeat(state), repeat(backend),
-                                 slots if slots.__class__ is list else repeat(slots)))
+            self._buf.extend(run_events(times, uids, state, backend, slots))
             return
         with self._run_lock:
             self._runs += 1
