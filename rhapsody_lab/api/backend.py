@@ -221,14 +221,11 @@ class BaseBackend(ABC):
                 live[task["uid"]] = task
                 task["state"] = QUEUED
                 self.emit((now, task["uid"], QUEUED, name, None))
-            if self._callbacks:
-                for task in tasks:
-                    self._notify(task, QUEUED)
-            return
-        uids = list(map(_UID, tasks))
-        self._live.update(zip(uids, tasks, strict=True))
-        deque(map(setitem, tasks, repeat("state"), repeat(QUEUED)), maxlen=0)
-        self.emit_run(time.time(), uids, QUEUED, self._name, None)
+        else:
+            uids = list(map(_UID, tasks))
+            self._live.update(zip(uids, tasks, strict=True))
+            deque(map(setitem, tasks, repeat("state"), repeat(QUEUED)), maxlen=0)
+            self.emit_run(time.time(), uids, QUEUED, self._name, None)
         if self._callbacks:
             for task in tasks:
                 self._notify(task, QUEUED)
@@ -316,7 +313,7 @@ class BaseBackend(ABC):
 
     def _finish_outcomes(self, outcomes: list) -> bool:
         """Finish ``(task, state, time, slot)`` outcomes that are all DONE at once (claims
-        released); False, having changed nothing but claims, if any needs ``_finish``."""
+        released); False if any needs ``_finish`` (see ``_finish_done``)."""
         if len(outcomes) < _FEW or \
                 list(map(_STATE_OF, outcomes)).count(DONE) != len(outcomes):
             return False
@@ -328,21 +325,20 @@ class BaseBackend(ABC):
     def _finish_done(self, tasks: list, times: Sequence[float], slots: list | object) -> bool:
         """Finish ``tasks`` as DONE in C-level passes (the bulk of a busy drain).
 
-        Only for the plain case: no callbacks, every task live here and bound to a pending
-        asyncio future. Returns False, having changed nothing, otherwise: the caller then
-        finishes them one by one with ``_finish``. ``slots``: a list, or one for all.
+        Only for the plain case: no callbacks, every task live here (once) and bound to a
+        pending asyncio future. Returns False otherwise, the tasks' states unchanged (some may
+        have left ``_live``): the caller then finishes them one by one with ``_finish``,
+        which finishes a non-final task whether or not it is still live. ``slots``: a list,
+        or one for all.
         """
         if self._callbacks:
-            return False
-        live = self._live
-        uids = list(map(_UID, tasks))
-        if not all(map(live.__contains__, uids)):
             return False
         futs = list(map(getattr, tasks, repeat("_future"), repeat(None)))
         if set(map(type, futs)) != {asyncio.Future} or any(map(_FUTURE_DONE, futs)):
             return False
-        if any(map(_is_none, map(live.pop, uids, repeat(None)))):
-            return False  # a task twice in the run: _finish (the caller's fallback) copes
+        uids = list(map(_UID, tasks))
+        if any(map(_is_none, map(self._live.pop, uids, repeat(None)))):
+            return False  # not live here, or twice in the run
         deque(map(setitem, tasks, repeat("state"), repeat(DONE)), maxlen=0)
         self.emit_run(list(times), uids, DONE, self._name, slots)
         deque(map(_SET_RESULT, futs, tasks), maxlen=0)

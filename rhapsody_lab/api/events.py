@@ -145,7 +145,7 @@ class EventStream:
             self._inline.append(fn)
         else:
             self._threaded[fn] = _Threaded(fn, f"rhapsody-events-{len(self._threaded)}",
-                                           runs=runs and not inline)
+                                           runs=runs)
             self._runs_wanted = sum(w.runs for w in self._threaded.values())
         return fn
 

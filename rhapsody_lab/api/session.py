@@ -23,7 +23,7 @@ from operator import setitem
 from typing import Any
 
 from . import gcfreeze
-from .backend import BaseBackend, _kind
+from .backend import _FEW, BaseBackend, _kind
 from .errors import SessionError, TaskValidationError
 from .events import EventStream, Subscriber
 from .states import CANCELED, NEW, SUBMITTED
@@ -401,7 +401,7 @@ class Session:
         if not tasks:
             return
         name = routed[0]._name
-        if len(tasks) >= 8 and routed.count(routed[0]) == len(routed) and \
+        if len(tasks) >= _FEW and routed.count(routed[0]) == len(routed) and \
                 list(map(_STATE, tasks)).count(NEW) == len(tasks):  # the usual case, in C
             deque(map(setitem, tasks, repeat("backend"), repeat(name)), maxlen=0)
             deque(map(setitem, tasks, repeat("state"), repeat(SUBMITTED)), maxlen=0)

@@ -68,7 +68,7 @@ class NativePoolMixin:
         return fid
 
     def _feed(self) -> None:
-        """Feeder thread: queued tasks (single, or a submit's list) -> chunks -> the pool."""
+        """Feeder thread: queued lists of tasks (a submit's natives) -> chunks -> the pool."""
         get, get_nowait = self._native_q.get, self._native_q.get_nowait
         pending: deque = deque()
         stop = False
@@ -77,7 +77,7 @@ class NativePoolMixin:
                 item = get()
                 if item is None:
                     return
-                pending.extend(item) if item.__class__ is list else pending.append(item)
+                pending.extend(item)
             self._inflight.acquire()
             while not stop:  # take what else is queued meanwhile, without blocking
                 try:
@@ -87,7 +87,7 @@ class NativePoolMixin:
                 if item is None:
                     stop = True
                 else:
-                    pending.extend(item) if item.__class__ is list else pending.append(item)
+                    pending.extend(item)
             if not pending:  # an empty hand-over
                 self._inflight.release()
                 continue

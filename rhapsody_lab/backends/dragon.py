@@ -178,12 +178,14 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
                                           or t.get("function") is None) else None
                  for t in tasks]  # validate all before accepting any
         self._accept(tasks)
-        put = self._native_q.put
+        native = []
         for task, p in zip(tasks, plans, strict=True):
             if p is None:
-                put(task)
+                native.append(task)
             else:
                 self._launcher.submit(self._run_procs, task, p)
+        if native:
+            self._native_q.put(native)
 
     async def cancel_task(self, uid: str) -> bool:
         started = self._cancel_unstarted(uid)
