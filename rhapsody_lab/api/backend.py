@@ -63,6 +63,7 @@ class BaseBackend(ABC):
         self.emit: Callable[[tuple], None] = _no_emit
         self._attached_emit: Any = None  # the emit attach() gave, with its run form:
         self._stream_run: Callable[..., None] | None = None  # EventStream.emit_run
+        self._stream_events: Callable[[list], None] | None = None  # .emit_events
         self._callbacks: list[Callable[[dict, str], None]] = []
         self._live: dict[str, Any] = {}
         # uid -> who runs it, or CANCELED_CLAIM: workers and cancel race through
@@ -144,13 +145,15 @@ class BaseBackend(ABC):
 
     # -- what the session uses ---------------------------------------------------------
     def attach(self, emit: Callable[[tuple], None], wake: Callable[[], None] | None = None,
-               work_dir: str | None = None, emit_run: Callable[..., None] | None = None
-               ) -> None:
-        """Send this backend's events to ``emit`` (the session's event stream) and runs of
-        them to ``emit_run`` (``EventStream.emit_run``; by default through ``emit``)."""
+               work_dir: str | None = None, emit_run: Callable[..., None] | None = None,
+               emit_events: Callable[[list], None] | None = None) -> None:
+        """Send this backend's events to ``emit`` (the session's event stream), runs of
+        them to ``emit_run`` and lists of them to ``emit_events`` (``EventStream.emit_run``
+        and ``.emit_events``; by default through ``emit``)."""
         self.emit = emit
         self._attached_emit = emit
         self._stream_run = emit_run
+        self._stream_events = emit_events
         self._wake_session = wake
         self._work_dir = work_dir
 
@@ -164,6 +167,15 @@ class BaseBackend(ABC):
             run(times, uids, state, backend, slots)
             return
         deque(map(self.emit, run_events(times, uids, state, backend, slots)), maxlen=0)
+
+    def emit_events(self, events: list[tuple]) -> None:
+        """Emit event tuples of one state (a drain's RUNNING events) at once: the session's
+        stream may keep them as one run; an ``emit`` replaced since ``attach`` gets each."""
+        many = self._stream_events
+        if many is not None and self.emit is self._attached_emit:
+            many(events)
+            return
+        deque(map(self.emit, events), maxlen=0)
 
     def can_run(self, task: dict) -> bool:
         """Whether this backend runs tasks of this kind."""

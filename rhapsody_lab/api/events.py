@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
+from operator import itemgetter
 from typing import NamedTuple
 
 __all__ = ["RUN", "Event", "EventStream", "Subscriber", "expand", "run_events"]
@@ -45,6 +46,7 @@ _MAX_INLINE_BATCH = 4_000  # bound the time one flush holds the loop
 #: First field of a run record ``(RUN, times, uids, state, backend, slots)``; ``times`` and
 #: ``slots`` are lists, or one value for every task. An event has its float time there.
 RUN = "rhapsody_lab.run"
+_TIME, _UID, _SLOT = itemgetter(0), itemgetter(1), itemgetter(4)
 
 
 def run_events(times: float | list, uids: list, state: str, backend: str,
@@ -116,6 +118,7 @@ class EventStream:
         self._buf: deque[tuple] = deque()
         self.emit: Callable[[tuple], None] = self._buf.append
         self._inline: list[Subscriber] = []
+        self._inline_runs: dict[Subscriber, Subscriber] = {}  # fn -> its on_runs
         self._threaded: dict[Subscriber, _Threaded] = {}
         self._interval = flush_interval
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,13 +132,15 @@ class EventStream:
         self._run_extra = 0  # their events beyond one each (for ``pending``)
 
     # -- subscribing -------------------------------------------------------------------
-    def subscribe(self, fn: Subscriber, *, inline: bool = False, runs: bool = False
-                  ) -> Subscriber:
+    def subscribe(self, fn: Subscriber, *, inline: bool = False, runs: bool = False,
+                  on_runs: Subscriber | None = None) -> Subscriber:
         """Deliver every later batch to ``fn``; ``inline`` only for O(1)-per-event code.
 
         ``runs=True`` (threaded only): ``fn`` gets stream items, with runs of events as
         ``(RUN, times, uids, state, backend, slots)`` records (``expand`` turns them into
-        tuples); cheaper to serialise than their events one by one.
+        tuples); cheaper to serialise than their events one by one. The stream keeps runs
+        as records only while such a subscriber exists. ``on_runs`` (inline only): called
+        instead of ``fn`` with the items of a batch that holds runs.
         """
         if not callable(fn):
             from .errors import SessionError
@@ -143,6 +148,8 @@ class EventStream:
                                f"got {fn!r}")
         if inline:
             self._inline.append(fn)
+            if on_runs is not None:
+                self._inline_runs[fn] = on_runs
         else:
             self._threaded[fn] = _Threaded(fn, f"rhapsody-events-{len(self._threaded)}",
                                            runs=runs)
@@ -153,6 +160,7 @@ class EventStream:
         """Stop delivering to ``fn`` (pending batches still reach a threaded subscriber)."""
         if fn in self._inline:
             self._inline.remove(fn)
+            self._inline_runs.pop(fn, None)
         worker = self._threaded.pop(fn, None)
         if worker is not None:
             worker.stop()
@@ -172,6 +180,16 @@ class EventStream:
             self._runs += 1
             self._run_extra += len(uids) - 1
         self._buf.append((RUN, times, uids, state, backend, slots))
+
+    def emit_events(self, events: list[tuple]) -> None:
+        """Emit event tuples that share one state and backend (a drain's RUNNING events):
+        as they are, or as one run record when a ``runs=True`` subscriber wants runs."""
+        if not self._runs_wanted or len(events) < 2:
+            self._buf.extend(events)
+            return
+        first = events[0]
+        self.emit_run(list(map(_TIME, events)), list(map(_UID, events)), first[2], first[3],
+                      list(map(_SLOT, events)))
 
     def emit_now(self, uid: str, state: str, backend: str, slot: object = None) -> None:
         """Emit one event stamped with the current time."""
@@ -215,6 +233,7 @@ class EventStream:
             self.flush_soon()
         pop = buf.popleft
         batch = [pop() for _ in range(n)]
+        self.emitted_total += n
         self._deliver(batch, batch)
         return n
 
@@ -240,18 +259,32 @@ class EventStream:
             self._run_extra -= extra
         if buf:
             self.flush_soon()
-        self._deliver(expand(items), items)
+        self.emitted_total += n
+        self._deliver(None, items)
         return n
 
-    def _deliver(self, batch: list, items: list) -> None:
-        self.emitted_total += len(batch)
+    def _deliver(self, batch: list | None, items: list) -> None:
+        """``items`` to whoever takes runs, their events (``batch``, expanded on first
+        need when None) to everyone else."""
+        on_runs = self._inline_runs if batch is None else {}
         for fn in self._inline:
+            take = on_runs.get(fn)
             try:
-                fn(batch)
+                if take is not None:
+                    take(items)
+                else:
+                    if batch is None:
+                        batch = expand(items)
+                    fn(batch)
             except Exception:
                 log.exception("inline event subscriber %r failed", fn)
         for worker in self._threaded.values():
-            worker.put(items if worker.runs else batch)
+            if worker.runs:
+                worker.put(items)
+            else:
+                if batch is None:
+                    batch = expand(items)
+                worker.put(batch)
 
     def drain(self, timeout: float | None = 5.0) -> bool:
         """Flush everything and wait until threaded subscribers have processed it."""

@@ -65,7 +65,7 @@ class Session:
         self.backends: dict[str, BaseBackend] = {}
         self.events = EventStream()
         self._stats = Statistics()
-        self.events.subscribe(self._stats, inline=True)
+        self.events.subscribe(self._stats, inline=True, on_runs=self._stats.fold_items)
         self._closed = False
         self._services: Any = None  # a ServiceSet, created with the first service
         self._pending: list[_HandOff] = []  # big submits still being handed to backends
@@ -122,7 +122,7 @@ class Session:
         self.backends[backend.name] = backend
         self._default_routes.clear()
         backend.attach(self.events.emit, self._flush_events, self.work_dir,
-                       emit_run=self.events.emit_run)
+                       emit_run=self.events.emit_run, emit_events=self.events.emit_events)
 
     def _flush_events(self) -> None:
         """Backends call this after finishing a batch: observation keeps pace with dispatch.

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import math
 import struct
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from itertools import repeat
-from operator import rshift
+from operator import itemgetter, rshift, setitem
 from typing import Any
+
+from .events import run_events
 
 __all__ = ["LatencyHistogram", "Statistics"]
 
 _TERMINAL = frozenset(("DONE", "FAILED", "CANCELED"))
 _UNSET = object()  # no backend seen yet in a batch (None is a backend name here too)
 _STATES = ("NEW", "SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED")
+_STAMP = {"QUEUED": 2, "RUNNING": 3}  # where a live record keeps the time of that state
+_STATE_OF = itemgetter(0)
 
 
 def _zero_counts() -> dict[str, int]:
@@ -113,12 +117,19 @@ class Statistics:
         return total
 
     def __call__(self, batch: Sequence[tuple]) -> None:
+        """Fold a batch of event tuples (an inline event-stream subscriber)."""
+        finished: list[list] = []
+        self._fold(batch, finished)
+        if finished:
+            self._finished(finished)
+
+    def _fold(self, batch: Sequence[tuple], finished: list[list]) -> None:
+        """Fold event tuples; the records of tasks they finish go to ``finished``."""
         # The hot path of observation: plain locals, one dict of counts per event (the
         # backend's; the overall counts are summed when read), no calls for the common
         # transitions. A task's first event also counts it as SUBMITTED.
         live = self._live
         by_backend = self.by_backend
-        finished: list[list] = []
         done = finished.append
         name: Any = _UNSET
         bc: Any = None
@@ -157,12 +168,79 @@ class Statistics:
             self.total_tasks += new
             if self.first_time is None:
                 self.first_time = first
+
+    def fold_items(self, items: Sequence[tuple]) -> None:
+        """Fold stream items in order: event tuples, and runs of events (``EventStream.
+        emit_run`` records) at once where every task of the run moves the same way."""
+        events: list[tuple] = []
+        finished: list[list] = []
+        for item in items:
+            if item[0].__class__ is str:  # a run
+                if events:
+                    self._fold(events, finished)
+                    events = []
+                if not self._fold_run(finished, *item[1:]):
+                    self._fold(list(run_events(*item[1:])), finished)
+            else:
+                events.append(item)
+        if events:
+            self._fold(events, finished)
         if finished:
             self._finished(finished)
-            if not live:
-                self._live = {}  # a dict never shrinks: let a burst's table go
+
+    def _fold_run(self, finished: list[list], times: Any, uids: list, state: str,
+                  backend: Any, _slots: Any) -> bool:
+        """Fold one run in C-level passes; False (nothing changed) if it needs the
+        event-by-event path: a task new here outside a SUBMITTED run, tasks coming from
+        different states, a repeated state or a uid twice in the run."""
+        n = len(uids)
+        live = self._live
+        recs = list(map(live.get, uids))
+        if state == "SUBMITTED":
+            if recs.count(None) != n:
+                return False
+            before = len(live)
+            stamps = times if times.__class__ is list else [times] * n
+            live.update(zip(uids, map(list, zip(repeat(state), stamps, repeat(None),
+                                                 repeat(None))), strict=False))
+            added = len(live) - before
+            if added != n:  # a uid twice: counted once, stamped first, as event by event
+                for uid, t in reversed(list(zip(uids, stamps, strict=False))):
+                    live[uid][1] = t
+            self._counts_of(backend)[state] += added
+            self.total_tasks += added
+            if self.first_time is None:
+                self.first_time = times[0] if times.__class__ is list else times
+            return True
+        if None in recs:
+            return False
+        prev = recs[0][0]
+        if prev == state or list(map(_STATE_OF, recs)).count(prev) != n \
+                or len(set(uids)) != n:
+            return False
+        counts = self._counts_of(backend)
+        counts[prev] -= n
+        counts[state] += n
+        deque(map(setitem, recs, repeat(0), repeat(state)), maxlen=0)
+        stamps = times if times.__class__ is list else repeat(times, n)
+        at = _STAMP.get(state)
+        if at is not None:
+            deque(map(setitem, recs, repeat(at), stamps), maxlen=0)
+        elif state in _TERMINAL:
+            deque(map(live.pop, uids), maxlen=0)
+            deque(map(list.append, recs, stamps), maxlen=0)
+            finished += recs
+        return True
+
+    def _counts_of(self, backend: Any) -> dict[str, int]:
+        counts = self.by_backend.get(backend)
+        if counts is None:
+            counts = self.by_backend[backend] = _zero_counts()
+        return counts
 
     def _finished(self, recs: list[list]) -> None:
+        if not self._live:
+            self._live = {}  # a dict never shrinks: let a burst's table go
         totals: list[float] = []
         queues: list[float] = []
         runs: list[float] = []

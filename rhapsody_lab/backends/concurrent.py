@@ -67,6 +67,7 @@ class ConcurrentExecutionBackend(BaseBackend):
             self._workers = max_workers or _default_workers()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._done: deque = deque()
+        self._started: deque = deque()  # RUNNING events, emitted by the drain in one go
         self._threads: list[threading.Thread] = []
         self._procs = ProcessTable()
         self._pump_scheduled = False
@@ -156,6 +157,7 @@ class ConcurrentExecutionBackend(BaseBackend):
         claims = self._claims
         name = self._name
         done = self._done.append
+        started = self._started.append
         clock = time.time
         while True:
             task = get()
@@ -164,7 +166,7 @@ class ConcurrentExecutionBackend(BaseBackend):
             uid = task["uid"]
             if claims.setdefault(uid, slot) is _CANCELED:
                 continue
-            self.emit((clock(), uid, RUNNING, name, slot))  # read each time: attach may follow
+            started((clock(), uid, RUNNING, name, slot))
             if self._callbacks:
                 done((task, RUNNING, 0.0, slot))
             fn = task["function"]
@@ -190,8 +192,13 @@ class ConcurrentExecutionBackend(BaseBackend):
         claims = self._claims
         n = 0
         deadline = time.perf_counter() + _DRAIN_SECONDS
-        while done and n < _DRAIN_BUDGET and time.perf_counter() < deadline:
+        started = self._started
+        while (done or started) and n < _DRAIN_BUDGET and time.perf_counter() < deadline:
             entries = take_outcomes(done, _DRAIN_STEP)
+            if started:  # after taking outcomes: their tasks' RUNNING events are in it
+                self.emit_events(take_outcomes(started, len(started)))
+            if not entries:
+                break
             n += len(entries)
             if self._finish_outcomes(entries):  # the bulk of a busy run: all DONE
                 continue

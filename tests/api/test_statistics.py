@@ -68,3 +68,82 @@ def test_events_without_a_backend_name_and_mixed_backends_count():
     assert s.counts["DONE"] == 1 and s.counts["RUNNING"] == 1 and s.total_tasks == 2
     assert s.snapshot()["backends"] == {None: {"DONE": 1}, "b1": {"RUNNING": 1}}
     assert s.first_time == 1.0
+
+
+def _random_items(rng, n_tasks: int) -> list:
+    """Stream items as backends emit them: runs and single events, some of them odd."""
+    from rhapsody_lab.api.events import RUN
+    items: list = []
+    path = ("SUBMITTED", "QUEUED", "RUNNING", "DONE")
+    alive = [f"t{i}" for i in range(n_tasks)]
+    step = dict.fromkeys(alive, 0)
+    t = 100.0
+    while alive:
+        t += rng.random()
+        k = rng.randint(1, 12)
+        group = rng.sample(alive, min(k, len(alive)))
+        if rng.random() < 0.1:
+            group.append(group[0])  # a uid twice in one run
+        if rng.random() < 0.15:  # single events, some skipping or repeating a state
+            for uid in group:
+                state = rng.choice(("QUEUED", "RUNNING", "FAILED", "CANCELED"))
+                items.append((t, uid, state, rng.choice(("b1", "b2")), 0))
+                if state in ("FAILED", "CANCELED") and uid in step:
+                    alive.remove(uid)
+                    del step[uid]
+            continue
+        group = [u for u in dict.fromkeys(group) if u in step] + \
+            [u for u in group[1:] if u == group[0] and u in step]
+        states = {path[step[u]] for u in group}
+        state = path[max(step[u] for u in group)] if len(states) > 1 else states.pop()
+        times = [t + i * 1e-3 for i in range(len(group))] if rng.random() < 0.5 else t
+        slots = list(range(len(group))) if rng.random() < 0.5 else None
+        items.append((RUN, times, group, state, "b1", slots))
+        for u in dict.fromkeys(group):
+            step[u] = min(step[u] + 1, 3)
+            if state == "DONE":
+                alive.remove(u)
+                del step[u]
+    return items
+
+
+def test_folding_runs_gives_what_their_events_give():
+    import random
+
+    from rhapsody_lab.api.events import expand
+    for seed in range(30):
+        items = _random_items(random.Random(seed), 60)
+        by_runs, by_events = Statistics(), Statistics()
+        for lo in range(0, len(items), 7):  # several batches, runs between events
+            by_runs.fold_items(items[lo:lo + 7])
+            by_events(expand(items[lo:lo + 7]))
+        a, b = by_runs.snapshot(), by_events.snapshot()
+        assert a == b, seed
+        assert by_runs._live == by_events._live
+        assert by_runs.total.buckets == by_events.total.buckets
+
+
+def test_a_session_folds_runs_when_a_subscriber_takes_them():
+    import asyncio
+
+    from rhapsody_lab.api import ComputeTask, Session
+    from rhapsody_lab.backends import ConcurrentExecutionBackend
+
+    got: list = []
+
+    async def main():
+        async with Session([ConcurrentExecutionBackend(max_workers=2)]) as s:
+            s.events.subscribe(got.extend, runs=True)
+            tasks = [ComputeTask(function=int) for _ in range(500)]
+            await s.submit_tasks(tasks)
+            await s.wait_tasks(tasks)
+            s.events.drain(5)
+            return s.get_statistics()
+
+    stats = asyncio.run(main())
+    from rhapsody_lab.api.events import RUN
+    assert any(item[0] is RUN and item[3] == "RUNNING" for item in got)  # drains' runs
+    assert stats["counts"] == {"DONE": 500}
+    assert stats["summary"]["total_tasks"] == 500
+    assert stats["latencies"]["execution"]["count"] == 500
+    assert stats["latencies"]["queue"]["count"] == 500
