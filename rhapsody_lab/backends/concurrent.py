@@ -2,8 +2,9 @@
 
 Where time goes matters here (see ANCHORS.md): the event loop never creates one asyncio
 task or one ``concurrent.futures.Future`` per thread task. Worker threads pull tasks from
-one queue, fill results into the task dict, append ``(task, state, time, slot)`` to a
-completion deque and wake the loop at most once per batch; the loop finishes the batch.
+one queue, record each start (a RUNNING event) and outcome ``(task, state, time, slot)``
+in two deques and wake the loop at most once per batch; the loop's drain emits the starts
+at once (one run for an observer that takes runs) and finishes the batch.
 Process-pool functions are shipped with cloudpickle once per distinct function, and
 executables always run from driver threads (a subprocess needs no worker process).
 """
@@ -167,6 +168,8 @@ class ConcurrentExecutionBackend(BaseBackend):
             if claims.setdefault(uid, slot) is _CANCELED:
                 continue
             started((clock(), uid, RUNNING, name, slot))
+            if not self._wake_pending:  # the drain emits it: a long task shows RUNNING
+                self._wake_drain()
             if self._callbacks:
                 done((task, RUNNING, 0.0, slot))
             fn = task["function"]

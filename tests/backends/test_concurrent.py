@@ -272,3 +272,25 @@ async def test_a_replaced_emit_gets_every_event_of_a_run():
         await session.wait_tasks(tasks)
         for t in tasks:
             assert [e[2] for e in events if e[1] == t.uid] == ["QUEUED", "RUNNING", "DONE"]
+
+
+async def test_a_long_task_is_running_in_the_stream_before_it_ends():
+    """RUNNING reaches the stream from the loop's drain: a worker that starts a task wakes
+    it, so a long task shows RUNNING while it runs, with or without a run-taking observer."""
+    for observed in (False, True):
+        async with Session([ConcurrentExecutionBackend(max_workers=2)]) as session:
+            seen: list[tuple] = []
+            session.subscribe(seen.extend)
+            if observed:
+                session.events.subscribe(lambda items: None, runs=True)
+            slow = ComputeTask(function=sleep_then, args=(1.5,))
+            await session.submit_tasks([slow])
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and \
+                    session.get_statistics()["counts"].get("RUNNING") != 1:
+                await asyncio.sleep(0.02)
+            assert session.get_statistics()["counts"] == {"RUNNING": 1}, observed
+            session.events.drain(5)
+            assert (slow.uid, "RUNNING") in [(e[1], e[2]) for e in seen]
+            assert not slow.future.done()
+            await session.wait_tasks([slow])
