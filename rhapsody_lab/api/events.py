@@ -138,9 +138,10 @@ class EventStream:
 
         ``runs=True`` (threaded only): ``fn`` gets stream items, with runs of events as
         ``(RUN, times, uids, state, backend, slots)`` records (``expand`` turns them into
-        tuples); cheaper to serialise than their events one by one. The stream keeps runs
-        as records only while such a subscriber exists. ``on_runs`` (inline only): called
-        instead of ``fn`` with the items of a batch that holds runs.
+        tuples); cheaper to serialise than their events one by one. ``on_runs`` (inline
+        only): called instead of ``fn`` with the items of a batch that holds runs (the
+        session's statistics fold a run in a few C-level passes). The stream keeps runs
+        as records while a subscriber of either kind exists, else as their events.
         """
         if not callable(fn):
             from .errors import SessionError
@@ -150,10 +151,11 @@ class EventStream:
             self._inline.append(fn)
             if on_runs is not None:
                 self._inline_runs[fn] = on_runs
+                self._count_run_takers()
         else:
             self._threaded[fn] = _Threaded(fn, f"rhapsody-events-{len(self._threaded)}",
                                            runs=runs)
-            self._runs_wanted = sum(w.runs for w in self._threaded.values())
+            self._count_run_takers()
         return fn
 
     def unsubscribe(self, fn: Subscriber) -> None:
@@ -161,10 +163,15 @@ class EventStream:
         if fn in self._inline:
             self._inline.remove(fn)
             self._inline_runs.pop(fn, None)
+            self._count_run_takers()
         worker = self._threaded.pop(fn, None)
         if worker is not None:
             worker.stop()
-            self._runs_wanted = sum(w.runs for w in self._threaded.values())
+            self._count_run_takers()
+
+    def _count_run_takers(self) -> None:
+        self._runs_wanted = len(self._inline_runs) + sum(
+            w.runs for w in self._threaded.values())
 
     # -- emitting (any thread) ---------------------------------------------------------
     def emit_run(self, times: float | list, uids: list, state: str, backend: str,

@@ -56,9 +56,9 @@ def test_bulk_histogram_matches_one_by_one_and_quantiles_are_close():
     exact = sorted(max(v, 0.0) for v in values)
     for q in (0.5, 0.95, 0.99):
         true = exact[int(q * len(exact)) - 1]
-        assert true <= bulk.quantile(q) <= true * 1.13  # its bucket's upper edge: <= 12.5% up
+        assert true <= bulk.quantile(q) <= true * 1.07  # its bucket's upper edge: <= 6.25% up
     assert bulk.summary()["p50"] == one.summary()["p50"]
-    assert len(bulk.buckets) <= 8 * 42  # sparse: 8 per octave over the ~41 octaves used
+    assert len(bulk.buckets) <= 16 * 42  # sparse: 16 per octave over the ~41 octaves used
 
 
 def test_events_without_a_backend_name_and_mixed_backends_count():
