@@ -15,7 +15,9 @@ import importlib
 import itertools
 import operator
 import os
+import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from itertools import repeat, starmap
@@ -33,6 +35,11 @@ from .task import BaseTask, ComputeTask
 __all__ = ["Session"]
 
 _session_counter = itertools.count(0)
+# Where a NEW task may already have a future bound to it: submits between binding futures
+# and queueing their hand-off (any session), and sessions with hand-offs still pending.
+_binding = [0]
+_binding_lock = threading.Lock()
+_sessions: weakref.WeakSet = weakref.WeakSet()
 _CHUNK = 2_000  # tasks handed to backends between two yields to the event loop
 _HANDOFF_CHUNK = 2_000  # tasks handed to backends per step of the background hand-off
 _YIELD_AFTER = 0.005  # seconds of submit work between two yields to the event loop
@@ -69,6 +76,7 @@ class Session:
         self._closed = False
         self._services: Any = None  # a ServiceSet, created with the first service
         self._pending: list[_HandOff] = []  # big submits still being handed to backends
+        _sessions.add(self)
         self._handoffs: set[asyncio.Task] = set()
         self._gc_held = False  # this session holds the process-wide gc freeze (gcfreeze)
         self._gc_waves = False  # big submits overlapped: no freeze again until idle
@@ -273,7 +281,8 @@ class Session:
         first = tasks[0]
         if len(set(map(type, tasks))) != 1 or first.__class__ is not ComputeTask or \
                 any(map(_BACKEND, tasks)) or any(map(_OPTIONS, tasks)) or \
-                any(map(_FUTURE, tasks)) or set(map(_STATE, tasks)) != {NEW}:
+                set(map(_STATE, tasks)) != {NEW} or \
+                (self._bound_elsewhere() and any(map(_FUTURE, tasks))):
             return None
         backend = self._route(first, default)
         if all(k in backend.task_kinds for k in ("function", "executable")) and next(
@@ -286,6 +295,15 @@ class Session:
         elif list(map(_FUNCTION, tasks)).count(None) != len(tasks):
             return None
         return backend
+
+    def _bound_elsewhere(self) -> bool:
+        """Whether a NEW task given to this session may have a future bound elsewhere.
+
+        If not, a NEW task with a future can only be in this session's pending hand-off,
+        and the duplicate check after routing says so: the uniform route then skips its
+        pass over every task's future.
+        """
+        return bool(_binding[0]) or any(s._pending for s in list(_sessions) if s is not self)
 
     async def submit_tasks(self, tasks: Iterable[BaseTask]) -> list[asyncio.Future]:
         """Route and queue ``tasks``; return their futures (in order) once accepted.
@@ -350,6 +368,17 @@ class Session:
                 await backend.initialize()
         for task, backend in to_check:  # a running backend knows its resources
             backend.check_task(task)
+        with _binding_lock:  # until the hand-off is queued (see _bound_elsewhere)
+            _binding[0] += 1
+        try:
+            return await self._bind_and_hand_off(tasks, routed, uids, loop, last_yield)
+        finally:
+            with _binding_lock:
+                _binding[0] -= 1
+
+    async def _bind_and_hand_off(self, tasks: list, routed: list, uids: set[str],
+                                 loop: asyncio.AbstractEventLoop, last_yield: float
+                                 ) -> list[asyncio.Future]:
         # 2. bind a future to every task; the first ones become SUBMITTED now, the rest as
         #    they are handed over (stamped with this call's time)
         factory_loop, create = self._future_factory

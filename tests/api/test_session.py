@@ -146,6 +146,27 @@ async def test_resubmission_and_duplicate_uids_are_refused():
         await session.wait_tasks([t])
 
 
+async def test_tasks_waiting_for_their_hand_off_cannot_be_submitted_again():
+    """A big submit binds every future at once and hands tasks over in the background:
+    tasks still NEW there are refused by this session and by another one (the uniform
+    route skips its pass over futures only when no other submit or hand-off is pending)."""
+    async with Session([ConcurrentExecutionBackend(max_workers=2)]) as a, \
+            Session([ConcurrentExecutionBackend(max_workers=2)]) as b:
+        tasks = [ComputeTask(function=int) for _ in range(3000)]
+        await a.submit_tasks(tasks)  # the first ones handed over, the rest pending
+        later = tasks[-200:]
+        assert {t.state for t in later} == {"NEW"} and a._pending
+        for session in (a, b):
+            with pytest.raises(SessionError, match="already submitted"):
+                await session.submit_tasks(later)
+        await a.wait_tasks(tasks)
+        assert {t.state for t in tasks} == {"DONE"}
+        fresh = [ComputeTask(function=int) for _ in range(200)]
+        await b.submit_tasks(fresh)  # nothing pending anywhere: the short route
+        await b.wait_tasks(fresh)
+        assert {t.state for t in fresh} == {"DONE"}
+
+
 async def test_closed_session_and_bad_backends():
     session = Session()
     with pytest.raises(SessionError, match="no backend"):
