@@ -14,6 +14,7 @@ import functools
 import queue
 import time
 import traceback
+from array import array
 from collections import deque
 from itertools import repeat
 from operator import is_, itemgetter, setitem
@@ -33,7 +34,6 @@ _NO_KWARGS: dict = {}  # shared empty kwargs of the items sent to the pool (neve
 _POPLEFT = deque.popleft
 _UID, _FUNCTION = itemgetter("uid"), itemgetter("function")
 _ARGS, _KWARGS = itemgetter("args"), itemgetter("kwargs")
-_OK, _STARTED, _ENDED, _VALUE = (itemgetter(i) for i in range(4))  # a worker's outcome
 _CHUNK = 1024          # most native tasks in one pool call
 _CHUNK_SECONDS = 0.05  # aim for chunks of about this much work once task times are known
 
@@ -216,23 +216,16 @@ class NativePoolMixin:
             return
         pid, outs = result
         self.seen_pids.add(pid)
-        if outs:
-            per_task = max(1e-6, (outs[-1][2] - outs[0][1]) / len(outs))
-            est = self._task_seconds
-            # smooth small changes; follow a change of more than 4x at once (the first
-            # chunks of null tasks would otherwise stay tiny for a dozen round trips)
-            self._task_seconds = per_task if not est / 4 < per_task < est * 4 \
-                else 0.5 * est + 0.5 * per_task
-        if len(outs) == len(tasks) and all(map(_OK, outs)) and \
-                all(map(is_, map(_VALUE, outs), repeat(None))):
-            # every task returned None (null tasks, side effects): record them at once
-            self.emit_run(list(map(_STARTED, outs)), list(map(_UID, tasks)), RUNNING,
-                          self._name, pid)
-            for field, value in (("return_value", None), ("stdout", "None"), ("exit_code", 0)):
-                deque(map(setitem, tasks, repeat(field), repeat(value)), maxlen=0)
-            self._done.extend(zip(tasks, repeat(DONE), map(_ENDED, outs), repeat(pid)))
-            self._wake_drain()
+        if outs.__class__ is tuple:  # every task returned None: start and end times
+            starts, ends = array("d"), array("d")
+            starts.frombytes(outs[0])
+            ends.frombytes(outs[1])
+            if ends:
+                self._learn(ends[-1] - starts[0], len(ends))
+            self._null_chunk_done(tasks, starts.tolist(), ends.tolist(), pid)
             return
+        if outs:
+            self._learn(outs[-1][2] - outs[0][1], len(outs))
         emit, name, done = self.emit, self._name, self._done.append
         for task, (ok, t0, t1, value, tb) in zip(tasks, outs, strict=True):
             emit((t0, task["uid"], RUNNING, name, pid))
@@ -252,6 +245,31 @@ class NativePoolMixin:
                 task["stderr"] = tb or repr(value)
                 task["exit_code"] = 1
                 done((task, FAILED, t1, pid))
+        self._wake_drain()
+
+    def _learn(self, seconds: float, n: int) -> None:
+        """Update the running estimate of one task's time from a chunk's span."""
+        per_task = max(1e-6, seconds / n)
+        est = self._task_seconds
+        # smooth small changes; follow a change of more than 4x at once (the first
+        # chunks of null tasks would otherwise stay tiny for a dozen round trips)
+        self._task_seconds = per_task if not est / 4 < per_task < est * 4 \
+            else 0.5 * est + 0.5 * per_task
+
+    def _null_chunk_done(self, tasks: list, starts: list, ends: list, pid: int) -> None:
+        """Every task of a chunk returned None (null tasks, side effects): record them at
+        once (the lengths must match, or the chunk fails: never a task left behind)."""
+        if not len(starts) == len(ends) == len(tasks):
+            now = time.time()
+            err = BackendError(self._name, f"a pool worker returned {len(ends)} outcomes "
+                               f"for {len(tasks)} tasks")
+            self._done.extend((task, record_failure(task, err), now, pid) for task in tasks)
+            self._wake_drain()
+            return
+        self.emit_run(starts, list(map(_UID, tasks)), RUNNING, self._name, pid)
+        for field, value in (("return_value", None), ("stdout", "None"), ("exit_code", 0)):
+            deque(map(setitem, tasks, repeat(field), repeat(value)), maxlen=0)
+        self._done.extend(zip(tasks, repeat(DONE), ends, repeat(pid)))
         self._wake_drain()
 
     def _chunk_failed(self, cid: int, exc: BaseException, lost: bool = False) -> None:

@@ -15,6 +15,7 @@ import pickle
 import sys
 import time
 import traceback
+from array import array
 from typing import Any
 
 #: Marks the line a function rank writes its pickled outcome on (after its own output).
@@ -89,34 +90,43 @@ def init_worker(startq: Any) -> None:
     _startq, _host = startq, socket.gethostname()
 
 
-def run_chunk(token: str, blobs: dict, items: list, cid: int = 0) -> tuple[int, list]:
+def run_chunk(token: str, blobs: dict, items: list, cid: int = 0) -> tuple[int, Any]:
     """Run ``items`` ``[(fid, args, kwargs), ...]`` in this pool worker.
 
-    Returns ``(pid, [(ok, start, end, value_or_exception, traceback_text), ...])``.
+    Returns ``(pid, outcomes)``: ``outcomes`` is ``[(ok, start, end, value_or_exception,
+    traceback_text), ...]``, or, when every task returned None, ``(starts, ends)`` as the
+    bytes of two ``array("d")`` (a null chunk crosses back in two small buffers).
     """
     if _startq is not None:
         _startq.put((cid, os.getpid(), _host))
-    out = []
-    append = out.append
+    starts: list[float] = []
+    ends: list[float] = []
+    other: dict[int, tuple] = {}  # index -> (ok, value, traceback): not a plain None
+    begin, end = starts.append, ends.append
     clock = time.time
     fid_now, fn = None, None
-    for fid, args, kwargs in items:
+    for i, (fid, args, kwargs) in enumerate(items):
         t0 = clock()
+        begin(t0)
         try:
             if fid != fid_now:  # a chunk is mostly one function: look it up once
                 fn = _load(token, fid, blobs[fid])
                 fid_now = fid
             value = fn(*args, **kwargs)
             if value is None:  # the common case needs no conversion
-                append((True, t0, clock(), None, None))
+                end(clock())
                 continue
             if asyncio.iscoroutine(value):
                 value = asyncio.run(value)
-            append((True, t0, clock(), _portable(value), None))
+            other[i] = (True, _portable(value), None)
         except BaseException as exc:
-            append((False, t0, clock(), _portable_exc(exc),
-                    "".join(traceback.format_exception(exc))))
-    return os.getpid(), out
+            other[i] = (False, _portable_exc(exc), "".join(traceback.format_exception(exc)))
+        end(clock())
+    if not other:
+        return os.getpid(), (array("d", starts).tobytes(), array("d", ends).tobytes())
+    none = (True, None, None)
+    return os.getpid(), [(ok, t0, t1, value, tb) for (ok, value, tb), t0, t1 in zip(
+        (other.get(i, none) for i in range(len(starts))), starts, ends, strict=True)]
 
 
 def process_main(blob: bytes, args: tuple, kwargs: dict) -> None:

@@ -255,3 +255,5 @@ def test_chunks_of_one_function_without_arguments(modes):
     assert r["null_stdout"] == ["None"] and r["null_codes"] == [0], r
     assert r["pid_states"] == ["DONE"] and r["pids_ok"], r
     assert r["done_count"] >= 3500, r
+    r = modes["mixed"]
+    assert r["wrong"] == [] and r["failed_key"] == ["KeyError(7)"], r

@@ -57,6 +57,13 @@ def nothing():
     return None
 
 
+def sometimes(i):
+    """None for even i, i*i for odd, raises for i % 50 == 7: a chunk of mixed outcomes."""
+    if i % 50 == 7:
+        raise KeyError(i)
+    return None if i % 2 == 0 else i * i
+
+
 def sleeper(s):
     time.sleep(s)
     return "woke"
@@ -149,6 +156,14 @@ async def main():
                pids_ok=all(isinstance(t.return_value, int) and t.stdout == str(t.return_value)
                            for t in pids),
                done_count=s.get_statistics()["counts"]["DONE"])
+        # a chunk of mixed outcomes: each one reaches its own task
+        mixed = [ComputeTask(function=sometimes, args=(i,)) for i in range(400)]
+        await s.submit_tasks(mixed)
+        await s.wait_tasks(mixed, timeout=60)
+        report("mixed", wrong=[i for i, t in enumerate(mixed) if (
+            (t.state, t.return_value) != ("FAILED", None) if i % 50 == 7 else
+            (t.state, t.return_value) != ("DONE", None if i % 2 == 0 else i * i))],
+            failed_key=[repr(t.exception) for t in mixed if t.state == "FAILED"][:1])
         # values and functions the standard pickle refuses
         lock = threading.Lock()
 
