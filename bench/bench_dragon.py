@@ -1,6 +1,6 @@
 """Null function tasks through DragonExecutionBackendV3 vs raw Dragon, in one Dragon run.
 
-    .venv/bin/python bench/bench_dragon.py [--n 5000] [--reps 7] [--no-rhapsody]
+    .venv/bin/python bench/bench_dragon.py [--n 5000] [--reps 15] [--no-rhapsody]
 
 Started with plain python it launches itself under ``dragon -s`` (timing the runtime's
 start-up and teardown from outside) and prints the measurements as ratios to the raw
@@ -260,7 +260,7 @@ def outer(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5000)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-rhapsody", dest="rhapsody", action="store_false")
     ap.add_argument("--rhapsody-n", type=int, default=60)
