@@ -231,6 +231,11 @@ def outer(args: argparse.Namespace) -> None:
                                zip(rec["ours_direct"], rec["raw_pool_map"], strict=True))
     print(f"  the backend alone (no Session)   {d:10.0f} tasks/s   {d / raw_map:.3f}x "
           f"(median of per-rep ratios {pair_d:.3f}x)")
+    for kind, label in (("raw_pool_map", "raw map"), ("ours", "ours")):
+        rates = sorted(d["n"] / d["seconds"] for d in rec[kind])
+        q1, q3 = rates[len(rates) // 4], rates[(3 * len(rates)) // 4]
+        print(f"  spread of {label:7s} tasks/s: min {rates[0]:8.0f}  quartiles {q1:8.0f} "
+              f"{q3:8.0f}  max {rates[-1]:8.0f}  (max/min {rates[-1] / rates[0]:.1f})")
     print("  per rep (raw map, ours) tasks/s: " + ", ".join(
         f"({m['n'] / m['seconds']:.0f}, {r['n'] / r['seconds']:.0f})"
         for r, m in zip(rec["ours"], rec["raw_pool_map"], strict=True)))
