@@ -15,9 +15,7 @@ import importlib
 import itertools
 import operator
 import os
-import threading
 import time
-import weakref
 from collections import deque
 from collections.abc import Iterable
 from itertools import repeat, starmap
@@ -35,11 +33,10 @@ from .task import BaseTask, ComputeTask
 __all__ = ["Session"]
 
 _session_counter = itertools.count(0)
-# Where a NEW task may already have a future bound to it: submits between binding futures
-# and queueing their hand-off (any session), and sessions with hand-offs still pending.
-_binding = [0]
-_binding_lock = threading.Lock()
-_sessions: weakref.WeakSet = weakref.WeakSet()
+# The uids of every submit_tasks call (any session of this process) from its last check
+# until all its tasks are with their backends: a NEW task with a future bound to it is in
+# one of these, so a second submit of it is refused without a pass over futures.
+_claimed: list[_Claim] = []
 _CHUNK = 2_000  # tasks handed to backends between two yields to the event loop
 _HANDOFF_CHUNK = 2_000  # tasks handed to backends per step of the background hand-off
 _YIELD_AFTER = 0.005  # seconds of submit work between two yields to the event loop
@@ -76,7 +73,6 @@ class Session:
         self._closed = False
         self._services: Any = None  # a ServiceSet, created with the first service
         self._pending: list[_HandOff] = []  # big submits still being handed to backends
-        _sessions.add(self)
         self._handoffs: set[asyncio.Task] = set()
         self._gc_held = False  # this session holds the process-wide gc freeze (gcfreeze)
         self._gc_waves = False  # big submits overlapped: no freeze again until idle
@@ -281,9 +277,8 @@ class Session:
         first = tasks[0]
         if len(set(map(type, tasks))) != 1 or first.__class__ is not ComputeTask or \
                 any(map(_BACKEND, tasks)) or any(map(_OPTIONS, tasks)) or \
-                set(map(_STATE, tasks)) != {NEW} or \
-                (self._bound_elsewhere() and any(map(_FUTURE, tasks))):
-            return None
+                set(map(_STATE, tasks)) != {NEW}:
+            return None  # (a bound future: see _claim)
         backend = self._route(first, default)
         if all(k in backend.task_kinds for k in ("function", "executable")) and next(
                 b for b in self.backends.values() if "executable" in b.task_kinds
@@ -295,15 +290,6 @@ class Session:
         elif list(map(_FUNCTION, tasks)).count(None) != len(tasks):
             return None
         return backend
-
-    def _bound_elsewhere(self) -> bool:
-        """Whether a NEW task given to this session may have a future bound elsewhere.
-
-        If not, a NEW task with a future can only be in this session's pending hand-off,
-        and the duplicate check after routing says so: the uniform route then skips its
-        pass over every task's future.
-        """
-        return bool(_binding[0]) or any(s._pending for s in list(_sessions) if s is not self)
 
     async def submit_tasks(self, tasks: Iterable[BaseTask]) -> list[asyncio.Future]:
         """Route and queue ``tasks``; return their futures (in order) once accepted.
@@ -340,6 +326,7 @@ class Session:
         uids: set[str] = set()
         used: set[BaseBackend] = set()
         last_yield = time.perf_counter()
+        yielded = False  # other code ran meanwhile: the route's checks may be stale
         for start in range(0, len(tasks), _CHUNK):
             part = tasks[start:start + _CHUNK]
             route = self._route_all(part, to_check)
@@ -352,31 +339,47 @@ class Session:
             if time.perf_counter() - last_yield > _YIELD_AFTER:
                 await asyncio.sleep(0)  # a huge call must not freeze the loop (or a notebook)
                 last_yield = time.perf_counter()
-        if len(uids) != len(tasks) or any(not b._live.keys().isdisjoint(uids)
-                                           for b in used) or \
-                any(not job.uids.isdisjoint(uids) for job in self._pending):
-            again = next((t for t in tasks if t._future is not None), None)
-            if again is not None:  # the same task object, still waiting for its hand-off
+                yielded = True
+        for backend in used:
+            if not backend.is_running:
+                await backend.initialize()
+                yielded = True
+        for task, backend in to_check:  # a running backend knows its resources
+            backend.check_task(task)
+        claim = self._claim(tasks, uids, used, yielded)
+        try:
+            return await self._bind_and_hand_off(tasks, routed, claim, loop, last_yield)
+        finally:
+            if claim.owner is None:  # no background hand-off took it over
+                _unclaim(claim)
+
+    def _claim(self, tasks: list, uids: set[str], used: set[BaseBackend], yielded: bool
+               ) -> _Claim:
+        """Refuse a task already submitted or a uid in use, else claim the uids: check and
+        claim in one step (no await), so two concurrent submits never both pass."""
+        clash = [c for c in _claimed if not c.uids.isdisjoint(uids)]
+        if clash and any(c.session is not self for c in clash):
+            mine = set(map(id, tasks))  # uids are per session: other sessions clash only
+            clash = [c for c in clash if c.session is self or  # by the same task objects
+                     not mine.isdisjoint(map(id, c.tasks))]
+        if clash or len(uids) != len(tasks) or \
+                any(not b._live.keys().isdisjoint(uids) for b in used) or \
+                (yielded and (any(map(_FUTURE, tasks)) or set(map(_STATE, tasks)) != {NEW})):
+            theirs = {id(t) for c in clash for t in c.tasks}
+            again = next((t for t in tasks if id(t) in theirs or t._future is not None
+                          or t["state"] != NEW), None)
+            if again is not None:  # the same task object, in flight or finished
                 raise SessionError(
                     f"task {again['uid']} was already submitted (state {again['state']}); "
                     "create a new task to run the same work again")
             raise TaskValidationError(self._duplicate_uid(tasks), "another task with this "
                                       "uid is already submitted; leave uid unset for an "
                                       "automatic one", field="uid")
-        for backend in used:
-            if not backend.is_running:
-                await backend.initialize()
-        for task, backend in to_check:  # a running backend knows its resources
-            backend.check_task(task)
-        with _binding_lock:  # until the hand-off is queued (see _bound_elsewhere)
-            _binding[0] += 1
-        try:
-            return await self._bind_and_hand_off(tasks, routed, uids, loop, last_yield)
-        finally:
-            with _binding_lock:
-                _binding[0] -= 1
+        claim = _Claim(self, uids, tasks)
+        _claimed.append(claim)
+        return claim
 
-    async def _bind_and_hand_off(self, tasks: list, routed: list, uids: set[str],
+    async def _bind_and_hand_off(self, tasks: list, routed: list, claim: _Claim,
                                  loop: asyncio.AbstractEventLoop, last_yield: float
                                  ) -> list[asyncio.Future]:
         # 2. bind a future to every task; the first ones become SUBMITTED now, the rest as
@@ -396,22 +399,13 @@ class Session:
             for task, fut in zip(tasks, futures, strict=True):
                 bind(task, fut)
         else:
-            pause = self._gc_held and gc.isenabled()  # these futures get frozen: no scans
-            for start in range(0, len(tasks), _CHUNK):
-                if pause:
-                    gc.disable()
-                try:
-                    part = list(starmap(create, repeat((), min(_CHUNK, len(tasks) - start))))
-                    deque(map(bind, tasks[start:start + _CHUNK], part),
-                          maxlen=0)  # task._future = fut, at C speed
-                finally:
-                    if pause:  # freeze them before the collector sees them (no gen-0 scan)
-                        gcfreeze.refreeze(self)
-                        gc.enable()
-                futures += part
-                if time.perf_counter() - last_yield > _YIELD_AFTER:
-                    await asyncio.sleep(0)
-                    last_yield = time.perf_counter()
+            try:
+                await self._bind_chunks(tasks, futures, create, last_yield)
+            except BaseException:  # canceled (or out of memory) while binding: the caller
+                deque(map(bind, tasks, repeat(None)), maxlen=0)  # never got the futures,
+                for fut in futures:  # so the tasks stay NEW and unbound, as given
+                    fut.cancel()
+                raise
         if self._gc_held:
             gcfreeze.refreeze(self)  # the futures live as long as the tasks
         # 3. hand the first tasks over now, the rest in the background
@@ -419,12 +413,33 @@ class Session:
         self._mark_submitted(tasks[:first], routed[:first], now)
         await self._hand_off(tasks[:first], routed[:first])
         if len(tasks) > first:
-            pending = _HandOff(uids, tasks[first:], routed[first:])
+            pending = claim.owner = _HandOff(claim, tasks[first:], routed[first:])
             self._pending.append(pending)
             job = loop.create_task(self._hand_off_all(pending, now))
             self._handoffs.add(job)
             job.add_done_callback(self._handoffs.discard)
         return futures
+
+    async def _bind_chunks(self, tasks: list, futures: list, create: Any,
+                           last_yield: float) -> None:
+        """Bind a new future to every task, chunk by chunk (yielding now and then)."""
+        bind = _BIND_FUTURE
+        pause = self._gc_held and gc.isenabled()  # these futures get frozen: no scans
+        for start in range(0, len(tasks), _CHUNK):
+            if pause:
+                gc.disable()
+            try:
+                part = list(starmap(create, repeat((), min(_CHUNK, len(tasks) - start))))
+                deque(map(bind, tasks[start:start + _CHUNK], part),
+                      maxlen=0)  # task._future = fut, at C speed
+            finally:
+                if pause:  # freeze them before the collector sees them (no gen-0 scan)
+                    gcfreeze.refreeze(self)
+                    gc.enable()
+            futures += part
+            if time.perf_counter() - last_yield > _YIELD_AFTER:
+                await asyncio.sleep(0)
+                last_yield = time.perf_counter()
 
     def _mark_submitted(self, tasks: list, routed: list, now: float) -> None:
         if not tasks:
@@ -487,6 +502,7 @@ class Session:
                 await self._hand_off(part, routed)
         finally:
             self._pending.remove(job)
+            _unclaim(job.claim)
 
     async def wait_tasks(self, tasks: Iterable[BaseTask], timeout: float | None = None
                          ) -> list[BaseTask]:
@@ -627,6 +643,7 @@ class Session:
                 if task["state"] == NEW:
                     self._cancel_unhanded(task, backend, "session closed before it reached "
                                           "its backend")
+            _unclaim(pending.claim)  # its job may be canceled before it ever ran
         results = await asyncio.gather(*(b.shutdown() for b in self.backends.values()),
                                        return_exceptions=True)
         if self._services is not None:
@@ -671,13 +688,33 @@ async def _wait_all(futs: list[asyncio.Future], timeout: float | None, total: in
                 "finished")
 
 
+def _unclaim(claim: _Claim) -> None:
+    try:
+        _claimed.remove(claim)
+    except ValueError:
+        pass  # already dropped (a closed session's)
+
+
+class _Claim:
+    """The uids of one ``submit_tasks`` call until its tasks are with their backends."""
+
+    __slots__ = ("owner", "session", "tasks", "uids")
+
+    def __init__(self, session: Session, uids: set[str], tasks: list):
+        self.session = session
+        self.uids = uids
+        self.tasks = tasks
+        self.owner: _HandOff | None = None  # the background hand-off, once it takes over
+
+
 class _HandOff:
     """The part of one big ``submit_tasks`` call not yet handed to its backends."""
 
-    __slots__ = ("next", "routed", "tasks", "uids")
+    __slots__ = ("claim", "next", "routed", "tasks", "uids")
 
-    def __init__(self, uids: set[str], tasks: list, routed: list):
-        self.uids = uids
+    def __init__(self, claim: _Claim, tasks: list, routed: list):
+        self.claim = claim
+        self.uids = claim.uids
         self.tasks = tasks
         self.routed = routed
         self.next = 0

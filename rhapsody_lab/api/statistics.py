@@ -247,6 +247,8 @@ class Statistics:
         event-by-event path: a task new here outside a SUBMITTED run, tasks coming from
         different states, a repeated state or a uid twice in the run."""
         n = len(uids)
+        if not n:
+            return True  # an empty run: no events
         live = self._live
         stamps = times if times.__class__ is list else [times] * n
         if state == "SUBMITTED":

@@ -224,6 +224,9 @@ class NativePoolMixin:
                 self._learn(ends[-1] - starts[0], len(ends))
             self._null_chunk_done(tasks, starts.tolist(), ends.tolist(), pid)
             return
+        if len(outs) != len(tasks):
+            self._fail_short_chunk(tasks, len(outs), pid)
+            return
         if outs:
             self._learn(outs[-1][2] - outs[0][1], len(outs))
         emit, name, done = self.emit, self._name, self._done.append
@@ -260,16 +263,21 @@ class NativePoolMixin:
         """Every task of a chunk returned None (null tasks, side effects): record them at
         once (the lengths must match, or the chunk fails: never a task left behind)."""
         if not len(starts) == len(ends) == len(tasks):
-            now = time.time()
-            err = BackendError(self._name, f"a pool worker returned {len(ends)} outcomes "
-                               f"for {len(tasks)} tasks")
-            self._done.extend((task, record_failure(task, err), now, pid) for task in tasks)
-            self._wake_drain()
+            self._fail_short_chunk(tasks, min(len(starts), len(ends)), pid)
             return
         self.emit_run(starts, list(map(_UID, tasks)), RUNNING, self._name, pid)
         for field, value in (("return_value", None), ("stdout", "None"), ("exit_code", 0)):
             deque(map(setitem, tasks, repeat(field), repeat(value)), maxlen=0)
         self._done.extend(zip(tasks, repeat(DONE), ends, repeat(pid)))
+        self._wake_drain()
+
+    def _fail_short_chunk(self, tasks: list, n: int, pid: int) -> None:
+        """A worker returned ``n`` outcomes for a chunk of another length: fail the chunk
+        (which outcome is whose is unknown; never a task left without one)."""
+        now = time.time()
+        err = BackendError(self._name, f"a pool worker returned {n} outcomes for "
+                           f"{len(tasks)} tasks")
+        self._done.extend((task, record_failure(task, err), now, pid) for task in tasks)
         self._wake_drain()
 
     def _chunk_failed(self, cid: int, exc: BaseException, lost: bool = False) -> None:

@@ -148,8 +148,8 @@ async def test_resubmission_and_duplicate_uids_are_refused():
 
 async def test_tasks_waiting_for_their_hand_off_cannot_be_submitted_again():
     """A big submit binds every future at once and hands tasks over in the background:
-    tasks still NEW there are refused by this session and by another one (the uniform
-    route skips its pass over futures only when no other submit or hand-off is pending)."""
+    tasks still NEW there are refused by this session and by another one (their uids stay
+    claimed until the hand-off ends)."""
     async with Session([ConcurrentExecutionBackend(max_workers=2)]) as a, \
             Session([ConcurrentExecutionBackend(max_workers=2)]) as b:
         tasks = [ComputeTask(function=int) for _ in range(3000)]
@@ -165,6 +165,63 @@ async def test_tasks_waiting_for_their_hand_off_cannot_be_submitted_again():
         await b.submit_tasks(fresh)  # nothing pending anywhere: the short route
         await b.wait_tasks(fresh)
         assert {t.state for t in fresh} == {"DONE"}
+
+
+@pytest.mark.parametrize(("n", "yield_after"), [(40_000, None), (300, 0.0), (60, 0.0)])
+async def test_concurrent_submits_of_the_same_tasks(monkeypatch, n, yield_after):
+    """Two submit_tasks calls of one list at once (each may pause while routing or binding):
+    exactly one is accepted, and every one of its futures resolves."""
+    import rhapsody_lab.api.session as session_module
+    if yield_after is not None:  # pause after every chunk, as a huge call does
+        monkeypatch.setattr(session_module, "_YIELD_AFTER", yield_after)
+    async with Session([ConcurrentExecutionBackend(max_workers=2)]) as s, \
+            Session([ConcurrentExecutionBackend(max_workers=2)]) as other:
+        tasks = [ComputeTask(function=int) for _ in range(n)]
+        results = await asyncio.gather(s.submit_tasks(tasks), s.submit_tasks(tasks),
+                                       other.submit_tasks(tasks), return_exceptions=True)
+        accepted = [r for r in results if isinstance(r, list)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(accepted) == 1 and len(refused) == 2, results
+        assert all(isinstance(e, SessionError) and "already submitted" in str(e)
+                   for e in refused)
+        await asyncio.wait_for(asyncio.gather(*accepted[0]), 60)
+        assert {t.state for t in tasks} == {"DONE"}
+        assert not session_module._claimed
+
+
+async def test_a_canceled_submit_leaves_its_tasks_unbound(monkeypatch):
+    """Canceling submit_tasks while it binds futures: the caller never got them, so the
+    tasks stay NEW and unbound, and a later submit of them runs them all."""
+    import rhapsody_lab.api.session as session_module
+    monkeypatch.setattr(session_module, "_YIELD_AFTER", 0.0)
+    async with Session([ConcurrentExecutionBackend(max_workers=2)]) as s:
+        tasks = [ComputeTask(function=int) for _ in range(5000)]
+        job = asyncio.ensure_future(s.submit_tasks(tasks))
+        while tasks[0]._future is None:
+            await asyncio.sleep(0)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        assert {t.state for t in tasks} == {"NEW"}
+        assert all(t._future is None for t in tasks) and not session_module._claimed
+        await s.submit_tasks(tasks[:20])
+        with pytest.raises(SessionError, match="already submitted"):
+            await s.submit_tasks(tasks)  # holds the 20 just submitted
+        await s.submit_tasks(tasks[20:])
+        await s.wait_tasks(tasks)
+        assert {t.state for t in tasks} == {"DONE"}
+
+
+async def test_the_same_uid_in_two_sessions_at_once():
+    """uids are per session: other task objects with the same explicit uids may be
+    submitted to another session while the first submit is still handing over."""
+    async with Session([ConcurrentExecutionBackend(max_workers=2)]) as a, \
+            Session([ConcurrentExecutionBackend(max_workers=2)]) as b:
+        first = [ComputeTask(function=int, uid=f"t{i}") for i in range(3000)]
+        second = [ComputeTask(function=int, uid=f"t{i}") for i in range(3000)]
+        await asyncio.gather(a.submit_tasks(first), b.submit_tasks(second))
+        await asyncio.gather(a.wait_tasks(first), b.wait_tasks(second))
+        assert {t.state for t in first + second} == {"DONE"}
 
 
 async def test_closed_session_and_bad_backends():

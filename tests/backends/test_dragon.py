@@ -257,3 +257,25 @@ def test_chunks_of_one_function_without_arguments(modes):
     assert r["done_count"] >= 3500, r
     r = modes["mixed"]
     assert r["wrong"] == [] and r["failed_key"] == ["KeyError(7)"], r
+
+
+@pytest.mark.parametrize("outcomes", [
+    [(True, 1.0, 2.0, 5, None)],  # a list of outcomes, one short
+    (b"", b""),  # a null chunk's start and end times, all missing
+])
+def test_a_chunk_with_outcomes_missing_fails_every_task_of_it(outcomes):
+    """A pool result whose length differs from its chunk's fails the whole chunk, saying
+    so (which outcome is whose is unknown): no task is left without an outcome. This runs
+    the result callback alone, beside the real chunks of test_chunks_of_one_function..."""
+    from rhapsody_lab.api import ComputeTask
+    from rhapsody_lab.backends import DragonExecutionBackendV3
+    backend = DragonExecutionBackendV3(num_workers=1)
+    tasks = [dict(ComputeTask(function=int)) for _ in range(2)]
+    backend._chunks[7] = (tasks, False, {}, [])
+    backend._wake_pending = True  # no loop here: a drain counts as already scheduled
+    backend._chunk_done(7, (4242, outcomes))
+    states = [(t["uid"], state) for t, state, _when, _pid in backend._done]
+    assert states == [(t["uid"], "FAILED") for t in tasks]
+    assert all("returned" in str(t["exception"]) and "for 2 tasks" in str(t["exception"])
+               for t in tasks)
+    assert 7 not in backend._chunks
