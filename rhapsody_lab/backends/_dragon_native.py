@@ -1,16 +1,15 @@
-"""Native function mode of the Dragon backend: a feeder thread, the Dragon pool, a watcher.
+"""Native function mode of the Dragon backend: a feeder thread, worker processes, a watcher.
 
 Mixed into ``DragonExecutionBackendV3`` (which owns the attributes used here). The feeder
 packs queued tasks into chunks (about ``_CHUNK_SECONDS`` of work each by a running estimate,
-at most ``_CHUNK``), each function cloudpickled once; the pool's result thread records a
-chunk's outcomes and wakes the loop once. Workers announce ``(chunk, pid, host)`` when they
-start a chunk, so the watcher can tell when a worker died under a chunk (Dragon's pool
-restarts the worker but silently drops its job).
+at most ``_CHUNK``), each function cloudpickled once, and queues them for the workers
+(``_dragon_pool.ChunkWorkers``); the result thread records a chunk's outcomes and wakes the
+loop once. Workers say which chunk they start, so the watcher can tell when a worker died
+under a chunk: it reruns or fails that chunk and starts a new worker.
 """
 
 from __future__ import annotations
 
-import functools
 import queue
 import time
 import traceback
@@ -41,7 +40,7 @@ _CHUNK_SECONDS = 0.05  # aim for chunks of about this much work once task times 
 class NativePoolMixin:
     """The native-function path; see the module docstring."""
 
-    # -- native functions: feeder thread -> Dragon pool -> result thread -----------------
+    # -- native functions: feeder thread -> worker processes -> result thread -------------
     def _fid(self, fn: Any) -> tuple[int, bytes]:
         """``(id, cloudpickled blob)`` of a function, pickled once per function."""
         with self._fid_lock:
@@ -68,7 +67,7 @@ class NativePoolMixin:
         return fid
 
     def _feed(self) -> None:
-        """Feeder thread: queued lists of tasks (a submit's natives) -> chunks -> the pool."""
+        """Feeder thread: queued lists of tasks (a submit's natives) -> chunks -> workers."""
         get, get_nowait = self._native_q.get, self._native_q.get_nowait
         pending: deque = deque()
         stop = False
@@ -96,7 +95,7 @@ class NativePoolMixin:
             size = min(_CHUNK, max(1, int(_CHUNK_SECONDS / self._task_seconds)))
             batch = list(map(_POPLEFT, repeat(pending, min(size, len(pending)))))
             tasks, blobs, items = self._uniform_chunk(batch) or self._chunk_items(batch)
-            if not tasks or self._pool is None:
+            if not tasks or self._workers_set is None:
                 self._inflight.release()
                 self._wake_drain()
                 continue
@@ -149,16 +148,12 @@ class NativePoolMixin:
         return tasks, blobs, items
 
     def _send(self, tasks: list, blobs: dict, items: list, permit: bool) -> None:
-        from ._dragon_worker import run_chunk
         with self._fid_lock:
             self._next_chunk += 1
             cid = self._next_chunk
         self._chunks[cid] = (tasks, permit, blobs, items)
         try:
-            self._pool.apply_async(
-                run_chunk, (self._token, blobs, items, cid),
-                callback=functools.partial(self._chunk_done, cid),
-                error_callback=functools.partial(self._chunk_failed, cid))
+            self._workers_set.submit(cid, self._token, blobs, items)
         except Exception as exc:
             self._chunk_failed(cid, exc)
 
@@ -172,27 +167,19 @@ class NativePoolMixin:
         return entry[0]
 
     def _watch(self) -> None:
-        """Fail the chunk of a pool worker that died (the pool restarts the worker but
-        drops its job). Workers report ``(chunk, pid, host)`` when they start a chunk."""
-        import socket
-        host = socket.gethostname()
-        started: dict[int, tuple] = {}
-        q = self._startq
+        """Rerun or fail the chunk of a worker that died, and start a new worker. Workers
+        say which chunk they start (``ChunkWorkers.take_starts``)."""
+        workers = self._workers_set
+        started: dict[int, int] = {}  # chunk id -> worker index
         while not self._stopping:
-            # a blocking Dragon get polls; sleeping between drains leaves the GIL to the
-            # threads that dispatch tasks
-            time.sleep(0.3)
-            while True:
-                try:
-                    cid, pid, where = q.get(block=False)
-                except Exception:  # queue.Empty (or the runtime going away)
-                    break
-                if cid in self._chunks:
-                    started[cid] = (pid, where)
-            for cid, (pid, where) in list(started.items()):
-                if cid not in self._chunks:
-                    del started[cid]
-                elif where == host and not _pid_alive(pid):
+            time.sleep(0.3)  # a few checks a second: the dispatching threads keep the GIL
+            for cid, index in workers.take_starts():
+                started[cid] = index
+            for cid in [c for c in started if c not in self._chunks]:
+                del started[cid]  # its outcomes arrived
+            for index in workers.dead():
+                pid = workers.pid(index)
+                for cid in [c for c, i in started.items() if i == index]:
                     del started[cid]
                     entry = self._chunks.get(cid)
                     if entry is not None and len(entry[0]) > 1 and not self._stopping:
@@ -207,9 +194,10 @@ class NativePoolMixin:
                     self._chunk_failed(cid, BackendError(
                         self._name, f"pool worker process {pid} died (killed, crashed or "
                         "out of memory) while running this task"), lost=True)
+                workers.respawn(index)
 
     def _chunk_done(self, cid: int, result: tuple) -> None:
-        """Pool result thread: record a chunk's outcomes, wake the loop once."""
+        """Result thread: record a chunk's outcomes, wake the loop once."""
         from ._dragon_worker import restore
         tasks = self._take(cid)
         if tasks is None:
@@ -296,15 +284,6 @@ class NativePoolMixin:
                 err.__cause__ = exc
             self._done.append((task, record_failure(task, err), now, None))
         self._wake_drain()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
 
 
 def record_failure(task: dict, exc: BaseException) -> str:

@@ -79,26 +79,42 @@ def _call(fn: Any, args: tuple, kwargs: dict) -> Any:
     return value
 
 
-_startq: Any = None
-_host = ""
+def worker_main(index: int, taskq: Any, resultq: Any, startq: Any) -> None:
+    """A native-mode worker process: run the chunks of ``taskq`` until it gives None.
 
-
-def init_worker(startq: Any) -> None:
-    """Pool initializer: keep the queue that announces which worker runs which chunk."""
+    Says on ``startq`` that it is up (chunk 0) and which chunk it starts, so the driver
+    can tell which chunk a dead worker held; puts ``(chunk, (pid, outcomes))`` on
+    ``resultq``, or ``(chunk, None, reason)`` when the outcomes cannot be sent.
+    """
     import socket
-    global _startq, _host
-    _startq, _host = startq, socket.gethostname()
+    host, pid = socket.gethostname(), os.getpid()
+    startq.put((0, index, pid, host))
+    get, put, started = taskq.get, resultq.put, startq.put
+    while True:
+        msg = get()
+        if msg is None:
+            return
+        cid, token, blobs, items = msg
+        started((cid, index, pid, host))
+        try:
+            put((cid, run_chunk(token, blobs, items)))
+        except BaseException as exc:  # e.g. a pickling error on the way back
+            try:
+                put((cid, None, f"the pool worker could not send its outcomes: "
+                                f"{type(exc).__name__}: {exc}"))
+            except BaseException:
+                pass
+            if not isinstance(exc, Exception):
+                raise
 
 
-def run_chunk(token: str, blobs: dict, items: list, cid: int = 0) -> tuple[int, Any]:
-    """Run ``items`` ``[(fid, args, kwargs), ...]`` in this pool worker.
+def run_chunk(token: str, blobs: dict, items: list) -> tuple[int, Any]:
+    """Run ``items`` ``[(fid, args, kwargs), ...]`` in this worker process.
 
     Returns ``(pid, outcomes)``: ``outcomes`` is ``[(ok, start, end, value_or_exception,
     traceback_text), ...]``, or, when every task returned None, ``(starts, ends)`` as the
     bytes of two ``array("d")`` (a null chunk crosses back in two small buffers).
     """
-    if _startq is not None:
-        _startq.put((cid, os.getpid(), _host))
     starts: list[float] = []
     ends: list[float] = []
     other: dict[int, tuple] = {}  # index -> (ok, value, traceback): not a plain None

@@ -247,6 +247,9 @@ def test_dead_pool_worker_fails_only_its_task(modes):
     assert r["crash"]["state"] == "FAILED", r
     assert "died" in r["crash"]["stderr"] and "BackendError" in r["crash"]["exception"]
     assert r["others"] == ["DONE"] and r["values_ok"]
+    again = modes["respawn"]  # a new worker took the dead one's place
+    assert again["states"] == ["DONE", "DONE"], again
+    assert len(set(again["pids"])) == 2 and again["dead_pid"] not in again["pids"], again
 
 
 def test_chunks_of_one_function_without_arguments(modes):

@@ -57,6 +57,11 @@ def nothing():
     return None
 
 
+def nap_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def sometimes(i):
     """None for even i, i*i for odd, raises for i % 50 == 7: a chunk of mixed outcomes."""
     if i % 50 == 7:
@@ -142,6 +147,22 @@ async def main():
                others=sorted({t.state for t in group if t is not group[10]}),
                values_ok=all(t.return_value == i * i for i, t in
                              enumerate(group[:10] + group[11:])))
+        # a new worker takes the dead one's place: two tasks submitted one after the
+        # other while the first sleeps run in two processes, neither the dead one
+        workers = backend._workers_set
+        for _ in range(100):  # the watcher looks every 0.3 s; a process starts in ~0.5 s
+            if len(workers._pids) == 2:
+                break
+            await asyncio.sleep(0.1)
+        first = ComputeTask(function=nap_pid, args=(1.5,))
+        await s.submit_tasks([first])
+        await asyncio.sleep(0.5)
+        second = ComputeTask(function=nap_pid, args=(0.1,))
+        await s.submit_tasks([second])
+        await s.wait_tasks([first, second], timeout=60)
+        report("respawn", dead_pid=int(group[10].stderr.split("process ")[1].split()[0]),
+               pids=[first.return_value, second.return_value],
+               states=[first.state, second.state])
         # chunks of one argument-less function (one shared pool item), recorded at once
         # when every value is None, one by one when not
         nulls = [ComputeTask(function=nothing) for _ in range(3000)]
