@@ -33,7 +33,8 @@ _NO_KWARGS: dict = {}  # shared empty kwargs of the items sent to the pool (neve
 _POPLEFT = deque.popleft
 _UID, _FUNCTION = itemgetter("uid"), itemgetter("function")
 _ARGS, _KWARGS = itemgetter("args"), itemgetter("kwargs")
-_CHUNK = 1024          # most native tasks in one pool call
+_CHUNK = 1024          # most native tasks in one chunk, unless tiny (see _feed)
+_CHUNK_MAX = 16384     # most tiny tasks in one chunk
 _CHUNK_SECONDS = 0.05  # aim for chunks of about this much work once task times are known
 
 
@@ -71,12 +72,15 @@ class NativePoolMixin:
         get, get_nowait = self._native_q.get, self._native_q.get_nowait
         pending: deque = deque()
         stop = False
+        share = _CHUNK  # tiny tasks: the backlog split evenly over the workers
         while pending or not stop:
+            grew = False
             if not pending:
                 item = get()
                 if item is None:
                     return
                 pending.extend(item)
+                grew = True
             self._inflight.acquire()
             while not stop:  # take what else is queued meanwhile, without blocking
                 try:
@@ -87,12 +91,19 @@ class NativePoolMixin:
                     stop = True
                 else:
                     pending.extend(item)
+                    grew = True
             if not pending:  # an empty hand-over
                 self._inflight.release()
                 continue
             # a chunk holds what is queued, up to about _CHUNK_SECONDS of work (by the
-            # running estimate), so long tasks stay balanced between the workers
+            # running estimate), so long tasks stay balanced between the workers; tiny
+            # tasks go as one chunk per worker of the backlog (fewer messages: each one
+            # waits for a Dragon process to wake, which takes milliseconds on a busy node)
             size = min(_CHUNK, max(1, int(_CHUNK_SECONDS / self._task_seconds)))
+            if size == _CHUNK:
+                if grew:
+                    share = min(_CHUNK_MAX, max(_CHUNK, -(-len(pending) // self._workers)))
+                size = share
             batch = list(map(_POPLEFT, repeat(pending, min(size, len(pending)))))
             tasks, blobs, items = self._uniform_chunk(batch) or self._chunk_items(batch)
             if not tasks or self._workers_set is None:
