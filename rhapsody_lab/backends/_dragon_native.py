@@ -182,8 +182,8 @@ class NativePoolMixin:
         say which chunk they start (``ChunkWorkers.take_starts``)."""
         workers = self._workers_set
         started: dict[int, int] = {}  # chunk id -> worker index
-        while not self._stopping:
-            time.sleep(0.3)  # a few checks a second: the dispatching threads keep the GIL
+        # a few checks a second (the dispatching threads keep the GIL); close wakes it
+        while not self._stopped.wait(0.3) and not self._stopping:
             for cid, index in workers.take_starts():
                 started[cid] = index
             for cid in [c for c in started if c not in self._chunks]:

@@ -86,6 +86,7 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         self._next_chunk = 0
         self._watcher: threading.Thread | None = None
         self._stopping = False
+        self._stopped = threading.Event()  # set by close: wakes the watcher at once
         self._next_fid = 0
         self._done: deque = deque()
         self._launcher: ThreadPoolExecutor | None = None
@@ -134,6 +135,7 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         self._claim_all_canceled()
         self._native_q.put(None)
         self._stopping = True
+        self._stopped.set()
         ranks = list(self._ranks.values())
         workers, self._workers_set = self._workers_set, None
 
