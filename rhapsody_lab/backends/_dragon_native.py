@@ -183,7 +183,7 @@ class NativePoolMixin:
         workers = self._workers_set
         started: dict[int, int] = {}  # chunk id -> worker index
         # a few checks a second (the dispatching threads keep the GIL); close wakes it
-        while not self._stopped.wait(0.3) and not self._stopping:
+        while not self._stopped.wait(0.3):
             for cid, index in workers.take_starts():
                 started[cid] = index
             for cid in [c for c in started if c not in self._chunks]:
@@ -193,7 +193,7 @@ class NativePoolMixin:
                 for cid in [c for c, i in started.items() if i == index]:
                     del started[cid]
                     entry = self._chunks.get(cid)
-                    if entry is not None and len(entry[0]) > 1 and not self._stopping:
+                    if entry is not None and len(entry[0]) > 1 and not self._stopped.is_set():
                         # which task killed it is unknown: rerun each alone, so only the
                         # culprit fails (tasks of that chunk may run twice)
                         if self._take(cid) is None:

@@ -85,8 +85,7 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         self._chunks: dict[int, tuple] = {}  # chunk id -> (tasks, permit, blobs, items)
         self._next_chunk = 0
         self._watcher: threading.Thread | None = None
-        self._stopping = False
-        self._stopped = threading.Event()  # set by close: wakes the watcher at once
+        self._stopped = threading.Event()  # set by close (and wakes the watcher at once)
         self._next_fid = 0
         self._done: deque = deque()
         self._launcher: ThreadPoolExecutor | None = None
@@ -121,7 +120,6 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         self._watcher.start()
 
     def _start_runtime(self) -> None:
-
         from ._dragon_launch import runtime_nodes
         nodes = self._nodes = runtime_nodes()
         if self._workers is None:
@@ -134,7 +132,6 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
     async def _stop(self) -> None:
         self._claim_all_canceled()
         self._native_q.put(None)
-        self._stopping = True
         self._stopped.set()
         ranks = list(self._ranks.values())
         workers, self._workers_set = self._workers_set, None
@@ -203,7 +200,7 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         if self._claims.setdefault(uid, "proc") is _CANCELED:
             self._ranks.pop(uid, None)
             return
-        if self._stopping:  # shutdown began after this task was claimed: start nothing
+        if self._stopped.is_set():  # shutdown began after this task was claimed: start nothing
             ranks.kill()
         slot: list = [None]
 
