@@ -42,7 +42,6 @@ _HANDOFF_CHUNK = 2_000  # tasks handed to backends per step of the background ha
 _YIELD_AFTER = 0.005  # seconds of submit work between two yields to the event loop
 _FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch
 _FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callback)
-_FLUSH_MIN = 1_000  # events pending before a backend batch triggers a flush
 _FIRST_HANDOFF = 128  # handed over before submit_tasks returns (enough to fill the slots)
 _UID = operator.itemgetter("uid")
 _BIND_FUTURE = BaseTask._future.__set__  # task._future = fut, without setattr's lookup
@@ -125,18 +124,19 @@ class Session:
                                "give the second one another name=")
         self.backends[backend.name] = backend
         self._default_routes.clear()
-        backend.attach(self.events.emit, self._flush_events, self.work_dir,
+        backend.attach(self.events.emit, functools.partial(self._flush_events,
+                                                           backend.flush_min), self.work_dir,
                        emit_run=self.events.emit_run, emit_events=self.events.emit_events)
 
-    def _flush_events(self) -> None:
+    def _flush_events(self, least: int) -> None:
         """Backends call this after finishing a batch: observation keeps pace with dispatch.
 
-        A small backlog is left to the stream's timer (every 0.1 s), keeping observer work
-        off the critical path of one-task-at-a-time loops.
+        A backlog under ``least`` events (the backend's ``flush_min``) is left to the
+        stream's timer (every 0.1 s), keeping observer work off the critical path.
         """
         if self._gc_held or self._gc_waves:
             self._release_gc_if_idle()
-        if self.events.pending < _FLUSH_MIN:
+        if self.events.pending < least:
             return
         t0 = time.perf_counter()
         flush = self.events.flush

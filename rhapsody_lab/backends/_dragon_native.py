@@ -23,11 +23,14 @@ from ..api.backend import CANCELED_CLAIM, result_text
 from ..api.errors import BackendError, TaskExecutionError
 from ..api.states import DONE, FAILED, RUNNING
 
-__all__ = ["NativePoolMixin", "record_failure"]
+__all__ = ["NULL_CHUNK", "NativePoolMixin", "record_failure"]
 
 _PLAIN = frozenset((type(None), bool, int, float, str, bytes))  # values restore() keeps
 
 _CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
+#: State field of a done-deque record ``(tasks, NULL_CHUNK, ends, pid)``: a whole chunk whose
+#: tasks all returned None, finished by the drain in one step (no tuple per task)
+NULL_CHUNK = "rhapsody_lab.null_chunk"
 _NO_FN = object()  # no function looked up yet in this batch
 _NO_KWARGS: dict = {}  # shared empty kwargs of the items sent to the pool (never mutated)
 _POPLEFT = deque.popleft
@@ -267,7 +270,7 @@ class NativePoolMixin:
         self.emit_run(starts, list(map(_UID, tasks)), RUNNING, self._name, pid)
         for field, value in (("return_value", None), ("stdout", "None"), ("exit_code", 0)):
             deque(map(setitem, tasks, repeat(field), repeat(value)), maxlen=0)
-        self._done.extend(zip(tasks, repeat(DONE), ends, repeat(pid)))
+        self._done.append((tasks, NULL_CHUNK, ends, pid))
         self._wake_drain()
 
     def _fail_short_chunk(self, tasks: list, n: int, pid: int) -> None:

@@ -364,3 +364,24 @@ async def test_a_backend_that_refuses_fails_only_its_own_tasks():
         await session.submit_tasks(more)
         await session.wait_tasks(more)
         assert all(t.state == "DONE" and t.backend == "ok" for t in more)
+
+
+def test_a_backends_flush_min_decides_when_its_batches_deliver_events():
+    """A backend's finished batch delivers the stream's events at once only from its
+    ``flush_min`` pending on (Dragon waits for the 0.1 s timer); fewer wait for the timer."""
+    class Deferring(ConcurrentExecutionBackend):
+        flush_min = 5
+
+    lazy, eager = Deferring(name="lazy"), ConcurrentExecutionBackend(name="eager")
+    eager.flush_min = 1
+    s = Session(backends=[lazy, eager])
+    for i in range(4):
+        s.events.emit((time.time(), f"t{i}", "SUBMITTED", "lazy", None))
+    lazy._wake_session()
+    assert s.events.pending == 4  # under lazy's flush_min: left to the timer
+    s.events.emit((time.time(), "t4", "SUBMITTED", "lazy", None))
+    lazy._wake_session()
+    assert s.events.pending == 0 and s.get_statistics()["counts"]["SUBMITTED"] == 5
+    s.events.emit((time.time(), "t5", "SUBMITTED", "eager", None))
+    eager._wake_session()
+    assert s.events.pending == 0

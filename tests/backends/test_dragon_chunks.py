@@ -70,3 +70,55 @@ def test_tiny_chunks_stay_under_the_cap() -> None:
 def test_long_tasks_go_in_chunks_of_about_chunk_seconds_of_work() -> None:
     # 10 ms a task: 5 tasks make _CHUNK_SECONDS (0.05 s), so the workers stay balanced
     assert _chunk_sizes(20, 2, task_seconds=0.01) == [5, 5, 5, 5]
+
+
+@pytest.mark.parametrize("with_futures", [True, False])
+def test_drain_finishes_null_chunks_and_single_outcomes_in_order(with_futures: bool) -> None:
+    """A worker's chunk of tasks that all returned None goes into the done deque as one
+    record; the drain finishes it whole, in order with the single outcomes around it (the
+    fast path when every task has a pending future, one by one otherwise)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    try:
+        backend = DragonExecutionBackendV3(num_workers=1)
+        events: list[tuple] = []
+        backend.attach(events.append)
+        backend._wake_pending = True  # no loop callback: the test drains by hand
+        tasks = [ComputeTask(function=noop) for _ in range(7)]
+        for t in tasks:
+            backend._live[t["uid"]] = t
+            backend._claims[t["uid"]] = object()
+            if with_futures:
+                t._future = loop.create_future()
+        first, chunk, failed, tail = tasks[0], tasks[1:4], tasks[4], tasks[5:]
+        failed["exception"] = ValueError("boom")
+        done = backend._done
+        done.append((first, "DONE", 1.0, 11))
+        done.append((chunk, native.NULL_CHUNK, [2.0, 2.1, 2.2], 12))
+        done.append((failed, "FAILED", 3.0, 11))
+        done.append((tail[:1], native.NULL_CHUNK, [4.0], 12))
+        done.append((tail[1], "DONE", 5.0, 11))
+        backend._drain()
+    finally:
+        loop.close()
+    assert not done and not backend._live and not backend._claims
+    assert [(e[1], e[2], e[0]) for e in events] == [
+        (first["uid"], "DONE", 1.0), *((t["uid"], "DONE", w) for t, w in
+                                       zip(chunk, (2.0, 2.1, 2.2), strict=True)),
+        (failed["uid"], "FAILED", 3.0), (tail[0]["uid"], "DONE", 4.0),
+        (tail[1]["uid"], "DONE", 5.0)]
+    assert [t["state"] for t in tasks] == ["DONE"] * 4 + ["FAILED", "DONE", "DONE"]
+    if with_futures:
+        assert [t._future.result() is t for t in tasks if t is not failed] == [True] * 6
+        assert isinstance(failed._future.exception(), ValueError)
+
+
+def test_drain_step_stops_at_a_null_chunk_and_keeps_what_follows() -> None:
+    from collections import deque
+
+    from rhapsody_lab.backends.dragon import _take_until_chunk
+    done = deque([("a", "DONE", 1, 0), ("b", "FAILED", 2, 0),
+                  (["c"], native.NULL_CHUNK, [3], 0), ("d", "DONE", 4, 0)])
+    assert [o[0] for o in _take_until_chunk(done)] == ["a", "b"]
+    assert [o[0] for o in done] == [["c"], "d"]
