@@ -385,3 +385,17 @@ def test_a_backends_flush_min_decides_when_its_batches_deliver_events():
     s.events.emit((time.time(), "t5", "SUBMITTED", "eager", None))
     eager._wake_session()
     assert s.events.pending == 0
+
+
+async def test_wait_tasks_names_the_first_task_never_submitted():
+    backend = await ConcurrentExecutionBackend()
+    async with Session(backends=[backend]) as session:
+        done = [ComputeTask(function=hello) for _ in range(3)]
+        await session.submit_tasks(done)
+        stray = ComputeTask(function=hello, uid="stray.1")
+        with pytest.raises(SessionError, match=r"task stray\.1 was not submitted"):
+            await session.wait_tasks([*done, stray])
+        with pytest.raises(SessionError, match=r"task plain\.1 was not submitted"):
+            await session.wait_tasks([done[0], {"uid": "plain.1"}])
+        assert await session.wait_tasks(done) == done  # the error lost nothing
+        assert [t.state for t in done] == ["DONE"] * 3
