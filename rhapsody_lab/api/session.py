@@ -46,7 +46,6 @@ _FIRST_HANDOFF = 128  # handed over before submit_tasks returns (enough to fill 
 _UID = operator.itemgetter("uid")
 _BIND_FUTURE = BaseTask._future.__set__  # task._future = fut, without setattr's lookup
 _FUTURE = operator.attrgetter("_future")
-_DONE = operator.methodcaller("done")
 _BACKEND = operator.itemgetter("backend")
 _STATE = operator.itemgetter("state")
 _FUNCTION = operator.itemgetter("function")
@@ -514,13 +513,16 @@ class Session:
         tasks = list(tasks)
         if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
             raise SessionError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
-        futs = list(map(getattr, tasks, repeat("_future"), repeat(None)))  # in C
-        if None in futs:
-            t = tasks[futs.index(None)]
-            uid = t.get("uid") if isinstance(t, dict) else t
-            raise SessionError(f"task {uid} was not submitted; "
-                               "submit it with session.submit_tasks([...]) first")
-        await _wait_all(futs, timeout, len(tasks))
+        futs = []
+        for t in tasks:
+            fut = t._future if isinstance(t, BaseTask) else None
+            if fut is None:
+                raise SessionError(f"task {t.get('uid')} was not submitted; "
+                                   "submit it with session.submit_tasks([...]) first")
+            if not fut.done():
+                futs.append(fut)
+        if futs:
+            await _wait_all(futs, timeout, len(tasks))
         return tasks
 
     async def cancel_task(self, task: BaseTask | str) -> bool:
@@ -664,14 +666,13 @@ class Session:
 async def _wait_all(futs: list[asyncio.Future], timeout: float | None, total: int) -> None:
     """Wait for every future without one loop callback per future.
 
-    Awaiting them in order suspends only on the first still-pending one (finished ones
-    are skipped in C); completions arrive in batches, so this wakes about once per batch
-    (``asyncio.wait`` or ``gather`` would schedule one callback per task, which at 100,000
-    tasks floods the loop).
+    Awaiting them in order suspends only on the first still-pending one; completions
+    arrive in batches, so this wakes about once per batch (``asyncio.wait`` or ``gather``
+    would schedule one callback per task, which at 100,000 tasks floods the loop).
     """
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    for fut in itertools.filterfalse(_DONE, futs):
+    for i, fut in enumerate(futs):
         if fut.done():
             continue
         remaining = None if deadline is None else deadline - loop.time()
@@ -681,7 +682,7 @@ async def _wait_all(futs: list[asyncio.Future], timeout: float | None, total: in
             finished, _ = await asyncio.wait((fut,), timeout=remaining)  # never cancels fut
             done = bool(finished)
         if not done:
-            left = sum(not f.done() for f in futs)
+            left = sum(not f.done() for f in futs[i:])
             raise asyncio.TimeoutError(
                 f"wait_tasks timed out after {timeout}s: {total - left}/{total} tasks "
                 "finished")
