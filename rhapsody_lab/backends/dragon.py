@@ -64,7 +64,7 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
     #: Observation waits for the stream's 0.1 s timer (unless 50,000 events are pending):
     #: the loop's time here is GIL time taken from the feeder and result threads, whose
     #: Dragon queue calls each give the GIL up and wait for it back (30 us alone, 6-13 ms
-    #: beside a busy thread). Deferring it: 188k -> 249k null tasks/s through a Session.
+    #: beside a busy thread). Deferring it: 1.19x null tasks/s through a Session (A/B).
     flush_min = 50_000
 
     def __init__(self, name: str = "dragon", num_workers: int | None = None,
