@@ -247,7 +247,7 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
                 continue
             outcomes = _take_until_chunk(done)
             n += len(outcomes)
-            if self._finish_outcomes(outcomes):  # a chunk of null tasks: all DONE
+            if self._finish_outcomes(outcomes):  # a run of DONE outcomes, at once
                 continue
             for task, state, t, slot in outcomes:
                 claims.pop(task["uid"], None)
