@@ -31,20 +31,19 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from itertools import repeat
-from operator import is_, itemgetter
+from operator import is_
 from typing import Any
 
-from ..api.backend import BaseBackend, take_outcomes
+from ..api.backend import _STATE_OF, BaseBackend, take_outcomes
 from ..api.errors import BackendError, SessionError
 from ..api.states import CANCELED, DONE, RUNNING
-from ._dragon_native import _CANCELED, NULL_CHUNK, NativePoolMixin, record_failure
+from ._dragon_native import _CANCELED, _UID, NULL_CHUNK, NativePoolMixin, record_failure
 from ._dragon_spec import NodeInfo, plan
 
 __all__ = ["DragonExecutionBackend", "DragonExecutionBackendV3"]
 
 _DRAIN_BUDGET = 4_000  # outcomes finished per loop callback (a null chunk goes whole)
 _DRAIN_STEP = 512  # outcomes finished at once
-_UID, _STATE_OF = itemgetter("uid"), itemgetter(1)
 _is_none = partial(is_, None)
 _MAX_LAUNCHERS = 64   # process/job tasks starting or running at once
 
