@@ -1,10 +1,14 @@
-"""The backend contract every runtime implements, and the shared task bookkeeping.
+"""The backend contract every runtime implements, and the one drain they share.
 
 A backend is awaitable (``await backend`` initialises it and returns it), accepts tasks
-with ``submit_tasks`` (returning once they are queued, never waiting for them to run),
-reports every state change through ``emit`` (the session's event stream) and finishes
-each task with ``_finish`` on the event loop, which fills the task in place and resolves
-its future. ``capacity()`` is the number of slots, for utilisation.
+with ``submit_tasks`` (returning once they are queued, never waiting for them to run) and
+``cancel_task``, and stops with ``shutdown``; ``capacity()`` is its number of slots, for
+utilisation. Its workers, on any thread, only record what happened: ``report(task, state,
+time, slot)`` appends one outcome record (RUNNING when a task starts, then its terminal
+state) and wakes the loop at most once per batch. ``_drain``, on the loop, turns the records
+into state changes through the task life cycle (``api.lifecycle``), in order, within a time
+budget. A new backend writes ``_start``, ``submit_tasks``, ``cancel_task``, ``_stop`` and
+where its outcomes come from; nothing else.
 """
 
 from __future__ import annotations
@@ -12,45 +16,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
-from functools import partial
-from itertools import repeat
-from operator import is_, itemgetter, setitem
+from itertools import compress, repeat
+from operator import is_, itemgetter
 from typing import Any
 
+from . import bulk
 from .errors import BackendError, SessionError, TaskExecutionError
-from .events import run_events
-from .states import CANCELED, DONE, FAILED, QUEUED, SUBMITTED
+from .lifecycle import TaskLifecycle
+from .states import CANCELED, DONE, FAILED, QUEUED, RUNNING, SUBMITTED
 
-__all__ = ["CANCELED_CLAIM", "BaseBackend", "result_text", "take_outcomes"]
+__all__ = ["CANCELED_CLAIM", "DONE_RUN", "BaseBackend", "record_failure", "result_text"]
 
 CANCELED_CLAIM = object()  # a claim marker: the task was canceled before a worker took it
+#: Outcome record of many tasks that all ended DONE: ``(tasks, DONE_RUN, (starts, ends),
+#: slot)``, the starts and ends lists in task order (a worker's chunk of null tasks).
+DONE_RUN = "DONE_RUN"
 
 log = logging.getLogger(__name__)
 
-_UID = itemgetter("uid")
-_SET_RESULT = asyncio.Future.set_result
-_FUTURE_DONE = asyncio.Future.done
-_is_none = partial(is_, None)
-_FEW = 8  # fewer tasks than this are handled one by one (the bulk set-up costs more)
-_POPLEFT = deque.popleft
-_TASK_OF, _STATE_OF, _TIME_OF, _SLOT_OF = (itemgetter(i) for i in range(4))  # an outcome
+_TASK_OF, _STATE_OF, _TIME_OF, _SLOT_OF = (itemgetter(i) for i in range(4))  # a record
 
 
-def take_outcomes(done: deque, most: int) -> list:
-    """Up to ``most`` ``(task, state, time, slot)`` outcomes from the left of ``done``
-    (other threads only append, so the ones counted are there)."""
-    return list(map(_POPLEFT, repeat(done, min(len(done), most))))
-
-
-def _no_emit(event: tuple) -> None:
-    """Event sink of a backend used without a session."""
-
-
-class BaseBackend(ABC):
-    """Shared life cycle, callbacks and task bookkeeping of a backend."""
+class BaseBackend(TaskLifecycle, ABC):
+    """Shared life cycle, callbacks, task bookkeeping and drain of a backend."""
 
     #: Task kinds this backend runs: "function", "executable", "ai".
     task_kinds: frozenset[str] = frozenset({"function", "executable"})
@@ -58,16 +50,23 @@ class BaseBackend(ABC):
     #: batches delivers them at once (statistics, journal, dashboards); fewer are left to
     #: the stream's 0.1 s timer, off the critical path of the next completions.
     flush_min: int = 1_000
+    #: One drain callback applies at most this many records (a task has two: its start and
+    #: its end), in steps of ``drain_step``, for at most ``drain_seconds`` (None: no
+    #: clock), so the loop stays responsive.
+    drain_budget: int = 4_000
+    drain_step: int = 512
+    drain_seconds: float | None = 0.004
+    #: Whether a task's start may be reported twice (a first look, then with its result):
+    #: the drain then checks a step's starts for repeats before moving them at once.
+    starts_may_repeat: bool = False
 
     def __init__(self, name: str):
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
             raise SessionError(f"backend name must be a non-empty string without spaces, "
                                f"got {name!r}; pass name=\"my_backend\"")
         self._name = name
-        self.emit: Callable[[tuple], None] = _no_emit
-        self._attached_emit: Any = None  # the emit attach() gave, with its run form:
-        self._stream_run: Callable[..., None] | None = None  # EventStream.emit_run
-        self._stream_events: Callable[[list], None] | None = None  # .emit_events
+        self._init_lifecycle()
+        self._done: deque = deque()  # outcome records (task, state, time, slot), any thread
         self._callbacks: list[Callable[[dict, str], None]] = []
         self._live: dict[str, Any] = {}
         # uid -> who runs it, or CANCELED_CLAIM: workers and cancel race through
@@ -149,37 +148,15 @@ class BaseBackend(ABC):
 
     # -- what the session uses ---------------------------------------------------------
     def attach(self, emit: Callable[[tuple], None], wake: Callable[[], None] | None = None,
-               work_dir: str | None = None, emit_run: Callable[..., None] | None = None,
-               emit_events: Callable[[list], None] | None = None) -> None:
-        """Send this backend's events to ``emit`` (the session's event stream), runs of
-        them to ``emit_run`` and lists of them to ``emit_events`` (``EventStream.emit_run``
-        and ``.emit_events``; by default through ``emit``)."""
+               work_dir: str | None = None, emit_run: Callable[..., None] | None = None
+               ) -> None:
+        """Send this backend's events to ``emit`` (the session's event stream) and runs of
+        them to ``emit_run`` (``EventStream.emit_run``; by default through ``emit``)."""
         self.emit = emit
         self._attached_emit = emit
         self._stream_run = emit_run
-        self._stream_events = emit_events
         self._wake_session = wake
         self._work_dir = work_dir
-
-    def emit_run(self, times: Any, uids: list, state: str, backend: str,
-                 slots: Any = None) -> None:
-        """Emit ``state`` for every task in ``uids`` at once (``times``/``slots``: one value,
-        or a list per task). The session's stream keeps it as one run (``EventStream.
-        emit_run``); an ``emit`` replaced since ``attach`` still gets every event."""
-        run = self._stream_run
-        if run is not None and self.emit is self._attached_emit:
-            run(times, uids, state, backend, slots)
-            return
-        deque(map(self.emit, run_events(times, uids, state, backend, slots)), maxlen=0)
-
-    def emit_events(self, events: list[tuple]) -> None:
-        """Emit event tuples of one state (a drain's RUNNING events) at once: the session's
-        stream may keep them as one run; an ``emit`` replaced since ``attach`` gets each."""
-        many = self._stream_events
-        if many is not None and self.emit is self._attached_emit:
-            many(events)
-            return
-        deque(map(self.emit, events), maxlen=0)
 
     def can_run(self, task: dict) -> bool:
         """Whether this backend runs tasks of this kind."""
@@ -231,20 +208,14 @@ class BaseBackend(ABC):
 
     def _accept(self, tasks: Sequence[dict]) -> None:
         """Record ``tasks`` as live and QUEUED here."""
-        if len(tasks) < _FEW:  # one task at a time (an agentic loop): no set-up
-            now, live, name = time.time(), self._live, self._name
-            for task in tasks:
-                live[task["uid"]] = task
-                task["state"] = QUEUED
-                self.emit((now, task["uid"], QUEUED, name, None))
-        else:
-            uids = list(map(_UID, tasks))
-            self._live.update(zip(uids, tasks, strict=True))
-            deque(map(setitem, tasks, repeat("state"), repeat(QUEUED)), maxlen=0)
-            self.emit_run(time.time(), uids, QUEUED, self._name, None)
-        if self._callbacks:
-            for task in tasks:
-                self._notify(task, QUEUED)
+        self._live.update(zip(bulk.uids(tasks), tasks, strict=True))
+        self.move_all(tasks, QUEUED, time.time())
+
+    def report(self, task: dict, state: str, t: float, slot: object = None) -> None:
+        """From any thread: ``task`` reached ``state`` (RUNNING, or terminal with its
+        result fields already filled in) at ``t``; the drain applies it on the loop."""
+        self._done.append((task, state, t, slot))
+        self._wake_drain()
 
     def _wake_drain(self) -> None:
         """From any thread: run ``self._drain()`` on the loop, at most once per batch.
@@ -259,6 +230,82 @@ class BaseBackend(ABC):
             self._loop.call_soon_threadsafe(self._drain)  # type: ignore[attr-defined]
         except RuntimeError:  # loop closed: the session is gone, nothing to deliver to
             pass
+
+    def _drain(self) -> None:
+        """On the loop: apply the outcome records, in order, within the drain budget."""
+        self._wake_pending = False
+        done, step = self._done, self.drain_step
+        n, seconds = 0, self.drain_seconds
+        deadline = None if seconds is None else time.perf_counter() + seconds
+        while done and n < self.drain_budget and (
+                deadline is None or time.perf_counter() < deadline):
+            n += self._apply(bulk.take(done, step))
+        self._drained()
+        if done:
+            self._drain_again()
+        if self._wake_session is not None:
+            self._wake_session()
+
+    def _apply(self, records: list) -> int:
+        """Apply a step of records: starts and DONE outcomes at once when that is all they
+        are (a busy run; a task's start always precedes its end), else one by one.
+        Returns the number of tasks' records applied."""
+        states = list(map(_STATE_OF, records))
+        starts = states.count(RUNNING)
+        if states.count(DONE) + starts == len(records) >= bulk.FEW and \
+                self._apply_bulk(records, states, starts):
+            return len(states)
+        for record in records:
+            self._apply_one(record)
+        return len(states) + sum(len(r[0]) - 1 for r in records if r[1] is DONE_RUN)
+
+    def _apply_bulk(self, records: list, states: list, starts: int) -> bool:
+        """``_apply`` for a step of only RUNNING and DONE records; False (nothing done) if
+        a start is there twice (``starts_may_repeat``): then it goes one by one."""
+        if starts:
+            running = list(compress(records, map(is_, states, repeat(RUNNING))))
+            tasks = list(map(_TASK_OF, running))
+            if self.starts_may_repeat and len(set(map(id, tasks))) != len(tasks):
+                return False
+            self.move_all(tasks, RUNNING, list(map(_TIME_OF, running)),
+                          list(map(_SLOT_OF, running)))
+            if starts == len(records):
+                return True
+            records = list(compress(records, map(is_, states, repeat(DONE))))
+        tasks = list(map(_TASK_OF, records))
+        bulk.consume(map(self._claims.pop, bulk.uids(tasks), repeat(None)))
+        if not self.finish_done(tasks, list(map(_TIME_OF, records)),
+                                list(map(_SLOT_OF, records))):
+            for record in records:
+                self._apply_one(record)
+        return True
+
+    def _apply_one(self, record: tuple) -> None:
+        task, state, t, slot = record
+        if state is RUNNING:
+            self.move(task, RUNNING, t, slot)
+        elif state is DONE_RUN:
+            self._apply_done_run(task, t, slot)
+        elif state in (DONE, FAILED, CANCELED):
+            self._claims.pop(task["uid"], None)
+            self._finish(task, state, t, slot)
+        else:
+            self._on_record(record)
+
+    def _apply_done_run(self, tasks: list, times: tuple[list, list], slot: object) -> None:
+        starts, ends = times
+        self.move_all(tasks, RUNNING, starts, slot)
+        bulk.consume(map(self._claims.pop, bulk.uids(tasks), repeat(None)))
+        if not self.finish_done(tasks, ends, slot):
+            for task, t in zip(tasks, ends, strict=True):
+                self._finish(task, DONE, t, slot)
+
+    def _on_record(self, record: tuple) -> None:
+        """A record of a state of this backend's own (e.g. a retry); none by default."""
+        raise BackendError(self.name, f"unknown outcome state {record[1]!r}")
+
+    def _drained(self) -> None:
+        """Called at the end of each drain callback (e.g. to feed a pool again)."""
 
     def _drain_again(self) -> None:
         """``_drain`` ran out of budget: finish the rest next loop iteration, once.
@@ -294,73 +341,6 @@ class BaseBackend(ABC):
         for uid in list(self._live):
             self._claims.setdefault(uid, CANCELED_CLAIM)
 
-    def _notify(self, task: dict, state: str) -> None:
-        for cb in self._callbacks:
-            try:
-                cb(task, state)
-            except Exception:
-                log.exception("callback %r of backend %s failed", cb, self.name)
-
-    def _finish(self, task: dict, state: str, now: float, slot: object = None,
-                reason: str | None = None) -> None:
-        """Move ``task`` to a terminal state (on the loop) and resolve its future."""
-        uid = task["uid"]
-        if self._live.pop(uid, None) is None and task["state"] in (DONE, FAILED, CANCELED):
-            return  # already final: terminal states never change
-        task["state"] = state
-        if state == CANCELED and reason and not task.get("stderr"):
-            task["stderr"] = f"canceled: {reason}"
-        self.emit((now, uid, state, self._name, slot))
-        fut = task._future if hasattr(task, "_future") else None
-        if fut is not None and not fut.done():
-            if state == FAILED:
-                exc = task.get("exception")
-                if exc is None:
-                    exc = TaskExecutionError(uid, task.get("stderr") or "", task.get("exit_code"))
-                    task["exception"] = exc
-                if isinstance(exc, StopIteration | StopAsyncIteration):
-                    exc = RuntimeError(f"task {uid} raised {exc!r}")  # futures refuse these
-                fut.set_exception(exc)
-                fut.exception()  # failures are recorded on the task; never log them as lost
-            else:
-                fut.set_result(task)
-        if self._callbacks:
-            self._notify(task, state)
-
-    def _finish_outcomes(self, outcomes: list) -> bool:
-        """Finish ``(task, state, time, slot)`` outcomes that are all DONE at once (claims
-        released); False if any needs ``_finish`` (see ``_finish_done``)."""
-        if len(outcomes) < _FEW or \
-                list(map(_STATE_OF, outcomes)).count(DONE) != len(outcomes):
-            return False
-        tasks = list(map(_TASK_OF, outcomes))
-        deque(map(self._claims.pop, map(_UID, tasks), repeat(None)), maxlen=0)
-        return self._finish_done(tasks, list(map(_TIME_OF, outcomes)),
-                                 list(map(_SLOT_OF, outcomes)))
-
-    def _finish_done(self, tasks: list, times: Sequence[float], slots: list | object) -> bool:
-        """Finish ``tasks`` as DONE in C-level passes (the bulk of a busy drain).
-
-        Only for the plain case: no callbacks, every task live here (once) and bound to a
-        pending asyncio future. Returns False otherwise, the tasks' states unchanged (some may
-        have left ``_live``): the caller then finishes them one by one with ``_finish``,
-        which finishes a non-final task whether or not it is still live. ``slots``: a list,
-        or one for all.
-        """
-        if self._callbacks:
-            return False
-        futs = list(map(getattr, tasks, repeat("_future"), repeat(None)))
-        if set(map(type, futs)) != {asyncio.Future} or any(map(_FUTURE_DONE, futs)):
-            return False
-        uids = list(map(_UID, tasks))
-        if any(map(_is_none, map(self._live.pop, uids, repeat(None)))):
-            return False  # not live here, or twice in the run
-        deque(map(setitem, tasks, repeat("state"), repeat(DONE)), maxlen=0)
-        self.emit_run(list(times), uids, DONE, self._name, slots)
-        deque(map(_SET_RESULT, futs, tasks), maxlen=0)
-        return True
-
-
 def result_text(value: Any) -> str:
     """A function's return value as its task's ``stdout`` (``repr`` when ``str()`` fails:
     an object whose ``__str__`` raises must not fail the task)."""
@@ -368,6 +348,21 @@ def result_text(value: Any) -> str:
         return str(value)
     except Exception:
         return object.__repr__(value)
+
+
+def record_failure(task: dict, exc: BaseException) -> str:
+    """Fill in a task that raised ``exc``; returns FAILED (the one failure recorder)."""
+    task["exception"] = exc
+    cause = exc.__cause__
+    remote = getattr(cause, "tb", None)  # a process pool's remote traceback text
+    if isinstance(remote, str):
+        task["stderr"] = remote
+    else:
+        task["stderr"] = "".join(traceback.format_exception(exc))
+    task["exit_code"] = 1
+    if not isinstance(exc, Exception):  # SystemExit & co. must not escape an await
+        task["exception"] = TaskExecutionError(task["uid"], repr(exc), 1)
+    return FAILED
 
 
 def _kind(task: dict) -> str:

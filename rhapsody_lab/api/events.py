@@ -20,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from itertools import repeat
-from operator import itemgetter
 from typing import NamedTuple
 
 __all__ = ["RUN", "Event", "EventStream", "Subscriber", "expand", "run_events"]
@@ -46,7 +45,6 @@ _MAX_INLINE_BATCH = 4_000  # bound the time one flush holds the loop
 #: First field of a run record ``(RUN, times, uids, state, backend, slots)``; ``times`` and
 #: ``slots`` are lists, or one value for every task. An event has its float time there.
 RUN = "rhapsody_lab.run"
-_TIME, _UID, _SLOT = itemgetter(0), itemgetter(1), itemgetter(4)
 
 
 def run_events(times: float | list, uids: list, state: str, backend: str,
@@ -189,16 +187,6 @@ class EventStream:
             self._runs += 1
             self._run_extra += len(uids) - 1
         self._buf.append((RUN, times, uids, state, backend, slots))
-
-    def emit_events(self, events: list[tuple]) -> None:
-        """Emit event tuples that share one state and backend (a drain's RUNNING events):
-        as they are, or as one run record when a ``runs=True`` subscriber wants runs."""
-        if not self._runs_wanted or len(events) < 2:
-            self._buf.extend(events)
-            return
-        first = events[0]
-        self.emit_run(list(map(_TIME, events)), list(map(_UID, events)), first[2], first[3],
-                      list(map(_SLOT, events)))
 
     def emit_now(self, uid: str, state: str, backend: str, slot: object = None) -> None:
         """Emit one event stamped with the current time."""

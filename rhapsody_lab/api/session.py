@@ -16,14 +16,12 @@ import itertools
 import operator
 import os
 import time
-from collections import deque
 from collections.abc import Iterable
 from itertools import repeat, starmap
-from operator import setitem
 from typing import Any
 
-from . import gcfreeze
-from .backend import _FEW, BaseBackend, _kind
+from . import bulk, gcfreeze
+from .backend import BaseBackend, _kind
 from .errors import SessionError, TaskValidationError
 from .events import EventStream, Subscriber
 from .states import CANCELED, NEW, SUBMITTED
@@ -126,7 +124,7 @@ class Session:
         self._default_routes.clear()
         backend.attach(self.events.emit, functools.partial(self._flush_events,
                                                            backend.flush_min), self.work_dir,
-                       emit_run=self.events.emit_run, emit_events=self.events.emit_events)
+                       emit_run=self.events.emit_run)
 
     def _flush_events(self, least: int) -> None:
         """Backends call this after finishing a batch: observation keeps pace with dispatch.
@@ -402,7 +400,7 @@ class Session:
             try:
                 await self._bind_chunks(tasks, futures, create, last_yield)
             except BaseException:  # canceled (or out of memory) while binding: the caller
-                deque(map(bind, tasks, repeat(None)), maxlen=0)  # never got the futures,
+                bulk.consume(map(bind, tasks, repeat(None)))  # never got the futures,
                 for fut in futures:  # so the tasks stay NEW and unbound, as given
                     fut.cancel()
                 raise
@@ -430,8 +428,7 @@ class Session:
                 gc.disable()
             try:
                 part = list(starmap(create, repeat((), min(_CHUNK, len(tasks) - start))))
-                deque(map(bind, tasks[start:start + _CHUNK], part),
-                      maxlen=0)  # task._future = fut, at C speed
+                bulk.consume(map(bind, tasks[start:start + _CHUNK], part))
             finally:
                 if pause:  # freeze them before the collector sees them (no gen-0 scan)
                     gcfreeze.refreeze(self)
@@ -442,23 +439,19 @@ class Session:
                 last_yield = time.perf_counter()
 
     def _mark_submitted(self, tasks: list, routed: list, now: float) -> None:
+        """Move the tasks still NEW (not canceled meanwhile) to SUBMITTED, through the life
+        cycle of the backend each is routed to."""
         if not tasks:
             return
-        name = routed[0]._name
-        if len(tasks) >= _FEW and routed.count(routed[0]) == len(routed) and \
-                list(map(_STATE, tasks)).count(NEW) == len(tasks):  # the usual case, in C
-            deque(map(setitem, tasks, repeat("backend"), repeat(name)), maxlen=0)
-            deque(map(setitem, tasks, repeat("state"), repeat(SUBMITTED)), maxlen=0)
-            self.events.emit_run(now, list(map(_UID, tasks)), SUBMITTED, name, None)
+        first = routed[0]
+        if len(tasks) >= bulk.FEW and routed.count(first) == len(routed):  # the usual case
+            bulk.set_field(tasks, "backend", first._name)
+            first.move_all(tasks, SUBMITTED, now, notify=False)
             return
-        emit = self.events.emit
         for task, backend in zip(tasks, routed, strict=True):
-            if task["state"] != NEW:
-                continue  # canceled before its backend got it
-            name = backend._name
-            task["backend"] = name
-            task["state"] = SUBMITTED
-            emit((now, task["uid"], SUBMITTED, name, None))
+            if task["state"] == NEW:
+                task["backend"] = backend._name
+                backend.move(task, SUBMITTED, now, notify=False)
 
     def _duplicate_uid(self, tasks: list) -> str:
         seen: set[str] = set()

@@ -19,18 +19,15 @@ from itertools import repeat
 from operator import is_, itemgetter, setitem
 from typing import Any
 
-from ..api.backend import CANCELED_CLAIM, result_text
+from ..api.backend import CANCELED_CLAIM, DONE_RUN, record_failure, result_text
 from ..api.errors import BackendError, TaskExecutionError
 from ..api.states import DONE, FAILED, RUNNING
 
-__all__ = ["NULL_CHUNK", "NativePoolMixin", "record_failure"]
+__all__ = ["NativePoolMixin"]
 
 _PLAIN = frozenset((type(None), bool, int, float, str, bytes))  # values restore() keeps
 
 _CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
-#: State field of a done-deque record ``(tasks, NULL_CHUNK, ends, pid)``: a whole chunk whose
-#: tasks all returned None, finished by the drain in one step (no tuple per task)
-NULL_CHUNK = "rhapsody_lab.null_chunk"
 _NO_FN = object()  # no function looked up yet in this batch
 _NO_KWARGS: dict = {}  # shared empty kwargs of the items sent to the pool (never mutated)
 _POPLEFT = deque.popleft
@@ -173,7 +170,10 @@ class NativePoolMixin:
 
     def _take(self, cid: int) -> list | None:
         """The tasks of chunk ``cid`` (once: later callbacks see None); frees its permit."""
-        entry = self._chunks.pop(cid, None)
+        with self._fid_lock:
+            entry = self._chunks.pop(cid, None)
+            if self._announced:
+                self._announced.discard(cid)
         if entry is None:
             return None
         if entry[1]:
@@ -187,8 +187,9 @@ class NativePoolMixin:
         started: dict[int, int] = {}  # chunk id -> worker index
         # a few checks a second (the dispatching threads keep the GIL); close wakes it
         while not self._stopped.wait(0.3):
-            for cid, index in workers.take_starts():
+            for cid, index, t in workers.take_starts():
                 started[cid] = index
+                self._announce(cid, t, workers.pid(index))
             for cid in [c for c in started if c not in self._chunks]:
                 del started[cid]  # its outcomes arrived
             for index in workers.dead():
@@ -210,9 +211,19 @@ class NativePoolMixin:
                         "out of memory) while running this task"), lost=True)
                 workers.respawn(index)
 
+    def _announce(self, cid: int, t: float, pid: int | None) -> None:
+        """Watcher: a chunk of one task started (a long task): show it RUNNING now; its
+        result then brings no second start. Bigger chunks' tasks start with their results."""
+        with self._fid_lock:
+            entry = self._chunks.get(cid)
+            if entry is not None and len(entry[0]) == 1:
+                self._announced.add(cid)
+                self.report(entry[0][0], RUNNING, t, pid)
+
     def _chunk_done(self, cid: int, result: tuple) -> None:
         """Result thread: record a chunk's outcomes, wake the loop once."""
         from ._dragon_worker import restore
+        announced = cid in self._announced  # (read before _take forgets it)
         tasks = self._take(cid)
         if tasks is None:
             return
@@ -231,9 +242,10 @@ class NativePoolMixin:
             return
         if outs:
             self._learn(outs[-1][2] - outs[0][1], len(outs))
-        emit, name, done = self.emit, self._name, self._done.append
+        done = self._done.append
         for task, (ok, t0, t1, value, tb) in zip(tasks, outs, strict=True):
-            emit((t0, task["uid"], RUNNING, name, pid))
+            if not announced:
+                done((task, RUNNING, t0, pid))
             if ok and value.__class__ not in _PLAIN:
                 try:
                     value = restore(value)
@@ -267,10 +279,9 @@ class NativePoolMixin:
         if not len(starts) == len(ends) == len(tasks):
             self._fail_short_chunk(tasks, min(len(starts), len(ends)), pid)
             return
-        self.emit_run(starts, list(map(_UID, tasks)), RUNNING, self._name, pid)
         for field, value in (("return_value", None), ("stdout", "None"), ("exit_code", 0)):
             deque(map(setitem, tasks, repeat(field), repeat(value)), maxlen=0)
-        self._done.append((tasks, NULL_CHUNK, ends, pid))
+        self._done.append((tasks, DONE_RUN, (starts, ends), pid))  # one record, whole
         self._wake_drain()
 
     def _fail_short_chunk(self, tasks: list, n: int, pid: int) -> None:
@@ -299,9 +310,3 @@ class NativePoolMixin:
             self._done.append((task, record_failure(task, err), now, None))
         self._wake_drain()
 
-
-def record_failure(task: dict, exc: BaseException) -> str:
-    task["exception"] = exc
-    task["stderr"] = "".join(traceback.format_exception(exc))
-    task["exit_code"] = 1
-    return FAILED

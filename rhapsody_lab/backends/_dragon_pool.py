@@ -92,17 +92,18 @@ class ChunkWorkers:
                 self._on_error(msg[0], exc)
 
     # -- the watcher's view ------------------------------------------------------------
-    def take_starts(self) -> list[tuple[int, int]]:
-        """``(chunk id, worker index)`` of the chunks started since the last call."""
+    def take_starts(self) -> list[tuple[int, int, float]]:
+        """``(chunk id, worker index, start time)`` of the chunks started since the last
+        call."""
         started = []
         while True:
             try:
-                cid, index, pid, host = self._startq.get(block=False)
+                cid, index, pid, host, t = self._startq.get(block=False)
             except Exception:  # queue.Empty (or the runtime going away)
                 return started
             self._pids[index] = (pid, host)
             if cid:
-                started.append((cid, index))
+                started.append((cid, index, t))
 
     def pid(self, index: int) -> int | None:
         entry = self._pids.get(index)

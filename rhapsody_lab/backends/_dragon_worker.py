@@ -82,20 +82,21 @@ def _call(fn: Any, args: tuple, kwargs: dict) -> Any:
 def worker_main(index: int, taskq: Any, resultq: Any, startq: Any) -> None:
     """A native-mode worker process: run the chunks of ``taskq`` until it gives None.
 
-    Says on ``startq`` that it is up (chunk 0) and which chunk it starts, so the driver
-    can tell which chunk a dead worker held; puts ``(chunk, (pid, outcomes))`` on
-    ``resultq``, or ``(chunk, None, reason)`` when the outcomes cannot be sent.
+    Says on ``startq`` that it is up (chunk 0) and which chunk it starts, when, so the
+    driver can tell which chunk a dead worker held and show its first task RUNNING; puts
+    ``(chunk, (pid, outcomes))`` on ``resultq``, or ``(chunk, None, reason)`` when the
+    outcomes cannot be sent.
     """
     import socket
     host, pid = socket.gethostname(), os.getpid()
-    startq.put((0, index, pid, host))
+    startq.put((0, index, pid, host, time.time()))
     get, put, started = taskq.get, resultq.put, startq.put
     while True:
         msg = get()
         if msg is None:
             return
         cid, token, blobs, items = msg
-        started((cid, index, pid, host))
+        started((cid, index, pid, host, time.time()))
         try:
             put((cid, run_chunk(token, blobs, items)))
         except BaseException as exc:  # e.g. a pickling error on the way back

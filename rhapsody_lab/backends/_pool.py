@@ -18,7 +18,7 @@ from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..api.backend import result_text
+from ..api.backend import record_failure, result_text
 from ..api.errors import BackendError
 from ..api.states import DONE, FAILED, RUNNING
 from ._proc_worker import call_batch
@@ -33,12 +33,10 @@ class PoolFeeder:
     """Owns the pending deque and the in-flight bookkeeping of one process pool."""
 
     def __init__(self, executor: ProcessPoolExecutor, workers: int, name: str,
-                 emit: Callable[[], Callable[[tuple], None]],
                  report: Callable[[dict, str, float, Any], None]):
         self.executor = executor
         self.workers = workers
         self.name = name
-        self._emit = emit          # returns the backend's current emit (attach may follow)
         self._report = report      # thread-safe: (task, state, end time, slot)
         self.pending: deque = deque()
         self.inflight = 0
@@ -47,6 +45,7 @@ class PoolFeeder:
         self._blobs: dict[Any, bytes] = {}
         self._retried: set[str] = set()
         self.closing = False
+        self.starts: str | None = None  # a StartListener's address: workers say who starts
 
     def blob(self, fn: Any) -> bytes:
         """``fn`` cloudpickled once per distinct function."""
@@ -77,7 +76,8 @@ class PoolFeeder:
             batch = tasks[i:i + size]
             try:
                 items = [(self.blob(t["function"]), t["args"], t["kwargs"]) for t in batch]
-                fut = self.executor.submit(call_batch, items)
+                fut = self.executor.submit(call_batch, items, [t["uid"] for t in batch],
+                                           self.starts)
             except Exception as exc:  # e.g. an unpicklable function: fail these tasks only
                 if len(batch) > 1:
                     for t in batch:
@@ -90,8 +90,7 @@ class PoolFeeder:
             fut.add_done_callback(functools.partial(self._done, batch))
 
     def _fail(self, task: dict, exc: BaseException) -> None:
-        from .concurrent import _record_failure
-        self._report(task, _record_failure(task, exc), time.time(), None)
+        self._report(task, record_failure(task, exc), time.time(), None)
 
     def _replace(self) -> None:
         """Swap a broken pool for a new one of the same size and start method."""
@@ -109,9 +108,8 @@ class PoolFeeder:
         exc = fut.exception()
         if exc is None:
             pid, outcomes = fut.result()
-            emit = self._emit()
             for task, (ok, start, end, payload) in zip(batch, outcomes, strict=True):
-                emit((start, task["uid"], RUNNING, self.name, pid))
+                self._report(task, RUNNING, start, pid)
                 if ok:
                     value = pickle.loads(payload)
                     task["return_value"] = value

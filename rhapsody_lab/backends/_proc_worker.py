@@ -13,6 +13,8 @@ import time
 import traceback
 from typing import Any
 
+from ._pool_starts import GAP, announcer
+
 _cache: dict[bytes, Any] = {}
 
 #: one outcome: (ok, start, end, pickled value | (pickled exception or None, traceback text))
@@ -30,11 +32,22 @@ def _function(blob: bytes) -> Any:
     return fn
 
 
-def call_batch(items: list[tuple[bytes, tuple, dict]]) -> tuple[int, list[Outcome]]:
-    """Run ``(cloudpickled function, args, kwargs)`` items; return ``(pid, outcomes)``."""
+def call_batch(items: list[tuple[bytes, tuple, dict]], uids: list[str] | None = None,
+               starts: str | None = None) -> tuple[int, list[Outcome]]:
+    """Run ``(cloudpickled function, args, kwargs)`` items; return ``(pid, outcomes)``.
+
+    With ``starts`` (a ``_pool_starts.StartListener`` address) a task's start is sent to
+    the driver as it happens: the first task's, and a later one's after ``GAP`` seconds of
+    work since the last one sent.
+    """
+    announce = announcer(starts) if uids is not None else None
     out: list[Outcome] = []
-    for blob, args, kwargs in items:
+    sent = float("-inf")
+    for i, (blob, args, kwargs) in enumerate(items):
         start = time.time()
+        if announce is not None and start - sent > GAP:
+            announce(uids[i], start)
+            sent = start
         try:
             value = _function(blob)(*args, **kwargs)
             if asyncio.iscoroutine(value):

@@ -2,9 +2,8 @@
 
 Where time goes matters here (see ANCHORS.md): the event loop never creates one asyncio
 task or one ``concurrent.futures.Future`` per thread task. Worker threads pull tasks from
-one queue, record each start (a RUNNING event) and outcome ``(task, state, time, slot)``
-in two deques and wake the loop at most once per batch; the loop's drain emits the starts
-at once (one run for an observer that takes runs) and finishes the batch.
+one queue and ``report`` each start (RUNNING) and outcome to the backend's one drain
+(``BaseBackend._drain``), which wakes the loop at most once per batch.
 Process-pool functions are shipped with cloudpickle once per distinct function, and
 executables always run from driver threads (a subprocess needs no worker process).
 """
@@ -16,24 +15,20 @@ import os
 import queue
 import threading
 import time
-import traceback
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
-from ..api.backend import CANCELED_CLAIM, BaseBackend, result_text, take_outcomes
-from ..api.errors import SessionError, TaskExecutionError
-from ..api.states import CANCELED, DONE, FAILED, RUNNING
+from ..api.backend import CANCELED_CLAIM, BaseBackend, record_failure, result_text
+from ..api.errors import SessionError
+from ..api.states import CANCELED, DONE, RUNNING
 from ._pool import RETRY, PoolFeeder
+from ._pool_starts import StartListener
 from ._subprocess import ProcessTable, exec_options, run_executable
 
 __all__ = ["ConcurrentExecutionBackend"]
 
 _CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
-_DRAIN_BUDGET = 2_000  # completions finished per loop callback (keeps the loop responsive)
-_DRAIN_SECONDS = 0.004
-_DRAIN_STEP = 256      # outcomes taken from the deque at once (then the clock is read)
 _PUMP_CHUNK = 512      # process-pool tasks handed over per loop callback
 
 
@@ -62,18 +57,18 @@ class ConcurrentExecutionBackend(BaseBackend):
             raise SessionError(f"max_workers must be an integer >= 1, got {max_workers!r}")
         self.executor = executor
         self._processes = isinstance(executor, ProcessPoolExecutor)
+        self.starts_may_repeat = self._processes  # from the worker, then with the result
         if executor is not None:
             self._workers = executor._max_workers  # type: ignore[attr-defined]
         else:
             self._workers = max_workers or _default_workers()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._done: deque = deque()
-        self._started: deque = deque()  # RUNNING events, emitted by the drain in one go
         self._threads: list[threading.Thread] = []
         self._procs = ProcessTable()
         self._pump_scheduled = False
-        self._feeder = PoolFeeder(executor, self._workers, self._name, lambda: self.emit,
-                                  self._report) if self._processes else None
+        self._starts: StartListener | None = None  # process pools: workers say who starts
+        self._feeder = PoolFeeder(executor, self._workers, self._name, self.report) \
+            if self._processes else None
 
     # -- life cycle --------------------------------------------------------------------
     @property
@@ -90,6 +85,9 @@ class ConcurrentExecutionBackend(BaseBackend):
             # while other threads hold locks can deadlock the child (or the pool).
             futs = [self.executor.submit(os.getpid) for _ in range(self._workers)]
             await asyncio.gather(*(asyncio.wrap_future(f) for f in futs))
+        if self._feeder is not None:
+            self._starts = StartListener(self._started_in_pool)
+            self._feeder.starts = self._starts.address
         if isinstance(self.executor, ThreadPoolExecutor):
             for slot in range(self._workers):
                 self.executor.submit(self._worker, slot)
@@ -117,6 +115,8 @@ class ConcurrentExecutionBackend(BaseBackend):
                 None, lambda: [p.join(5) for p in procs])
         elif self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._starts is not None:
+            self._starts.close()
         self._drain()  # deliver what already finished before the rest become CANCELED
 
     # -- submission --------------------------------------------------------------------
@@ -156,9 +156,7 @@ class ConcurrentExecutionBackend(BaseBackend):
     def _worker(self, slot: int) -> None:
         get = self._queue.get
         claims = self._claims
-        name = self._name
         done = self._done.append
-        started = self._started.append
         clock = time.time
         while True:
             task = get()
@@ -167,11 +165,9 @@ class ConcurrentExecutionBackend(BaseBackend):
             uid = task["uid"]
             if claims.setdefault(uid, slot) is _CANCELED:
                 continue
-            started((clock(), uid, RUNNING, name, slot))
-            if not self._wake_pending:  # the drain emits it: a long task shows RUNNING
+            done((task, RUNNING, clock(), slot))
+            if not self._wake_pending:  # a long task shows RUNNING while it runs
                 self._wake_drain()
-            if self._callbacks:
-                done((task, RUNNING, 0.0, slot))
             fn = task["function"]
             if fn is not None:
                 state = _run_function(task, fn)
@@ -180,55 +176,35 @@ class ConcurrentExecutionBackend(BaseBackend):
                     state = run_executable(task, exec_options(task),
                                            self._procs.register_for(uid))
                 except Exception as exc:  # never lose a task to an unexpected error
-                    state = _record_failure(task, exc)
+                    state = record_failure(task, exc)
                 if self._procs.was_killed(uid):
                     state = CANCELED
                     self._procs.forget(uid)
             done((task, state, clock(), slot))
             self._wake_drain()
 
-    # -- completion (event loop) -------------------------------------------------------
-    def _drain(self) -> None:
-        self._wake_pending = False
-        done = self._done
-        finish = self._finish
-        claims = self._claims
-        n = 0
-        deadline = time.perf_counter() + _DRAIN_SECONDS
-        started = self._started
-        while (done or started) and n < _DRAIN_BUDGET and time.perf_counter() < deadline:
-            entries = take_outcomes(done, _DRAIN_STEP)
-            if started:  # after taking outcomes: their tasks' RUNNING events are in it
-                self.emit_events(take_outcomes(started, len(started)))
-            if not entries:
-                break
-            n += len(entries)
-            if self._finish_outcomes(entries):  # the bulk of a busy run: all DONE
-                continue
-            for task, state, t, slot in entries:
-                if state is RUNNING:
-                    self._notify(task, RUNNING)
-                    continue
-                claims.pop(task["uid"], None)
-                if state is RETRY:
-                    self._feeder.pending.appendleft(task)
-                    continue
-                finish(task, state, t, slot)
-        if self._feeder is not None and self._feeder.pending and not self._pump_scheduled \
-                and self.is_running and self._feeder.room() > 0:
+    def _started_in_pool(self, uid: str, t: float, pid: int) -> None:
+        """Listener thread: a process-pool worker started ``uid`` (its result repeats it)."""
+        task = self._live.get(uid)
+        if task is not None:
+            self.report(task, RUNNING, t, pid)
+
+    # -- completion (event loop): BaseBackend._drain, with a retry state and a pump ----
+    def _on_record(self, record: tuple) -> None:
+        task, state = record[0], record[1]
+        if state is not RETRY:
+            super()._on_record(record)
+        self._claims.pop(task["uid"], None)
+        self._feeder.pending.appendleft(task)  # lost with a worker process: run it again
+
+    def _drained(self) -> None:
+        feeder = self._feeder
+        if feeder is not None and feeder.pending and not self._pump_scheduled \
+                and self.is_running and feeder.room() > 0:
             self._pump_scheduled = True
             self._loop.call_soon(self._pump)
-        if done:
-            self._drain_again()
-        if self._wake_session is not None:
-            self._wake_session()
 
     # -- process pool ------------------------------------------------------------------
-    def _report(self, task: dict, state: str, t: float, slot: Any) -> None:
-        """Record an outcome from any thread and wake the loop (at most once per batch)."""
-        self._done.append((task, state, t, slot))
-        self._wake_drain()
-
     def _pump(self) -> None:
         """Hand queued function tasks to the process pool while it has room."""
         self._pump_scheduled = False
@@ -254,22 +230,8 @@ def _run_function(task: dict, fn: Any) -> str:
         if asyncio.iscoroutine(value):
             value = asyncio.run(value)
     except BaseException as exc:
-        return _record_failure(task, exc)
+        return record_failure(task, exc)
     task["return_value"] = value
     task["stdout"] = result_text(value)
     task["exit_code"] = 0
     return DONE
-
-
-def _record_failure(task: dict, exc: BaseException) -> str:
-    task["exception"] = exc
-    cause = exc.__cause__
-    remote = getattr(cause, "tb", None)  # a process pool's remote traceback text
-    if isinstance(remote, str):
-        task["stderr"] = remote
-    else:
-        task["stderr"] = "".join(traceback.format_exception(exc))
-    task["exit_code"] = 1
-    if not isinstance(exc, Exception):  # SystemExit & co. must not escape an await
-        task["exception"] = TaskExecutionError(task["uid"], repr(exc), 1)
-    return FAILED

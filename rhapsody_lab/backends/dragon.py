@@ -26,7 +26,6 @@ import queue
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -34,16 +33,14 @@ from itertools import repeat
 from operator import is_
 from typing import Any
 
-from ..api.backend import _STATE_OF, BaseBackend, take_outcomes
+from ..api.backend import BaseBackend, record_failure
 from ..api.errors import BackendError, SessionError
-from ..api.states import CANCELED, DONE, RUNNING
-from ._dragon_native import _CANCELED, _UID, NULL_CHUNK, NativePoolMixin, record_failure
+from ..api.states import CANCELED, RUNNING
+from ._dragon_native import _CANCELED, NativePoolMixin
 from ._dragon_spec import NodeInfo, plan
 
 __all__ = ["DragonExecutionBackend", "DragonExecutionBackendV3"]
 
-_DRAIN_BUDGET = 4_000  # outcomes finished per loop callback (a null chunk goes whole)
-_DRAIN_STEP = 512  # outcomes finished at once
 _is_none = partial(is_, None)
 _MAX_LAUNCHERS = 64   # process/job tasks starting or running at once
 
@@ -65,6 +62,9 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
     #: Dragon queue calls each give the GIL up and wait for it back (30 us alone, 6-13 ms
     #: beside a busy thread). Deferring it: 1.19x null tasks/s through a Session (A/B).
     flush_min = 50_000
+    drain_budget = 4_000  # a chunk of null tasks is one record, finished whole
+    drain_step = 512
+    drain_seconds = None
 
     def __init__(self, name: str = "dragon", num_workers: int | None = None,
                  batch_kwargs: dict | None = None, max_launchers: int = _MAX_LAUNCHERS):
@@ -88,12 +88,12 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         self._fids: dict[Any, int] = {}
         self._blobs: dict[int, bytes] = {}
         self._fid_lock = threading.Lock()
+        self._announced: set[int] = set()  # chunks of one task shown RUNNING at their start
         self._chunks: dict[int, tuple] = {}  # chunk id -> (tasks, permit, blobs, items)
         self._next_chunk = 0
         self._watcher: threading.Thread | None = None
         self._stopped = threading.Event()  # set by close (and wakes the watcher at once)
         self._next_fid = 0
-        self._done: deque = deque()
         self._launcher: ThreadPoolExecutor | None = None
         self._ranks: dict[str, Any] = {}
         self.startup_seconds: float | None = None
@@ -212,7 +212,7 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
 
         def on_running(puid: Any) -> None:
             slot[0] = puid
-            self.emit((time.time(), uid, RUNNING, self._name, puid))
+            self.report(task, RUNNING, time.time(), puid)
 
         blob = None
         try:
@@ -226,50 +226,11 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
             self._ranks.pop(uid, None)
         if ranks.killed and state != CANCELED:
             state = CANCELED
-        self._done.append((task, state, time.time(), slot[0]))
-        self._wake_drain()
-
-    # -- completion (event loop) -------------------------------------------------------
-    def _drain(self) -> None:
-        self._wake_pending = False
-        done = self._done
-        finish, claims = self._finish, self._claims
-        n = 0
-        while done and n < _DRAIN_BUDGET:
-            if done[0][1] is NULL_CHUNK:  # a chunk of tasks that all returned None
-                tasks, _, ends, pid = done.popleft()
-                n += len(tasks)
-                deque(map(claims.pop, map(_UID, tasks), repeat(None)), maxlen=0)
-                if not self._finish_done(tasks, ends, pid):
-                    for task, t in zip(tasks, ends, strict=True):
-                        finish(task, DONE, t, pid)
-                continue
-            outcomes = _take_until_chunk(done)
-            n += len(outcomes)
-            if self._finish_outcomes(outcomes):  # a run of DONE outcomes, at once
-                continue
-            for task, state, t, slot in outcomes:
-                claims.pop(task["uid"], None)
-                finish(task, state, t, slot)
-        if done:
-            self._drain_again()
-        if self._wake_session is not None:
-            self._wake_session()
+        self.report(task, state, time.time(), slot[0])
 
 
 DragonExecutionBackend = DragonExecutionBackendV3
 
-
-def _take_until_chunk(done: deque) -> list:
-    """Up to ``_DRAIN_STEP`` single outcomes from the left of ``done``, up to the first null
-    chunk record (put back, with what follows it: other threads only append)."""
-    out = take_outcomes(done, _DRAIN_STEP)
-    states = list(map(_STATE_OF, out))
-    if NULL_CHUNK in states:
-        i = states.index(NULL_CHUNK)
-        done.extendleft(reversed(out[i:]))
-        del out[i:]
-    return out
 
 
 def _end_quietly(ranks: Any) -> None:

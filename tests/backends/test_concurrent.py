@@ -262,7 +262,8 @@ async def test_a_task_reported_twice_in_one_drain_finishes_once():
 
 async def test_a_replaced_emit_gets_every_event_of_a_run():
     """Runs go to the session's stream as one record, unless ``emit`` was replaced after
-    attach (a test, a tap): then the new ``emit`` gets each event, QUEUED to DONE."""
+    attach (a test, a tap): then the new ``emit`` gets each event, SUBMITTED to DONE (the
+    session moves its tasks to SUBMITTED through their backend's life cycle)."""
     backend = await ConcurrentExecutionBackend(ThreadPoolExecutor(2))
     async with Session([backend]) as session:
         events: list[tuple] = []
@@ -271,7 +272,8 @@ async def test_a_replaced_emit_gets_every_event_of_a_run():
         await session.submit_tasks(tasks)
         await session.wait_tasks(tasks)
         for t in tasks:
-            assert [e[2] for e in events if e[1] == t.uid] == ["QUEUED", "RUNNING", "DONE"]
+            assert [e[2] for e in events if e[1] == t.uid] == [
+                "SUBMITTED", "QUEUED", "RUNNING", "DONE"]
 
 
 async def test_a_long_task_is_running_in_the_stream_before_it_ends():

@@ -200,6 +200,12 @@ def test_bad_templates_raise_before_submission(modes):
         assert modes[name]["raised"] == "TaskValidationError", modes[name]
 
 
+def test_a_task_shows_running_on_its_state_while_it_runs(modes):
+    assert modes["running_state"] == {"check": "running_state", "native": "RUNNING",
+                                      "native_end": "DONE", "process": "RUNNING",
+                                      "process_end": "DONE"}
+
+
 def test_cancel_and_close_leave_nothing_behind(modes):
     assert modes["cancel_running"] == {"check": "cancel_running", "returned": True,
                                        "state": "CANCELED"}

@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from rhapsody_lab.api import ComputeTask
+from rhapsody_lab.api.backend import DONE_RUN
 from rhapsody_lab.backends import DragonExecutionBackendV3
 from rhapsody_lab.backends import _dragon_native as native
 
@@ -95,30 +96,21 @@ def test_drain_finishes_null_chunks_and_single_outcomes_in_order(with_futures: b
         failed["exception"] = ValueError("boom")
         done = backend._done
         done.append((first, "DONE", 1.0, 11))
-        done.append((chunk, native.NULL_CHUNK, [2.0, 2.1, 2.2], 12))
+        done.append((chunk, DONE_RUN, ([1.5, 2.05, 2.15], [2.0, 2.1, 2.2]), 12))
         done.append((failed, "FAILED", 3.0, 11))
-        done.append((tail[:1], native.NULL_CHUNK, [4.0], 12))
+        done.append((tail[:1], DONE_RUN, ([3.5], [4.0]), 12))
         done.append((tail[1], "DONE", 5.0, 11))
         backend._drain()
     finally:
         loop.close()
     assert not done and not backend._live and not backend._claims
     assert [(e[1], e[2], e[0]) for e in events] == [
-        (first["uid"], "DONE", 1.0), *((t["uid"], "DONE", w) for t, w in
-                                       zip(chunk, (2.0, 2.1, 2.2), strict=True)),
-        (failed["uid"], "FAILED", 3.0), (tail[0]["uid"], "DONE", 4.0),
-        (tail[1]["uid"], "DONE", 5.0)]
+        (first["uid"], "DONE", 1.0),
+        *((t["uid"], "RUNNING", w) for t, w in zip(chunk, (1.5, 2.05, 2.15), strict=True)),
+        *((t["uid"], "DONE", w) for t, w in zip(chunk, (2.0, 2.1, 2.2), strict=True)),
+        (failed["uid"], "FAILED", 3.0), (tail[0]["uid"], "RUNNING", 3.5),
+        (tail[0]["uid"], "DONE", 4.0), (tail[1]["uid"], "DONE", 5.0)]
     assert [t["state"] for t in tasks] == ["DONE"] * 4 + ["FAILED", "DONE", "DONE"]
     if with_futures:
         assert [t._future.result() is t for t in tasks if t is not failed] == [True] * 6
         assert isinstance(failed._future.exception(), ValueError)
-
-
-def test_drain_step_stops_at_a_null_chunk_and_keeps_what_follows() -> None:
-    from collections import deque
-
-    from rhapsody_lab.backends.dragon import _take_until_chunk
-    done = deque([("a", "DONE", 1, 0), ("b", "FAILED", 2, 0),
-                  (["c"], native.NULL_CHUNK, [3], 0), ("d", "DONE", 4, 0)])
-    assert [o[0] for o in _take_until_chunk(done)] == ["a", "b"]
-    assert [o[0] for o in done] == [["c"], "d"]

@@ -455,11 +455,7 @@ class VllmInferenceBackend(BaseBackend):
             uid = task["uid"]
             if uid not in live:
                 continue
-            if task["state"] != RUNNING:
-                task["state"] = RUNNING
-                self.emit((time.time(), uid, RUNNING, self._name, slot))
-                if self._callbacks:
-                    self._notify(task, RUNNING)
+            self.move(task, RUNNING, time.time(), slot)  # once: an AITask's prompts share it
             try:
                 text, usage = await self._request(task, prompt)
             except asyncio.CancelledError:

@@ -226,6 +226,21 @@ async def main():
         report("after_failures", seconds=time.time() - t0,
                ok=all(t.return_value == i * i for i, t in enumerate(many)),
                states=sorted({t.state for t in many}))
+        # a task's state shows RUNNING while it runs (native function, process mode)
+        seen = {}
+        for mode, t in {"native": ComputeTask(function=sleeper, args=(3,)),
+                        "process": ComputeTask(executable="/bin/sleep", arguments=["3"],
+                                               task_backend_specific_kwargs={
+                                                   "process_template": {}})}.items():
+            await s.submit_tasks([t])
+            for _ in range(100):
+                if t.state == "RUNNING":
+                    break
+                await asyncio.sleep(0.05)
+            seen[mode] = t.state
+            await s.wait_tasks([t], timeout=60)
+            seen[mode + "_end"] = t.state
+        report("running_state", **seen)
         # bad input
         for name, kw in {
             "bad_host": {"process_template": {"policy": {"placement": "HOST_NAME",
