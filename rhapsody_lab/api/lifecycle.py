@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Any
 
 from . import bulk
@@ -93,12 +93,20 @@ class TaskLifecycle:
 
     def move_all(self, tasks: Sequence[dict], state: str, times: Any, slots: Any = None,
                  notify: bool = True) -> None:
-        """``move`` for many tasks (``times``/``slots``: one value, or a list per task): one
-        run of events when every task may move (the usual case), else task by task."""
-        if len(tasks) < bulk.FEW or not bulk.all_in(tasks, _MAY_COME_FROM[state]):
+        """``move`` for many tasks (``times``/``slots``: one value, or a list per task): the
+        tasks that may move (usually all) move as one run of events; the rest stay."""
+        allowed = _MAY_COME_FROM[state]
+        if len(tasks) < bulk.FEW:
             for task, t, slot in zip(tasks, _each(times), _each(slots), strict=False):
                 self.move(task, state, t, slot, notify)
             return
+        if not bulk.all_in(tasks, allowed):
+            mask = bulk.membership(tasks, allowed)
+            tasks = list(compress(tasks, mask))
+            times = list(compress(times, mask)) if times.__class__ is list else times
+            slots = list(compress(slots, mask)) if slots.__class__ is list else slots
+            if not tasks:
+                return
         bulk.set_field(tasks, "state", state)
         self.emit_run(times, bulk.uids(tasks), state, self._name, slots)
         if notify and self._callbacks:

@@ -18,7 +18,7 @@ from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..api.backend import record_failure, result_text
+from ..api.backend import DONE_RUN, record_failure, result_text
 from ..api.errors import BackendError
 from ..api.states import DONE, FAILED, RUNNING
 from ._proc_worker import call_batch
@@ -108,6 +108,15 @@ class PoolFeeder:
         exc = fut.exception()
         if exc is None:
             pid, outcomes = fut.result()
+            if all(o[0] for o in outcomes) and len(outcomes) == len(batch):
+                for task, (_, _, _, payload) in zip(batch, outcomes, strict=True):
+                    value = pickle.loads(payload)
+                    task["return_value"] = value
+                    task["stdout"] = result_text(value)
+                    task["exit_code"] = 0
+                starts, ends = [o[1] for o in outcomes], [o[2] for o in outcomes]
+                self._report(batch, DONE_RUN, (starts, ends), pid)  # one record, whole
+                return
             for task, (ok, start, end, payload) in zip(batch, outcomes, strict=True):
                 self._report(task, RUNNING, start, pid)
                 if ok:

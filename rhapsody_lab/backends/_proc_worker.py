@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import Any
 
-from ._pool_starts import GAP, announcer
+from ._pool_starts import monitor
 
 _cache: dict[bytes, Any] = {}
 
@@ -36,18 +36,26 @@ def call_batch(items: list[tuple[bytes, tuple, dict]], uids: list[str] | None = 
                starts: str | None = None) -> tuple[int, list[Outcome]]:
     """Run ``(cloudpickled function, args, kwargs)`` items; return ``(pid, outcomes)``.
 
-    With ``starts`` (a ``_pool_starts.StartListener`` address) a task's start is sent to
-    the driver as it happens: the first task's, and a later one's after ``GAP`` seconds of
-    work since the last one sent.
+    With ``starts`` (a ``_pool_starts.StartListener`` address) a task that runs long is
+    announced to the driver while it runs (``_pool_starts.Monitor``).
     """
-    announce = announcer(starts) if uids is not None else None
+    mon = monitor(starts) if uids is not None else None
+    if mon is not None:
+        mon.begin()
+    try:
+        return os.getpid(), _call_all(items, uids, mon)
+    finally:
+        if mon is not None:
+            mon.end()
+
+
+def _call_all(items: list[tuple[bytes, tuple, dict]], uids: list[str] | None,
+              mon: object) -> list[Outcome]:
     out: list[Outcome] = []
-    sent = float("-inf")
     for i, (blob, args, kwargs) in enumerate(items):
         start = time.time()
-        if announce is not None and start - sent > GAP:
-            announce(uids[i], start)
-            sent = start
+        if mon is not None:
+            mon.current = (uids[i], start)  # type: ignore[attr-defined]
         try:
             value = _function(blob)(*args, **kwargs)
             if asyncio.iscoroutine(value):
@@ -67,4 +75,4 @@ def call_batch(items: list[tuple[bytes, tuple, dict]], uids: list[str] | None = 
             except Exception:
                 payload = None
             out.append((False, start, end, (payload, text)))
-    return os.getpid(), out
+    return out

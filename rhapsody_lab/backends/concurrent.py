@@ -57,7 +57,6 @@ class ConcurrentExecutionBackend(BaseBackend):
             raise SessionError(f"max_workers must be an integer >= 1, got {max_workers!r}")
         self.executor = executor
         self._processes = isinstance(executor, ProcessPoolExecutor)
-        self.starts_may_repeat = self._processes  # from the worker, then with the result
         if executor is not None:
             self._workers = executor._max_workers  # type: ignore[attr-defined]
         else:
