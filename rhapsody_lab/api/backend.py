@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import compress, repeat
-from operator import is_, itemgetter
+from operator import eq, itemgetter
 from typing import Any
 
 from . import bulk
@@ -257,13 +257,13 @@ class BaseBackend(TaskLifecycle, ABC):
             return len(states)
         for record in records:
             self._apply_one(record)
-        return len(states) + sum(len(r[0]) - 1 for r in records if r[1] is DONE_RUN)
+        return len(states) + sum(len(r[0]) - 1 for r in records if r[1] == DONE_RUN)
 
     def _apply_bulk(self, records: list, states: list, starts: int) -> bool:
         """``_apply`` for a step of only RUNNING and DONE records; False (nothing done) if
         a start is there twice (``starts_may_repeat``): then it goes one by one."""
         if starts:
-            running = list(compress(records, map(is_, states, repeat(RUNNING))))
+            running = list(compress(records, map(eq, states, repeat(RUNNING))))
             tasks = list(map(_TASK_OF, running))
             if self.starts_may_repeat and len(set(map(id, tasks))) != len(tasks):
                 return False
@@ -271,7 +271,7 @@ class BaseBackend(TaskLifecycle, ABC):
                           list(map(_SLOT_OF, running)))
             if starts == len(records):
                 return True
-            records = list(compress(records, map(is_, states, repeat(DONE))))
+            records = list(compress(records, map(eq, states, repeat(DONE))))
         tasks = list(map(_TASK_OF, records))
         bulk.consume(map(self._claims.pop, bulk.uids(tasks), repeat(None)))
         if not self.finish_done(tasks, list(map(_TIME_OF, records)),
@@ -282,9 +282,9 @@ class BaseBackend(TaskLifecycle, ABC):
 
     def _apply_one(self, record: tuple) -> None:
         task, state, t, slot = record
-        if state is RUNNING:
+        if state == RUNNING:  # (== : a state may come back unpickled from a worker)
             self.move(task, RUNNING, t, slot)
-        elif state is DONE_RUN:
+        elif state == DONE_RUN:
             self._apply_done_run(task, t, slot)
         elif state in (DONE, FAILED, CANCELED):
             self._claims.pop(task["uid"], None)

@@ -10,8 +10,8 @@ this backend adds as little as it can around them and never on the event loop:
   group and the scheduler slows down with their number).
 - Each Dask future reports completion into a deque; a *collector* thread gathers results
   of whatever finished in one ``client.gather`` per batch, fills the task dicts and wakes
-  the event loop once per batch, which emits RUNNING (with the worker's start time and
-  address) and the terminal state.
+  the event loop once per batch (``BaseBackend.report``); the one drain moves each task to
+  RUNNING (with the worker's start time and address) and its terminal state.
 - The client is synchronous (its own I/O thread); every blocking Dask call runs on these
   threads or ``asyncio.to_thread``, never on the session's loop.
 
@@ -46,7 +46,6 @@ from ._subprocess import ProcessTable, exec_options, run_executable
 
 __all__ = ["DaskExecutionBackend"]
 
-_DRAIN_BUDGET = 4_000   # completions finished per loop callback
 _TICK = 0.5             # collector watchdog period (s): scheduler loss, capacity refresh
 _GATHER_MAX = 2_000     # futures gathered in one call
 # The collector polls the status of pending Dask futures (a plain attribute read) rather
@@ -64,7 +63,6 @@ _POLL_MAX = 0.05
 _HOLD_KEYS = 20_000
 _HOLD_BYTES = 256 * 2**20
 _LOST = "scheduler-lost"
-_RUN = "running-seen"     # marker: a worker holds the task (from _poll_running)
 _RUNNING_POLL = 1.0       # seconds between two looks at what the workers hold
 
 # resources= keys accepted for the default LocalCluster: name -> (types, description)
@@ -245,6 +243,9 @@ class DaskExecutionBackend(BaseBackend):
     ``cwd``, ``env``, ``shell``, ``timeout``.
     """
 
+    #: A task's start is seen twice: by the look at what workers hold, then with its result
+    starts_may_repeat = True
+
     def __init__(self, resources: dict | None = None, cluster: Any = None, client: Any = None,
                  name: str = "dask"):
         super().__init__(name)
@@ -274,13 +275,11 @@ class DaskExecutionBackend(BaseBackend):
         self._submit_q: queue.SimpleQueue = queue.SimpleQueue()
         self._new_futs: deque = deque()    # submitted Dask futures, for the collector
         self._signal = threading.Event()
-        self._done: deque = deque()        # (task, state, t0, t1, slot) for the loop
         self._stopping = False
         self._lost: str | None = None
         self._threads: list[threading.Thread] = []
         self._pickle_ok: dict[int, tuple[Any, str | None]] = {}
         self._started_tracker = False
-        self._seen_running: set[str] = set()  # uids reported RUNNING before they ended
         self._held: list = []                 # gathered futures not yet released
         self._held_bytes = 0
 
@@ -359,7 +358,6 @@ class DaskExecutionBackend(BaseBackend):
         for t in self._threads:
             await asyncio.to_thread(t.join, 5)
         self._drain()
-        self._seen_running.clear()
         self._held = []
 
     def _close(self, futs: list, execs: list[str]) -> None:
@@ -426,7 +424,6 @@ class DaskExecutionBackend(BaseBackend):
             return False
         self._check_alive()
         fut = self._futs.pop(uid, None)
-        self._seen_running.discard(uid)
         self._finish(task, CANCELED, time.time(), reason="canceled by request")
         if fut is not None:
             execs = [uid] if task.get("executable") is not None else []
@@ -637,7 +634,7 @@ class DaskExecutionBackend(BaseBackend):
                 fut = by_key.get(key)
                 if fut is not None:
                     posted.add(key)
-                    self._done.append((fut._rhapsody_task, _RUN, t, None, addr))
+                    self._done.append((fut._rhapsody_task, RUNNING, t, addr))
         if self._done:
             self._wake_drain()
 
@@ -646,7 +643,7 @@ class DaskExecutionBackend(BaseBackend):
         if self._lost is None and not self._stopping:
             self._lost = (f"lost the Dask scheduler (client status {status!r}); create a "
                           "new backend")
-            self._done.append((None, _LOST, 0.0, 0.0, None))
+            self._done.append((None, _LOST, 0.0, None))
             self._wake_drain()
 
     def _collect(self, futs: list) -> None:
@@ -703,18 +700,22 @@ class DaskExecutionBackend(BaseBackend):
                         task["return_value"] = value
                         task["stdout"] = result_text(value)
                         task["exit_code"] = 0
-                        out((task, DONE, t0, t1, slot))
+                        out((task, RUNNING, t0, slot))
+                        out((task, DONE, t1, slot))
                     else:
                         task["exception"] = value
                         task["stderr"] = tb
                         task["exit_code"] = 1
-                        out((task, FAILED, t0, t1, slot))
+                        out((task, RUNNING, t0, slot))
+                        out((task, FAILED, t1, slot))
                 else:
                     state, stdout, stderr, code, t0, t1, slot = res
                     task["stdout"] = stdout
                     task["stderr"] = stderr
                     task["exit_code"] = code
-                    out((task, state, t0, t1, slot))
+                    if t0 is not None:
+                        out((task, RUNNING, t0, slot))
+                    out((task, state, t1, slot))
             self._held_bytes += size
         if self._done:
             self._wake_drain()
@@ -723,50 +724,16 @@ class DaskExecutionBackend(BaseBackend):
         task["exception"] = exc
         task["stderr"] = tb
         task["exit_code"] = 1
-        self._done.append((task, FAILED, None, time.time(), None))
+        self._done.append((task, FAILED, time.time(), None))
         self._wake_drain()
 
-    # -- completion (event loop) -------------------------------------------------------
-    def _drain(self) -> None:
-        self._wake_pending = False
-        done = self._done
-        pop = done.popleft
-        finish = self._finish
-        live = self._live
-        emit = self.emit
-        name = self._name
-        seen = self._seen_running
-        n = 0
-        while done and n < _DRAIN_BUDGET:
-            task, state, t0, t1, slot = pop()
-            n += 1
-            if state == _LOST:
-                if self._backend_state == "RUNNING":
-                    self._backend_state = "FAILED"
-                self._fail_all(self._lost or "lost the Dask scheduler")
-                continue
-            uid = task["uid"]
-            if uid not in live:
-                continue
-            if state is _RUN:
-                if uid not in seen:
-                    seen.add(uid)
-                    task["state"] = RUNNING
-                    emit((t0, uid, RUNNING, name, slot))
-                    if self._callbacks:
-                        self._notify(task, RUNNING)
-                continue
-            if uid in seen:
-                seen.discard(uid)
-            elif t0 is not None:
-                emit((t0, uid, RUNNING, name, slot))
-                if self._callbacks:
-                    self._notify(task, RUNNING)
-            finish(task, state, t1, slot)
-        if done:
-            self._drain_again()
-        if self._wake_session is not None:
-            self._wake_session()
+    # -- completion (event loop): BaseBackend._drain, with the scheduler-lost record --
+    def _on_record(self, record: tuple) -> None:
+        if record[1] != _LOST:
+            super()._on_record(record)
+        if self._backend_state == "RUNNING":
+            self._backend_state = "FAILED"
+        self._fail_all(self._lost or "lost the Dask scheduler")
 
     def _fail_all(self, message: str) -> None:
         now = time.time()
@@ -776,7 +743,6 @@ class DaskExecutionBackend(BaseBackend):
             task["stderr"] = str(exc)
             task["exit_code"] = 1
             self._futs.pop(task["uid"], None)
-            self._seen_running.discard(task["uid"])
             self._finish(task, FAILED, now)
 
 
