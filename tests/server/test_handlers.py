@@ -146,7 +146,8 @@ async def test_requests_without_a_token_are_refused(http_server_client, jp_base_
                                                      registry):
     key = entry_key(os.getpid(), "s")
     write_entry({"key": key, "pid": os.getpid(), "uid": "s",
-                 "dashboard": {"port": 1, "prefix": dashboard_prefix(jp_base_url, key)}},
+                 "dashboard": {"socket": "/nonexistent/bokeh.sock",
+                               "prefix": dashboard_prefix(jp_base_url, key)}},
                 registry)
     for path in ("rhapsody-lab/sessions", f"rhapsody-lab/dashboard/{key}/task-states"):
         url = f"{jp_base_url}{path}"
@@ -166,7 +167,8 @@ async def test_proxy_refuses_unregistered_and_dashboardless_sessions(
                 registry)
     other = entry_key(os.getpid(), "elsewhere")  # a dashboard for another server's path
     write_entry({"key": other, "pid": os.getpid(), "uid": "elsewhere",
-                 "dashboard": {"port": 8888, "prefix": "/other/rhapsody-lab/dashboard/x",
+                 "dashboard": {"socket": "/nonexistent/bokeh.sock",
+                               "prefix": "/other/rhapsody-lab/dashboard/x",
                                "plots": ["task-states"]}}, registry)
     for k in ("999999-nosuch", key, other):
         with pytest.raises(HTTPClientError) as err:
