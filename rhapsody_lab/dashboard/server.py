@@ -25,6 +25,7 @@ import os
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import threading
 import weakref
@@ -45,6 +46,7 @@ __all__ = ["DashboardServer", "dashboard_urls", "serve"]
 #: the Origin the Jupyter proxy sends upstream on a Unix socket (browsers never reach one)
 PROXY_ORIGIN = "rhapsody-lab.invalid"
 _MIN_KEY = 32
+_MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103  # sun_path, with NUL
 
 
 def _is_loopback(address: str) -> bool:
@@ -99,7 +101,7 @@ def _socket_path(unix_socket: Any) -> tuple[str, Path | None]:
                                "by this user with mode 0700 (or pass unix_socket=True)")
     else:
         raise SessionError(f"unix_socket must be True or a path, got {unix_socket!r}")
-    if len(os.fsencode(path)) > 100:  # sun_path holds 108 bytes on Linux, 104 on BSDs
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
         if owned is not None:
             shutil.rmtree(owned, ignore_errors=True)
         raise SessionError(f"unix_socket path {str(path)!r} is too long for a socket "

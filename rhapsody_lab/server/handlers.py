@@ -66,15 +66,20 @@ def _registry(handler: web.RequestHandler) -> dict[str, dict[str, Any]]:
     return read_entries(handler.settings["rhapsody_lab_registry_dir"])
 
 
-def _plots(entry: dict[str, Any], base_url: str) -> dict[str, str]:
-    """Plot -> proxied URL, if the session's dashboard runs behind this server's proxy."""
+def _plots(entry: dict[str, Any], base_url: str) -> tuple[dict[str, str], str | None]:
+    """Plot -> proxied URL, if the session's dashboard runs behind this server's proxy;
+    and why not, when its socket is refused."""
     dash = entry.get("dashboard")
     if not isinstance(dash, dict) or not isinstance(dash.get("socket"), str):
-        return {}
+        return {}, None
     prefix = dashboard_prefix(base_url, entry["key"])
     if dash.get("prefix") != prefix:
-        return {}  # started for another server (another base URL): not reachable here
-    return {p: f"{prefix}/{p}" for p in dash.get("plots", []) if isinstance(p, str)}
+        return {}, None  # started for another server (another base URL): not reachable here
+    try:
+        checked_socket(dash["socket"])
+    except SessionError:
+        return {}, "its socket is not private to this user: not proxied"
+    return {p: f"{prefix}/{p}" for p in dash.get("plots", []) if isinstance(p, str)}, None
 
 
 class SessionsHandler(APIHandler):
@@ -88,6 +93,7 @@ class SessionsHandler(APIHandler):
         paths = await self._notebook_paths()
         sessions = []
         for key, e in _registry(self).items():
+            plots, refused = _plots(e, self.base_url)
             counts = e.get("counts") if isinstance(e.get("counts"), dict) else {}
             sessions.append({
                 "key": key,
@@ -101,8 +107,8 @@ class SessionsHandler(APIHandler):
                                             if isinstance(v, int))),
                 "started": e.get("started"),
                 "updated": e.get("updated"),
-                "dashboard": _plots(e, self.base_url),
-                "dashboard_error": e.get("dashboard_error"),
+                "dashboard": plots,
+                "dashboard_error": refused or e.get("dashboard_error"),
             })
         sessions.sort(key=lambda s: (s["started"] or 0, s["key"]))
         self.finish(json.dumps({"sessions": sessions}))

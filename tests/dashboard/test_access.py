@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import stat
 import tempfile
@@ -65,6 +66,14 @@ async def _ws_first_message(url: str, token: str, origin: str) -> str | None:
 
 def _token(page: str) -> str:
     return re.search(r'"token"\s*:\s*"([^"]+)"', page).group(1)
+
+
+@pytest.fixture
+def short_tmp():
+    """A short private temporary directory (socket paths must fit 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="rh-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _session(tmp_path: Path) -> Session:
@@ -155,8 +164,9 @@ async def test_a_non_loopback_address_needs_a_secret_key(tmp_path):
             server.stop()
 
 
-async def test_a_unix_socket_only_in_a_private_directory(tmp_path, monkeypatch):
+async def test_a_unix_socket_only_in_a_private_directory(tmp_path, short_tmp, monkeypatch):
     async with _session(tmp_path) as session:
+        tmp_path = short_tmp
         shared = tmp_path / "shared"
         shared.mkdir(mode=0o755)
         shared.chmod(0o755)
@@ -187,3 +197,31 @@ async def test_a_unix_socket_only_in_a_private_directory(tmp_path, monkeypatch):
             assert stat.S_ISSOCK(os.lstat(server.socket_path).st_mode)
         finally:
             server.stop()
+
+
+async def test_the_socket_directory_is_under_a_private_xdg_runtime_dir(tmp_path, short_tmp,
+                                                                      monkeypatch):
+    async with _session(tmp_path) as session:
+        tmp_path = short_tmp
+        runtime = tmp_path / "run"
+        runtime.mkdir(mode=0o700)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        server = dashboard.serve(session, unix_socket=True, plots=["latency"])
+        try:
+            assert Path(server.socket_path).parent.parent == runtime / "rhapsody_lab"
+        finally:
+            server.stop()
+        runtime.chmod(0o755)  # not private: not used, the private tmp dir is
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        server = dashboard.serve(session, unix_socket=True, plots=["latency"])
+        try:
+            assert (Path(server.socket_path).parent.parent
+                    == tmp_path / f"rhapsody_lab-{os.geteuid()}")
+        finally:
+            server.stop()
+        deep = tmp_path / ("d" * 100)
+        deep.mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(deep))
+        with pytest.raises(SessionError, match="too long"):
+            dashboard.serve(session, unix_socket=True, plots=["latency"])
+        assert list((deep / f"rhapsody_lab-{os.geteuid()}").iterdir()) == []

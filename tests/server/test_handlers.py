@@ -268,6 +268,10 @@ async def test_proxy_refuses_sockets_outside_a_private_directory(jp_fetch, jp_ba
             with pytest.raises(HTTPClientError) as err:
                 await jp_fetch("rhapsody-lab", "dashboard", key, "task-states")
             assert err.value.code == 403, (name, err.value)
+        listed = {s["uid"]: s for s in await _sessions(jp_fetch)}
+        for name in cases:  # the sidebar says why, and offers no plot
+            assert listed[name]["dashboard"] == {}
+            assert "not private" in listed[name]["dashboard_error"]
         for listener in listeners:  # nobody connected to them
             with pytest.raises(BlockingIOError):
                 listener.accept()
