@@ -2,16 +2,17 @@
 
 ``serve(session)`` starts it in a daemon thread (its own event loop, so the session's loop
 never renders plots) and returns a ``DashboardServer``; ``.urls`` maps plot name -> URL.
-Each server session gets its own components, refreshed by a periodic callback that holds
+Each Bokeh session gets its own components, refreshed by a periodic callback that holds
 them by weak reference (a closed tab frees them). Who can read the plots:
 
 - ``unix_socket=True`` (what the Jupyter server extension proxies): Bokeh listens on a
   Unix socket inside a fresh directory of mode 0700 under ``$XDG_RUNTIME_DIR`` or
   ``<tmp>/rhapsody_lab-<uid>``: only this user (and root) can connect; no TCP port opens.
 - TCP on a loopback address (the default, ``127.0.0.1`` and a free port): session ids
-  are signed with a random per-server key and the server makes none itself, so a page or
-  websocket without the signed id in ``.urls`` is refused (403) to the other users of the
-  host; keep those URLs off shared command lines.
+  are signed with a random per-server key and the server makes none itself, so a page
+  without the signed id of ``.urls`` gets 403, and a websocket without a token signed
+  with the key is closed before any message: the host's other users see no data. Tabs
+  opening the same URL share its Bokeh session; keep the URLs off shared command lines.
 - TCP on any other address: the caller must pass ``secret_key`` (>= 32 characters) and
   hands out ``.urls`` (signed with it, as ``bokeh.util.token.generate_session_id`` does);
   browsers reaching it by a host name also need that name in ``allow_websocket_origin``.
@@ -113,9 +114,10 @@ def _checked_key(secret_key: Any) -> bytes:
     if isinstance(secret_key, str):
         secret_key = secret_key.encode()
     if not isinstance(secret_key, bytes) or len(secret_key) < _MIN_KEY:
+        got = (f"{len(secret_key)} characters" if isinstance(secret_key, bytes)
+               else type(secret_key).__name__)
         raise SessionError(f"secret_key must be a str or bytes of at least {_MIN_KEY} "
-                           "characters (e.g. secrets.token_urlsafe(32)), got "
-                           f"{type(secret_key).__name__}")
+                           f"characters (e.g. secrets.token_urlsafe(32)), got {got}")
     return secret_key
 
 
