@@ -1,8 +1,10 @@
 """Dashboards over ``rhapsody_lab.observe`` metrics (the only package importing Bokeh).
 
 - ``show(session)``: live plots in a notebook (a jupyter_bokeh widget);
-- ``serve(session)`` / ``dashboard_urls(session)``: a Bokeh server on 127.0.0.1, one app
-  per plot (``task-states``, ``utilisation``, ``throughput``, ``task-stream``, ``latency``);
+- ``serve(session)`` / ``dashboard_urls(session)``: a Bokeh server only its owner reads,
+  one app per plot (``task-states``, ``utilisation``, ``throughput``, ``task-stream``,
+  ``latency``): on 127.0.0.1 with signed session ids in ``.urls``, or ``unix_socket=True``
+  (a 0700 directory; what the Jupyter proxy uses); another address needs ``secret_key``;
 - ``write_report(journal_or_session, "report.html")``: a static, offline HTML report.
 """
 

@@ -5,8 +5,9 @@ backends, counts) at once and then about once a second from a daemon thread, and
 it when the session closes or ``stop()`` is called. When the kernel was started by a
 Jupyter server running the ``rhapsody_lab.server`` extension (it puts
 ``RHAPSODY_LAB_BASE_URL`` in the kernel's environment), the publisher also starts the
-session's Bokeh dashboard on 127.0.0.1 under the path that server proxies, and publishes
-its port. Nothing here blocks the session's loop beyond subscribing the metrics.
+session's Bokeh dashboard on a Unix socket in a 0700 directory of this user (no TCP
+port: only this user can connect) under the path that server proxies, and publishes the
+socket's path. Nothing here blocks the session's loop beyond subscribing the metrics.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ class Publisher:
             "counts": counts,
             "total": sum(counts.values()),
             "dashboard": None if server is None else {
-                "port": server.port, "prefix": server.prefix, "plots": list(server.plots)},
+                "socket": server.socket_path, "prefix": server.prefix,
+                "plots": list(server.plots)},
             "dashboard_error": self.dashboard_error,
         }
 
@@ -140,7 +142,7 @@ class Publisher:
         try:
             from ..dashboard.server import DashboardServer
             self.server = DashboardServer(
-                self._metrics, plots=self.plots,
+                self._metrics, plots=self.plots, unix_socket=True,
                 prefix=dashboard_prefix(self.base_url or "/", self.key))
         except Exception as exc:
             self.dashboard_error = f"{type(exc).__name__}: {exc}"

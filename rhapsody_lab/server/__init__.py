@@ -3,7 +3,7 @@
 Enabled by ``etc/jupyter/jupyter_server_config.d/rhapsody_lab.json`` (installed with the
 package). Under ``<base_url>rhapsody-lab/``: ``GET sessions`` lists the kernels' live
 sessions (``registry``), ``dashboard/<key>/<plot>`` proxies HTTP and websockets to that
-session's Bokeh server on 127.0.0.1, so no extra port is opened (JupyterHub, HPC login
+session's Bokeh server on its private Unix socket, so no port is opened (JupyterHub, HPC login
 nodes). Jupyter and Tornado are imported when the server loads the extension, never by
 ``import rhapsody_lab``.
 """

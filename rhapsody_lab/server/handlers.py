@@ -1,17 +1,20 @@
 """Authenticated handlers: the sessions list and the dashboard proxy (HTTP + websocket).
 
-The proxy forwards only to the Bokeh server of a live registered session, always on
-127.0.0.1, and only under the path that server was started with; the request path is
+The proxy forwards only to the Bokeh server of a live registered session, over the Unix
+socket its entry names (``registry.checked_socket``: a socket of this user in a 0700
+directory of this user, so an entry written by someone else cannot lead here to their
+socket), and only under the path that server was started with; the request path is
 forwarded unchanged (the Bokeh server runs with ``prefix`` = the proxied path, so its pages
 and its websocket URL point back through the proxy). The browser's Origin is checked by
-the Jupyter server (its ``allow_origin`` rules); Bokeh's own check then sees the
-loopback origin it allows.
+the Jupyter server (its ``allow_origin`` rules); upstream, the proxy sends the fixed
+origin the socket's Bokeh server allows (``PROXY_ORIGIN``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -20,10 +23,20 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import HTTPRequest
+from tornado.netutil import Resolver
+from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, websocket_connect
 
-from .registry import ENV_BASE_URL, ENV_DIR, PROXY_ROOT, dashboard_prefix, read_entries
+from ..api.errors import SessionError
+from .registry import (
+    ENV_BASE_URL,
+    ENV_DIR,
+    PROXY_ROOT,
+    checked_socket,
+    dashboard_prefix,
+    read_entries,
+)
 
 __all__ = ["DashboardProxyHandler", "SessionsHandler", "setup_handlers"]
 
@@ -34,21 +47,39 @@ _DROP_REQUEST = {"connection", "keep-alive", "proxy-authenticate", "proxy-author
 _DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "content-length",
                   "server", "date", "set-cookie"}
 _KEY = r"[A-Za-z0-9._-]+"
+#: the host (and Origin) of upstream requests; must match dashboard.server.PROXY_ORIGIN
+PROXY_ORIGIN = "rhapsody-lab.invalid"
+
+
+class _UnixResolver(Resolver):
+    """Resolves every host to one Unix socket (tornado's clients then connect there)."""
+
+    def initialize(self, path: str) -> None:  # type: ignore[override]
+        self.path = path
+
+    async def resolve(self, host: str, port: int, family: Any = socket.AF_UNSPEC
+                      ) -> list[tuple[int, Any]]:
+        return [(socket.AF_UNIX, self.path)]
 
 
 def _registry(handler: web.RequestHandler) -> dict[str, dict[str, Any]]:
     return read_entries(handler.settings["rhapsody_lab_registry_dir"])
 
 
-def _plots(entry: dict[str, Any], base_url: str) -> dict[str, str]:
-    """Plot -> proxied URL, if the session's dashboard runs behind this server's proxy."""
+def _plots(entry: dict[str, Any], base_url: str) -> tuple[dict[str, str], str | None]:
+    """Plot -> proxied URL, if the session's dashboard runs behind this server's proxy;
+    and why not, when its socket is refused."""
     dash = entry.get("dashboard")
-    if not isinstance(dash, dict) or not isinstance(dash.get("port"), int):
-        return {}
+    if not isinstance(dash, dict) or not isinstance(dash.get("socket"), str):
+        return {}, None
     prefix = dashboard_prefix(base_url, entry["key"])
     if dash.get("prefix") != prefix:
-        return {}  # started for another server (another base URL): not reachable here
-    return {p: f"{prefix}/{p}" for p in dash.get("plots", []) if isinstance(p, str)}
+        return {}, None  # started for another server (another base URL): not reachable here
+    try:
+        checked_socket(dash["socket"])
+    except SessionError:
+        return {}, "its socket is not private to this user: not proxied"
+    return {p: f"{prefix}/{p}" for p in dash.get("plots", []) if isinstance(p, str)}, None
 
 
 class SessionsHandler(APIHandler):
@@ -62,6 +93,7 @@ class SessionsHandler(APIHandler):
         paths = await self._notebook_paths()
         sessions = []
         for key, e in _registry(self).items():
+            plots, refused = _plots(e, self.base_url)
             counts = e.get("counts") if isinstance(e.get("counts"), dict) else {}
             sessions.append({
                 "key": key,
@@ -75,8 +107,8 @@ class SessionsHandler(APIHandler):
                                             if isinstance(v, int))),
                 "started": e.get("started"),
                 "updated": e.get("updated"),
-                "dashboard": _plots(e, self.base_url),
-                "dashboard_error": e.get("dashboard_error"),
+                "dashboard": plots,
+                "dashboard_error": refused or e.get("dashboard_error"),
             })
         sessions.sort(key=lambda s: (s["started"] or 0, s["key"]))
         self.finish(json.dumps({"sessions": sessions}))
@@ -100,6 +132,7 @@ class DashboardProxyHandler(WebSocketHandler, JupyterHandler):
     def initialize(self) -> None:
         self._upstream: Any = None
         self._ws_url = ""
+        self._socket = ""
         self._subprotocols: list[str] = []
         self._origin = ""
 
@@ -109,19 +142,25 @@ class DashboardProxyHandler(WebSocketHandler, JupyterHandler):
     def check_origin(self, origin: str | None = None) -> bool:
         return JupyterHandler.check_origin(self)  # the server's allow_origin rules
 
-    def _target(self, key: str) -> int:
+    def _target(self, key: str) -> str:
+        """The checked socket path of ``key``'s dashboard (404 / 403 otherwise)."""
         entry = _registry(self).get(key)
         if entry is None:
             raise web.HTTPError(404, f"no live rhapsody_lab session {key!r}")
         dash = entry.get("dashboard")
-        port = dash.get("port") if isinstance(dash, dict) else None
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        path = dash.get("socket") if isinstance(dash, dict) else None
+        if not isinstance(path, str):
             raise web.HTTPError(404, f"session {key!r} has no dashboard")
         prefix = dashboard_prefix(self.base_url, key)
         if dash.get("prefix") != prefix or not (self.request.path == prefix or
                                                 self.request.path.startswith(prefix + "/")):
             raise web.HTTPError(404, f"session {key!r} has no dashboard under {prefix}")
-        return port
+        try:
+            return checked_socket(path)
+        except SessionError as exc:
+            self.log.warning("rhapsody_lab: session %s: %s", key, exc)
+            raise web.HTTPError(403, "the dashboard socket is not private to this "
+                                     "user") from None
 
     def _upstream_uri(self) -> str:
         query = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True)
@@ -131,29 +170,35 @@ class DashboardProxyHandler(WebSocketHandler, JupyterHandler):
     @web.authenticated
     @authorized("read")
     async def get(self, key: str, rest: str | None = None) -> None:
-        port = self._target(key)
+        path = self._target(key)
         if self.request.headers.get("Upgrade", "").lower() == "websocket":
-            self._ws_url = f"ws://127.0.0.1:{port}{self._upstream_uri()}"
-            self._origin = f"http://127.0.0.1:{port}"
+            self._socket = path
+            self._ws_url = f"ws://{PROXY_ORIGIN}{self._upstream_uri()}"
+            self._origin = f"http://{PROXY_ORIGIN}"
             await WebSocketHandler.get(self, key, rest)
             return
-        await self._forward(port)
+        await self._forward(path)
 
     @web.authenticated
     @authorized("read")
     async def head(self, key: str, rest: str | None = None) -> None:
         await self._forward(self._target(key))
 
-    async def _forward(self, port: int) -> None:
+    async def _forward(self, path: str) -> None:
         headers = {k: v for k, v in self.request.headers.get_all()
                    if k.lower() not in _DROP_REQUEST}
-        request = HTTPRequest(f"http://127.0.0.1:{port}{self._upstream_uri()}",
+        request = HTTPRequest(f"http://{PROXY_ORIGIN}{self._upstream_uri()}",
                               method=self.request.method, headers=headers,
                               follow_redirects=False, decompress_response=False,
                               connect_timeout=10, request_timeout=60)
-        response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        client = SimpleAsyncHTTPClient(force_instance=True,
+                                       resolver=_UnixResolver(path=path))
+        try:
+            response = await client.fetch(request, raise_error=False)
+        finally:
+            client.close()
         if response.code == 599:
-            raise web.HTTPError(502, f"the dashboard on port {port} did not answer: "
+            raise web.HTTPError(502, f"the dashboard on {path} did not answer: "
                                      f"{response.error}")
         self.set_status(response.code, response.reason)
         for name, value in response.headers.get_all():
@@ -175,10 +220,11 @@ class DashboardProxyHandler(WebSocketHandler, JupyterHandler):
         try:
             self._upstream = await websocket_connect(
                 request, subprotocols=self._subprotocols or None,
-                on_message_callback=self._from_upstream, max_message_size=64 * 2**20)
+                on_message_callback=self._from_upstream, max_message_size=64 * 2**20,
+                resolver=_UnixResolver(path=self._socket))
         except Exception as exc:
-            self.log.warning("rhapsody_lab: dashboard websocket %s failed: %s",
-                             self._ws_url, exc)
+            self.log.warning("rhapsody_lab: dashboard websocket %s on %s failed: %s",
+                             self._ws_url, self._socket, exc)
             self.close(1011, "dashboard unreachable")
 
     def _from_upstream(self, message: str | bytes | None) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ __all__ = [
     "ENV_DIR",
     "PROXY_ROOT",
     "STALE_AFTER",
+    "checked_socket",
     "dashboard_prefix",
     "entry_key",
     "read_entries",
@@ -80,6 +82,31 @@ def dashboard_prefix(base_url: str, key: str) -> str:
     """The path the session's Bokeh server lives under, as the proxy forwards it."""
     base = "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
     return f"{base}{PROXY_ROOT}/{key}"
+
+
+def checked_socket(path: Any) -> str:
+    """``path`` (a registered dashboard socket) resolved, if it is a socket owned by this
+    user in a directory owned by this user with mode 0700; else ``SessionError``.
+
+    The registry directory may be shared or writable by others: an entry must not lead
+    the proxy to someone else's socket. Inside such a directory only its owner (us) can
+    add, swap or link files, so the check holds until the connection is made.
+    """
+    if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
+        raise SessionError(f"dashboard socket must be an absolute path, got {path!r}")
+    real = os.path.realpath(path)
+    me = os.geteuid()
+    try:
+        parent, sock = os.lstat(os.path.dirname(real)), os.lstat(real)
+    except OSError as exc:
+        raise SessionError(f"dashboard socket {path!r} is not there: {exc}") from exc
+    if not stat.S_ISDIR(parent.st_mode) or parent.st_uid != me or parent.st_mode & 0o077:
+        raise SessionError(f"dashboard socket {path!r}: its directory is not owned by uid "
+                           f"{me} with mode 0700 (mode {oct(parent.st_mode & 0o777)}, "
+                           f"owner {parent.st_uid}); refusing to connect")
+    if not stat.S_ISSOCK(sock.st_mode) or sock.st_uid != me:
+        raise SessionError(f"dashboard socket {path!r} is not a socket owned by uid {me}")
+    return real
 
 
 def write_entry(entry: dict[str, Any], directory: str | os.PathLike | None = None) -> Path:

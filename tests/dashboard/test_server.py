@@ -28,7 +28,8 @@ async def test_server_apps_answer_and_stream_live_data(tmp_path):
             urls = server.urls
             assert set(urls) == {"task-states", "utilisation", "throughput", "task-stream",
                                  "latency"}
-            assert all(u.startswith(f"http://127.0.0.1:{server.port}/") for u in urls.values())
+            assert all(u.startswith(f"http://127.0.0.1:{server.port}/") and "bokeh-session-id=" in u
+                       for u in urls.values())
             loop = asyncio.get_running_loop()
             for url in urls.values():
                 status, page = await loop.run_in_executor(None, _get, url)

@@ -28,7 +28,8 @@ async def test_an_authorizer_can_refuse_the_sessions_and_the_proxy(jp_fetch, jp_
                                                                    registry):
     key = entry_key(os.getpid(), "s")
     write_entry({"key": key, "pid": os.getpid(), "uid": "s",
-                 "dashboard": {"port": 1, "prefix": dashboard_prefix(jp_base_url, key),
+                 "dashboard": {"socket": "/nonexistent/bokeh.sock",
+                               "prefix": dashboard_prefix(jp_base_url, key),
                                "plots": ["task-states"]}}, registry)
     assert (await jp_fetch("api", "status")).code == 200  # the user is authenticated
     for parts in (("rhapsody-lab", "sessions"),

@@ -7,9 +7,12 @@ import asyncio
 import json
 import os
 import re
+import socket
+import stat
 import subprocess
 import time
 
+import local_user
 import pytest
 from tornado.httpclient import HTTPClientError
 
@@ -100,6 +103,13 @@ async def test_proxy_forwards_http_and_websocket_to_the_bokeh_server(
 
     await _wait_for(ready)
     key = publisher.key
+    # the Bokeh server listens on a Unix socket in a private directory, no TCP port
+    entry = json.loads((publisher.directory / f"{key}.json").read_text())["dashboard"]
+    assert "port" not in entry and entry["socket"] == publisher.server.socket_path
+    assert publisher.server._server.unix_socket == entry["socket"]
+    assert publisher.server._server.port is None
+    parent = os.lstat(os.path.dirname(entry["socket"]))
+    assert stat.S_IMODE(parent.st_mode) == 0o700 and parent.st_uid == os.geteuid()
     page = await jp_fetch("rhapsody-lab", "dashboard", key, "task-states")
     assert page.code == 200
     html = page.body.decode()
@@ -146,7 +156,8 @@ async def test_requests_without_a_token_are_refused(http_server_client, jp_base_
                                                      registry):
     key = entry_key(os.getpid(), "s")
     write_entry({"key": key, "pid": os.getpid(), "uid": "s",
-                 "dashboard": {"port": 1, "prefix": dashboard_prefix(jp_base_url, key)}},
+                 "dashboard": {"socket": "/nonexistent/bokeh.sock",
+                               "prefix": dashboard_prefix(jp_base_url, key)}},
                 registry)
     for path in ("rhapsody-lab/sessions", f"rhapsody-lab/dashboard/{key}/task-states"):
         url = f"{jp_base_url}{path}"
@@ -166,7 +177,8 @@ async def test_proxy_refuses_unregistered_and_dashboardless_sessions(
                 registry)
     other = entry_key(os.getpid(), "elsewhere")  # a dashboard for another server's path
     write_entry({"key": other, "pid": os.getpid(), "uid": "elsewhere",
-                 "dashboard": {"port": 8888, "prefix": "/other/rhapsody-lab/dashboard/x",
+                 "dashboard": {"socket": "/nonexistent/bokeh.sock",
+                               "prefix": "/other/rhapsody-lab/dashboard/x",
                                "plots": ["task-states"]}}, registry)
     for k in ("999999-nosuch", key, other):
         with pytest.raises(HTTPClientError) as err:
@@ -196,3 +208,73 @@ async def test_stale_and_dead_entries_are_ignored(jp_fetch, registry):
     with pytest.raises(HTTPClientError) as err:
         await jp_fetch("rhapsody-lab", "dashboard", frozen, "task-states")
     assert err.value.code == 404
+
+
+@pytest.mark.skipif(local_user.missing() is not None, reason=str(local_user.missing()))
+async def test_another_user_cannot_reach_a_published_dashboard(jp_fetch, live):
+    _session, publisher = live
+
+    async def ready():
+        return [s for s in await _sessions(jp_fetch) if s["dashboard"]]
+
+    await _wait_for(ready)
+    path = json.loads((publisher.directory / f"{publisher.key}.json").read_text()
+                      )["dashboard"]["socket"]
+    loop = asyncio.get_running_loop()
+    with local_user.other_user() as user:
+        seen = await loop.run_in_executor(None, lambda: local_user.probe(user, socket=path))
+    assert seen["unix"] == {"listdir": "PermissionError", "connect": "PermissionError"}, seen
+    # while its owner reads it through the proxy
+    page = await jp_fetch("rhapsody-lab", "dashboard", publisher.key, "task-states")
+    assert page.code == 200 and b"bokeh" in page.body.lower()
+
+
+def _listener(path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.listen(8)
+    s.setblocking(False)
+    return s
+
+
+async def test_proxy_refuses_sockets_outside_a_private_directory(jp_fetch, jp_base_url,
+                                                                  registry, tmp_path):
+    """An entry (anyone may be able to write one) must not lead the proxy to a socket
+    in a directory other users can enter, or owned by someone else, or through a link."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "link.sock").symlink_to(shared / "open.sock")
+    listeners = [_listener(shared / "open.sock")]
+    cases = {"open": str(shared / "open.sock"), "link": str(private / "link.sock"),
+             "file": str(private / "plain"), "relative": "private/x.sock"}
+    (private / "plain").write_text("")
+    if os.geteuid() == 0:  # a private directory of another uid (root can bind there)
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        listeners.append(_listener(theirs / "their.sock"))
+        os.chown(theirs / "their.sock", 65534, 65534)
+        os.chown(theirs, 65534, 65534)
+        cases["theirs"] = str(theirs / "their.sock")
+    try:
+        for name, path in cases.items():
+            key = entry_key(os.getpid(), name)
+            write_entry({"key": key, "pid": os.getpid(), "uid": name,
+                         "dashboard": {"socket": path, "plots": ["task-states"],
+                                       "prefix": dashboard_prefix(jp_base_url, key)}},
+                        registry)
+            with pytest.raises(HTTPClientError) as err:
+                await jp_fetch("rhapsody-lab", "dashboard", key, "task-states")
+            assert err.value.code == 403, (name, err.value)
+        listed = {s["uid"]: s for s in await _sessions(jp_fetch)}
+        for name in cases:  # the sidebar says why, and offers no plot
+            assert listed[name]["dashboard"] == {}
+            assert "not private" in listed[name]["dashboard_error"]
+        for listener in listeners:  # nobody connected to them
+            with pytest.raises(BlockingIOError):
+                listener.accept()
+    finally:
+        for listener in listeners:
+            listener.close()
