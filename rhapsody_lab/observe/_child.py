@@ -2,9 +2,10 @@
 
 Started by ``rhapsody_lab.observe.process.ObserverProcess`` as
 ``python -m rhapsody_lab.observe._child IN_FD OUT_FD SIDE_FD OPTIONS_JSON``. Frames on
-IN_FD are ``b"E" + marshal((capacity, items))`` (events, and runs of them: ``expand``)
-or ``b"R" + pickle((method, args))``, handled in order (such a request sees every event
-sent before it; replies on OUT_FD).
+IN_FD are ``b"E" + marshal((capacity, items))`` (events, and runs of them) or
+``b"R" + pickle((method, args))``, handled in order (such a request sees every event
+sent before it; replies on OUT_FD). Items become columns once (``observe.columns``), which
+the journal writes and the metrics fold at once: the stream's batching is the one buffer.
 SIDE_FD (a socket) carries dashboard reads, answered at once by another thread. End of input
 (the session closed, or the kernel died) folds and writes what is left, then exits.
 """
@@ -19,7 +20,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..api.events import expand
+from .columns import columns
 from .journal import Journal
 from .metrics import Metrics
 
@@ -56,12 +57,13 @@ class _Observer:
         return [getattr(self, kind)(name, *args) for kind, name, args in requests]
 
     # events --------------------------------------------------------------------------
-    def events(self, capacity: dict, batch: list) -> None:
+    def events(self, capacity: dict, items: list) -> None:
         if capacity:
             self.metrics.capacity.update(capacity)
+        cols = columns(items)
         for j in list(self.journals.values()):
-            j(batch)
-        self.metrics(batch)
+            j.write_columns(cols)
+        self.metrics.fold_columns(cols)
 
     def close(self) -> None:
         self.metrics.close()
@@ -110,7 +112,7 @@ def main(argv: list[str]) -> int:
             kind = frame[:1]
             if kind == b"E":
                 capacity, items = marshal.loads(frame[1:])
-                observer.events(capacity, expand(items))
+                observer.events(capacity, items)
             elif kind == b"R" and not _reply(out, observer, frame[1:]):
                 break
     finally:

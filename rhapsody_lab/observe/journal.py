@@ -32,6 +32,7 @@ from operator import itemgetter
 from typing import Any
 
 from ..api.errors import SessionError
+from .columns import Columns, columns
 from .metrics import Metrics
 
 __all__ = ["COLUMNS", "FORMAT", "Journal", "attach_journal", "load", "load_dataframe",
@@ -54,13 +55,12 @@ _encode = json.JSONEncoder(separators=(",", ":"), default=_slot_default,
                            check_circular=False).encode
 
 
-def _micros(batch: Sequence[tuple]) -> list[int]:
+def _micros(times: list[float]) -> list[int]:
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy comes with the dashboard extra
-        return [round(t * 1e6) for t in map(_g0, batch)]
-    ts = np.fromiter(map(_g0, batch), np.float64, len(batch))
-    return np.rint(ts * 1e6).astype(np.int64).tolist()
+        return [round(t * 1e6) for t in times]
+    return np.rint(np.array(times, np.float64) * 1e6).astype(np.int64).tolist()
 
 
 class _Tokens(dict):
@@ -95,17 +95,24 @@ def _strings(values: list) -> str:
 
 
 def encode_batch(batch: Sequence[tuple]) -> bytes:
-    """``batch`` as one JSON line of columns (integer-microsecond times).
+    """Event tuples as one JSON line of columns (see ``encode_columns``)."""
+    return encode_columns(Columns(list(map(_g0, batch)), list(map(_g1, batch)),
+                                  list(map(_g2, batch)), list(map(_g3, batch)),
+                                  list(map(_g4, batch))))
+
+
+def encode_columns(cols: Columns) -> bytes:
+    """Events in columns as one JSON line (integer-microsecond times).
 
     The same text ``json`` would write, built by joining cached tokens: the journal is the
     observer's biggest per-event cost.
     """
-    if not batch:
+    if not cols.uids:
         return b""
-    return ('{"t":' + _encode(_micros(batch)) + ',"uid":' + _strings(list(map(_g1, batch)))
-            + ',"state":' + _column(list(map(_g2, batch)), _names, str)
-            + ',"backend":' + _column(list(map(_g3, batch)), _names, str)
-            + ',"slot":' + _column(list(map(_g4, batch)), _slots, int) + "}\n").encode()
+    return ('{"t":' + _encode(_micros(cols.times)) + ',"uid":' + _strings(cols.uids)
+            + ',"state":' + _column(cols.states, _names, str)
+            + ',"backend":' + _column(cols.backends, _names, str)
+            + ',"slot":' + _column(cols.slots, _slots, int) + "}\n").encode()
 
 
 class Journal:
@@ -136,14 +143,25 @@ class Journal:
 
     def __call__(self, batch: Sequence[tuple]) -> None:
         """Event-stream subscriber: append ``batch`` (one write, flushed to the OS)."""
-        if self._fd is None or not batch:
+        if self._fd is not None and batch:
+            self.write_columns(Columns(list(map(_g0, batch)), list(map(_g1, batch)),
+                                       list(map(_g2, batch)), list(map(_g3, batch)),
+                                       list(map(_g4, batch))))
+
+    def write_items(self, items: Sequence[tuple]) -> None:
+        """Event-stream subscriber taking runs (``runs=True``): append their columns."""
+        self.write_columns(columns(items))
+
+    def write_columns(self, cols: Columns) -> None:
+        """Append events given as columns (one write, flushed to the OS)."""
+        if self._fd is None or not cols.uids:
             return
-        names = set(map(_g3, batch))
+        names = set(cols.backends)
         head = b""
         if not names <= self._known:
             head = self._capacity_lines(names - self._known)
-        self._write(head + encode_batch(batch))
-        self.events_written += len(batch)
+        self._write(head + encode_columns(cols))
+        self.events_written += len(cols.uids)
 
     def _capacity_lines(self, names: set[str]) -> bytes:
         cap: Mapping[str, int] = {}
@@ -215,7 +233,7 @@ def attach_journal(session: Any, path: str | os.PathLike | None = None, *,
             observer.request("open_journal", path, session.uid, capacity(), fsync)
             return RemoteJournal(observer, path)
     journal = Journal(path, session_uid=session.uid, capacity=capacity, fsync=fsync)
-    events.subscribe(journal)
+    events.subscribe(journal.write_items, runs=True)  # runs stay columns
     return journal
 
 

@@ -26,6 +26,7 @@ from operator import itemgetter
 from typing import Any
 
 from ..api.errors import SessionError
+from .columns import columns
 
 __all__ = ["STATES", "Metrics", "attach_metrics"]
 
@@ -150,6 +151,17 @@ class Metrics:
         self.ingest_columns(np.fromiter(map(_g0, events), np.float64, len(events)),
                             list(map(_g1, events)), list(map(_g2, events)),
                             list(map(_g3, events)), list(map(_g4, events)))
+
+    def fold_items(self, items: Sequence[tuple]) -> None:
+        """Event-stream subscriber taking runs (``runs=True``): fold their columns now, on
+        the stream's delivery thread (its batching is the one buffer)."""
+        self.fold_columns(columns(items))
+
+    def fold_columns(self, cols: Any) -> None:
+        """Fold ``observe.columns.Columns`` in now, in order (the observer process)."""
+        if cols.uids:
+            self.ingest_columns(self._np.array(cols.times, self._np.float64), cols.uids,
+                                cols.states, cols.backends, cols.slots)
 
     def ingest_columns(self, times: Any, uids: list, states: list, backends: list,
                        slots: list) -> None:
@@ -557,6 +569,6 @@ def attach_metrics(session: Any, *, process: bool = True, **options: Any) -> Any
 
         metrics = Metrics(capacity=capacity, **options)
         metrics.capacity.update(capacity())
-        events.subscribe(metrics)
+        events.subscribe(metrics.fold_items, runs=True)
     _attached[key] = (weakref.ref(session, lambda _r: _attached.pop(key, None)), metrics)
     return metrics

@@ -184,6 +184,6 @@ def test_the_fast_encoder_writes_what_json_would(events):
     from rhapsody_lab.observe.journal import _micros, _slot_default
     reference = json.JSONEncoder(separators=(",", ":"), default=_slot_default,
                                  check_circular=False).encode
-    columns = {"t": _micros(events), **{k: [e[i] for e in events] for i, k in
+    columns = {"t": _micros([e[0] for e in events]), **{k: [e[i] for e in events] for i, k in
                                          enumerate(("uid", "state", "backend", "slot"), 1)}}
     assert encode_batch(events) == (reference(columns) + "\n").encode()
