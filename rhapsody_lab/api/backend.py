@@ -208,7 +208,9 @@ class BaseBackend(TaskLifecycle, ABC):
 
     def _accept(self, tasks: Sequence[dict]) -> None:
         """Record ``tasks`` as live and QUEUED here."""
-        self._live.update(zip(bulk.uids(tasks), tasks, strict=True))
+        live = self._live
+        for task in tasks:
+            live[task["uid"]] = task
         self.move_all(tasks, QUEUED, time.time())
 
     def report(self, task: dict, state: str, t: float, slot: object = None) -> None:
@@ -273,7 +275,7 @@ class BaseBackend(TaskLifecycle, ABC):
                 return True
             records = list(compress(records, map(eq, states, repeat(DONE))))
         tasks = list(map(_TASK_OF, records))
-        bulk.consume(map(self._claims.pop, bulk.uids(tasks), repeat(None)))
+        self._release_claims(tasks)
         if not self.finish_done(tasks, list(map(_TIME_OF, records)),
                                 list(map(_SLOT_OF, records))):
             for record in records:
@@ -295,10 +297,16 @@ class BaseBackend(TaskLifecycle, ABC):
     def _apply_done_run(self, tasks: list, times: tuple[list, list], slot: object) -> None:
         starts, ends = times
         self.move_all(tasks, RUNNING, starts, slot)
-        bulk.consume(map(self._claims.pop, bulk.uids(tasks), repeat(None)))
+        self._release_claims(tasks)
         if not self.finish_done(tasks, ends, slot):
             for task, t in zip(tasks, ends, strict=True):
                 self._finish(task, DONE, t, slot)
+
+    def _release_claims(self, tasks: list) -> None:
+        claims = self._claims
+        if claims:
+            for task in tasks:
+                claims.pop(task["uid"], None)
 
     def _on_record(self, record: tuple) -> None:
         """A record of a state of this backend's own (e.g. a retry); none by default."""

@@ -69,7 +69,9 @@ class TaskLifecycle:
         if run is not None and self.emit is self._attached_emit:
             run(times, uids, state, backend, slots)
             return
-        bulk.consume(map(self.emit, run_events(times, uids, state, backend, slots)))
+        emit = self.emit
+        for event in run_events(times, uids, state, backend, slots):
+            emit(event)
 
     def _notify(self, task: dict, state: str) -> None:
         for cb in self._callbacks:
@@ -101,14 +103,15 @@ class TaskLifecycle:
                 self.move(task, state, t, slot, notify)
             return
         if not bulk.all_in(tasks, allowed):
-            mask = bulk.membership(tasks, allowed)
+            mask = [task["state"] in allowed for task in tasks]
             tasks = list(compress(tasks, mask))
             times = list(compress(times, mask)) if times.__class__ is list else times
             slots = list(compress(slots, mask)) if slots.__class__ is list else slots
             if not tasks:
                 return
-        bulk.set_field(tasks, "state", state)
-        self.emit_run(times, bulk.uids(tasks), state, self._name, slots)
+        for task in tasks:
+            task["state"] = state
+        self.emit_run(times, [task["uid"] for task in tasks], state, self._name, slots)
         if notify and self._callbacks:
             for task in tasks:
                 self._notify(task, state)
@@ -151,10 +154,16 @@ class TaskLifecycle:
         if self._callbacks:
             return False
         futs = bulk.futures(tasks)
-        if futs is None or not bulk.pop_all(self._live, bulk.uids(tasks)):
-            return False  # a future that is not a pending asyncio one; not live; twice
-        bulk.set_field(tasks, "state", DONE)
-        self.emit_run(list(times), bulk.uids(tasks), DONE, self._name, slots)
+        if futs is None:
+            return False  # a future that is not a pending asyncio one
+        live = self._live
+        uids = [task["uid"] for task in tasks]
+        for uid in uids:
+            if live.pop(uid, None) is None:
+                return False  # not live here, or twice in the run
+        for task in tasks:
+            task["state"] = DONE
+        self.emit_run(list(times), uids, DONE, self._name, slots)
         bulk.resolve(futs, tasks)
         return True
 

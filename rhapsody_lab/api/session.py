@@ -400,7 +400,8 @@ class Session:
             try:
                 await self._bind_chunks(tasks, futures, create, last_yield)
             except BaseException:  # canceled (or out of memory) while binding: the caller
-                bulk.consume(map(bind, tasks, repeat(None)))  # never got the futures,
+                for task in tasks:  # never got the futures,
+                    bind(task, None)
                 for fut in futures:  # so the tasks stay NEW and unbound, as given
                     fut.cancel()
                 raise
@@ -428,7 +429,8 @@ class Session:
                 gc.disable()
             try:
                 part = list(starmap(create, repeat((), min(_CHUNK, len(tasks) - start))))
-                bulk.consume(map(bind, tasks[start:start + _CHUNK], part))
+                for task, fut in zip(tasks[start:start + _CHUNK], part, strict=True):
+                    bind(task, fut)
             finally:
                 if pause:  # freeze them before the collector sees them (no gen-0 scan)
                     gcfreeze.refreeze(self)
@@ -445,7 +447,9 @@ class Session:
             return
         first = routed[0]
         if len(tasks) >= bulk.FEW and routed.count(first) == len(routed):  # the usual case
-            bulk.set_field(tasks, "backend", first._name)
+            name = first._name
+            for task in tasks:
+                task["backend"] = name
             first.move_all(tasks, SUBMITTED, now, notify=False)
             return
         for task, backend in zip(tasks, routed, strict=True):

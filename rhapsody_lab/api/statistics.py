@@ -11,10 +11,10 @@ import math
 import struct
 import sys
 from array import array
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from itertools import repeat
-from operator import itemgetter, setitem, sub
+from operator import itemgetter, sub
 from typing import Any
 
 from .events import run_events
@@ -275,7 +275,8 @@ class Statistics:
             return False
         if state in _TERMINAL:
             before = len(live)
-            deque(map(live.pop, uids, repeat(None)), maxlen=0)
+            for uid in uids:
+                live.pop(uid, None)
             if before - len(live) != n:  # a uid twice: put them back, go event by event
                 live.update(zip(uids, recs, strict=False))
                 return False
@@ -286,8 +287,10 @@ class Statistics:
         else:
             at = _STAMP.get(state)
             if at is not None:
-                deque(map(setitem, recs, repeat(at), stamps), maxlen=0)
-            deque(map(setitem, recs, repeat(0), repeat(state)), maxlen=0)
+                for rec, stamp in zip(recs, stamps, strict=True):
+                    rec[at] = stamp
+            for rec in recs:
+                rec[0] = state
         counts = self._counts_of(backend)
         counts[prev] -= n
         counts[state] += n

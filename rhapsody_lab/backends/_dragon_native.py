@@ -16,7 +16,7 @@ import traceback
 from array import array
 from collections import deque
 from itertools import repeat
-from operator import is_, itemgetter, setitem
+from operator import is_, itemgetter
 from typing import Any
 
 from ..api.backend import CANCELED_CLAIM, DONE_RUN, record_failure, result_text
@@ -280,7 +280,8 @@ class NativePoolMixin:
             self._fail_short_chunk(tasks, min(len(starts), len(ends)), pid)
             return
         for field, value in (("return_value", None), ("stdout", "None"), ("exit_code", 0)):
-            deque(map(setitem, tasks, repeat(field), repeat(value)), maxlen=0)
+            for task in tasks:
+                task[field] = value
         self._done.append((tasks, DONE_RUN, (starts, ends), pid))  # one record, whole
         self._wake_drain()
 

@@ -265,7 +265,8 @@ class Metrics:
         term = ((new % _NS) >= _DONE) & ((new % _NS) <= _CANCELED)
         last.update(final)
         if term.any():
-            deque(map(last.pop, compress(final, term.tolist())), maxlen=0)  # in C
+            for uid in compress(final, term.tolist()):
+                last.pop(uid)
         # this bin and any later one already opened end with these counts
         self._bcounts[[i % r for i in range(max(b, first), self._cur + 1)]] = self._counts
 
@@ -301,7 +302,9 @@ class Metrics:
         te = ts[is_term]
         tb = bc[is_term]
         # canceled before running: forget its queue time (a C loop, no call per task)
-        deque(map(self._tq.pop, tu, repeat(None)), maxlen=0)
+        tq = self._tq
+        for uid in tu:
+            tq.pop(uid, None)
         st = np.fromiter(map(self._tr.pop, tu, repeat(math.nan)), np.float64, len(tu))
         rslots = list(map(self._rslot.pop, tu, repeat(None)))
         ran = ~np.isnan(st)
