@@ -1,14 +1,12 @@
-"""The backend contract every runtime implements, and the one drain they share.
+"""The backend contract every runtime implements.
 
 A backend is awaitable (``await backend`` initialises it and returns it), accepts tasks
 with ``submit_tasks`` (returning once they are queued, never waiting for them to run) and
 ``cancel_task``, and stops with ``shutdown``; ``capacity()`` is its number of slots, for
-utilisation. Its workers, on any thread, only record what happened: ``report(task, state,
-time, slot)`` appends one outcome record (RUNNING when a task starts, then its terminal
-state) and wakes the loop at most once per batch. ``_drain``, on the loop, turns the records
-into state changes through the task life cycle (``api.lifecycle``), in order, within a time
-budget. A new backend writes ``_start``, ``submit_tasks``, ``cancel_task``, ``_stop`` and
-where its outcomes come from; nothing else.
+utilisation. Its workers only ``report`` what happened; the task life cycle and the one
+drain (``api.lifecycle.TaskLifecycle``, a base of ``BaseBackend``) turn the reports into
+state changes. A new backend writes ``_start``, ``submit_tasks``, ``cancel_task``,
+``_stop`` and where its outcomes come from; nothing else.
 """
 
 from __future__ import annotations
@@ -18,27 +16,18 @@ import logging
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections import deque
 from collections.abc import Callable, Sequence
-from itertools import compress, repeat
-from operator import eq, itemgetter
 from typing import Any
 
-from . import bulk
 from .errors import BackendError, SessionError, TaskExecutionError
-from .lifecycle import TaskLifecycle
-from .states import CANCELED, DONE, FAILED, QUEUED, RUNNING, SUBMITTED
+from .lifecycle import DONE_RUN, TaskLifecycle
+from .states import CANCELED, FAILED, SUBMITTED
 
 __all__ = ["CANCELED_CLAIM", "DONE_RUN", "BaseBackend", "record_failure", "result_text"]
 
 CANCELED_CLAIM = object()  # a claim marker: the task was canceled before a worker took it
-#: Outcome record of many tasks that all ended DONE: ``(tasks, DONE_RUN, (starts, ends),
-#: slot)``, the starts and ends lists in task order (a worker's chunk of null tasks).
-DONE_RUN = "DONE_RUN"
 
 log = logging.getLogger(__name__)
-
-_TASK_OF, _STATE_OF, _TIME_OF, _SLOT_OF = (itemgetter(i) for i in range(4))  # a record
 
 
 class BaseBackend(TaskLifecycle, ABC):
@@ -50,23 +39,12 @@ class BaseBackend(TaskLifecycle, ABC):
     #: batches delivers them at once (statistics, journal, dashboards); fewer are left to
     #: the stream's 0.1 s timer, off the critical path of the next completions.
     flush_min: int = 1_000
-    #: One drain callback applies at most this many records (a task has two: its start and
-    #: its end), in steps of ``drain_step``, for at most ``drain_seconds`` (None: no
-    #: clock), so the loop stays responsive.
-    drain_budget: int = 4_000
-    drain_step: int = 512
-    drain_seconds: float | None = 0.004
-    #: Whether a task's start may be reported twice (a first look, then with its result):
-    #: the drain then checks a step's starts for repeats before moving them at once.
-    starts_may_repeat: bool = False
-
     def __init__(self, name: str):
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
             raise SessionError(f"backend name must be a non-empty string without spaces, "
                                f"got {name!r}; pass name=\"my_backend\"")
         self._name = name
         self._init_lifecycle()
-        self._done: deque = deque()  # outcome records (task, state, time, slot), any thread
         self._callbacks: list[Callable[[dict, str], None]] = []
         self._live: dict[str, Any] = {}
         # uid -> who runs it, or CANCELED_CLAIM: workers and cancel race through
@@ -76,7 +54,6 @@ class BaseBackend(TaskLifecycle, ABC):
         self._init_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_session: Callable[[], None] | None = None
-        self._wake_pending = False
         self._work_dir: str | None = None
 
     # -- identity and life cycle -------------------------------------------------------
@@ -205,125 +182,6 @@ class BaseBackend(TaskLifecycle, ABC):
                                    "Session does it for you on submit)")
             raise BackendError(self.name, f"backend is {self._backend_state.lower()}; "
                                "it accepts no more tasks")
-
-    def _accept(self, tasks: Sequence[dict]) -> None:
-        """Record ``tasks`` as live and QUEUED here."""
-        live = self._live
-        for task in tasks:
-            live[task["uid"]] = task
-        self.move_all(tasks, QUEUED, time.time())
-
-    def report(self, task: dict, state: str, t: float, slot: object = None) -> None:
-        """From any thread: ``task`` reached ``state`` (RUNNING, or terminal with its
-        result fields already filled in) at ``t``; the drain applies it on the loop."""
-        self._done.append((task, state, t, slot))
-        self._wake_drain()
-
-    def _wake_drain(self) -> None:
-        """From any thread: run ``self._drain()`` on the loop, at most once per batch.
-
-        A backend appends outcomes to a deque, then calls this; its ``_drain`` clears
-        ``_wake_pending`` first and then empties the deque, so no outcome is left behind.
-        """
-        if self._wake_pending:
-            return
-        self._wake_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._drain)  # type: ignore[attr-defined]
-        except RuntimeError:  # loop closed: the session is gone, nothing to deliver to
-            pass
-
-    def _drain(self) -> None:
-        """On the loop: apply the outcome records, in order, within the drain budget."""
-        self._wake_pending = False
-        done, step = self._done, self.drain_step
-        n, seconds = 0, self.drain_seconds
-        deadline = None if seconds is None else time.perf_counter() + seconds
-        while done and n < self.drain_budget and (
-                deadline is None or time.perf_counter() < deadline):
-            n += self._apply(bulk.take(done, step))
-        self._drained()
-        if done:
-            self._drain_again()
-        if self._wake_session is not None:
-            self._wake_session()
-
-    def _apply(self, records: list) -> int:
-        """Apply a step of records: starts and DONE outcomes at once when that is all they
-        are (a busy run; a task's start always precedes its end), else one by one.
-        Returns the number of tasks' records applied."""
-        states = list(map(_STATE_OF, records))
-        starts = states.count(RUNNING)
-        if states.count(DONE) + starts == len(records) >= bulk.FEW and \
-                self._apply_bulk(records, states, starts):
-            return len(states)
-        for record in records:
-            self._apply_one(record)
-        return len(states) + sum(len(r[0]) - 1 for r in records if r[1] == DONE_RUN)
-
-    def _apply_bulk(self, records: list, states: list, starts: int) -> bool:
-        """``_apply`` for a step of only RUNNING and DONE records; False (nothing done) if
-        a start is there twice (``starts_may_repeat``): then it goes one by one."""
-        if starts:
-            running = list(compress(records, map(eq, states, repeat(RUNNING))))
-            tasks = list(map(_TASK_OF, running))
-            if self.starts_may_repeat and len(set(map(id, tasks))) != len(tasks):
-                return False
-            self.move_all(tasks, RUNNING, list(map(_TIME_OF, running)),
-                          list(map(_SLOT_OF, running)))
-            if starts == len(records):
-                return True
-            records = list(compress(records, map(eq, states, repeat(DONE))))
-        tasks = list(map(_TASK_OF, records))
-        self._release_claims(tasks)
-        if not self.finish_done(tasks, list(map(_TIME_OF, records)),
-                                list(map(_SLOT_OF, records))):
-            for record in records:
-                self._apply_one(record)
-        return True
-
-    def _apply_one(self, record: tuple) -> None:
-        task, state, t, slot = record
-        if state == RUNNING:  # (== : a state may come back unpickled from a worker)
-            self.move(task, RUNNING, t, slot)
-        elif state == DONE_RUN:
-            self._apply_done_run(task, t, slot)
-        elif state in (DONE, FAILED, CANCELED):
-            self._claims.pop(task["uid"], None)
-            self._finish(task, state, t, slot)
-        else:
-            self._on_record(record)
-
-    def _apply_done_run(self, tasks: list, times: tuple[list, list], slot: object) -> None:
-        starts, ends = times
-        self.move_all(tasks, RUNNING, starts, slot)
-        self._release_claims(tasks)
-        if not self.finish_done(tasks, ends, slot):
-            for task, t in zip(tasks, ends, strict=True):
-                self._finish(task, DONE, t, slot)
-
-    def _release_claims(self, tasks: list) -> None:
-        claims = self._claims
-        if claims:
-            for task in tasks:
-                claims.pop(task["uid"], None)
-
-    def _on_record(self, record: tuple) -> None:
-        """A record of a state of this backend's own (e.g. a retry); none by default."""
-        raise BackendError(self.name, f"unknown outcome state {record[1]!r}")
-
-    def _drained(self) -> None:
-        """Called at the end of each drain callback (e.g. to feed a pool again)."""
-
-    def _drain_again(self) -> None:
-        """``_drain`` ran out of budget: finish the rest next loop iteration, once.
-
-        A worker may already have scheduled a drain while this one ran; a second one would
-        double the loop's share of the work in one iteration (and its stall).
-        """
-        if not self._wake_pending:
-            self._wake_pending = True
-            self._loop.call_soon(self._drain)  # type: ignore[attr-defined]
 
     def _refuse(self, tasks: Sequence[dict], exc: Exception) -> None:
         """``submit_tasks`` raised: fail the tasks still SUBMITTED with ``exc``, keep others."""
