@@ -90,6 +90,20 @@ async def test_attach_mode_discovers_the_model(vllm):
         await VllmInferenceBackend(endpoint=vllm.endpoint, model_name="Qwen2.5-0.5B-Instruct")
 
 
+async def test_task_state_shows_running_while_generating(vllm):
+    """A user polling ``t.state`` sees RUNNING while the server generates."""
+    b = VllmInferenceBackend(endpoint=vllm.endpoint, name="polled", max_batch_wait_ms=5)
+    async with Session([b]) as s:
+        t = AITask(prompt="Count from 1 to 200, one number per line.", max_tokens=160,
+                   temperature=0.0)
+        await s.submit_tasks([t])
+        seen = {t.state}
+        while t.state not in ("DONE", "FAILED", "CANCELED"):
+            seen.add(t.state)
+            await asyncio.sleep(0.01)
+        assert "RUNNING" in seen and t.state == "DONE", (seen, t.stderr)
+
+
 def train_classifier(generated_texts):
     """The tutorial's Phase 2 function (Part 3.4), unchanged."""
     import random

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -34,70 +33,20 @@ from ...api.backend import BaseBackend
 from ...api.errors import BackendError, SessionError, TaskExecutionError, TaskValidationError
 from ...api.states import CANCELED, DONE, FAILED, RUNNING
 from ...api.task import AITask, BaseTask
-from ...services import Service, free_port, resolve_placement
+from ...services import Service
+from ._config import int_field, load_config
+from ._server import ManagedServer, default_vllm_python, vllm_home
 
-__all__ = ["DragonVllmInferenceBackend", "VllmInferenceBackend", "default_vllm_python"]
+__all__ = ["DragonVllmInferenceBackend", "VllmInferenceBackend", "default_vllm_python",
+           "vllm_home"]
 
 log = logging.getLogger(__name__)
 
-#: where ``.ci/setup.d/50-vllm.sh`` installs vLLM (override with RHAPSODY_VLLM_HOME)
-VLLM_HOME_ENV = "RHAPSODY_VLLM_HOME"
-VLLM_PYTHON_ENV = "RHAPSODY_VLLM_PYTHON"
-_CPU_ARGS = ["--max-model-len", "1024", "--dtype", "bfloat16", "--enforce-eager"]
-#: ``host`` values that pin no node under Dragon (the runtime places the server)
-_ANY_HOST = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
 _SAMPLING = ("temperature", "max_tokens", "top_p", "top_k", "stop_sequences",
              "system_prompt", "model")
 
 
-def vllm_home() -> str:
-    return os.environ.get(VLLM_HOME_ENV) or os.path.expanduser(
-        "~/.cache/rhapsody_lab/vllm-venv")
-
-
-def default_vllm_python() -> str | None:
-    """The python of the vLLM install: $RHAPSODY_VLLM_PYTHON, the cached venv, or None."""
-    exe = os.environ.get(VLLM_PYTHON_ENV)
-    if exe:
-        return exe
-    exe = os.path.join(vllm_home(), "bin", "python")
-    return exe if os.path.exists(exe) else None
-
-
-def _load_config(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as exc:
-        raise SessionError(f"config_file {path!r} cannot be read: {exc}") from exc
-    try:
-        import yaml
-        data = yaml.safe_load(text)
-    except ImportError:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise SessionError(f"config_file {path!r}: PyYAML is not installed and the "
-                               f"file is not JSON ({exc})") from exc
-    except Exception as exc:
-        raise SessionError(f"config_file {path!r} is not valid YAML: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SessionError(f"config_file {path!r} must hold a mapping (key: value), got "
-                           f"{type(data).__name__}")
-    return data
-
-
-def _int_field(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
-            high is not None and value > high):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise SessionError(f"{name} must be an integer {rng}, got {value!r}")
-    return value
-
-
-class VllmInferenceBackend(BaseBackend):
+class VllmInferenceBackend(ManagedServer, BaseBackend):
     """Runs ``AITask``s on a vLLM (or any OpenAI-compatible) server.
 
     Attach: ``VllmInferenceBackend(endpoint="http://127.0.0.1:8000/v1")`` (``model_name``
@@ -127,15 +76,15 @@ class VllmInferenceBackend(BaseBackend):
                  startup_timeout: float | None = None, request_timeout: float | None = None,
                  log_file: str | None = None, placement: str = "auto"):
         super().__init__(name)
-        cfg = _load_config(config_file) if config_file is not None else {}
+        cfg = load_config(config_file) if config_file is not None else {}
         self.config_file = config_file
         self.config = cfg
-        _int_field("num_nodes", num_nodes, 1)
-        _int_field("num_gpus", num_gpus, 0)
-        _int_field("tp_size", tp_size, 1)
+        int_field("num_nodes", num_nodes, 1)
+        int_field("num_gpus", num_gpus, 0)
+        int_field("tp_size", tp_size, 1)
         port = cfg.get("port", port) if port == 8001 else port
-        _int_field("port", port, 0, 65535)
-        _int_field("max_batch_size", max_batch_size, 1)
+        int_field("port", port, 0, 65535)
+        int_field("max_batch_size", max_batch_size, 1)
         if isinstance(max_batch_wait_ms, bool) or not isinstance(
                 max_batch_wait_ms, int | float) or not max_batch_wait_ms >= 0:
             raise SessionError(f"max_batch_wait_ms must be a number >= 0, got "
@@ -149,7 +98,7 @@ class VllmInferenceBackend(BaseBackend):
             endpoint = endpoint.rstrip("/")
         max_concurrency = max_concurrency if max_concurrency is not None else cfg.get(
             "max_concurrency", 128)
-        _int_field("max_concurrency", max_concurrency, 1)
+        int_field("max_concurrency", max_concurrency, 1)
         api = api or cfg.get("api", "chat")
         if api not in ("chat", "completions"):
             raise SessionError(f"api must be 'chat' or 'completions', got {api!r}")
@@ -240,75 +189,6 @@ class VllmInferenceBackend(BaseBackend):
         self._senders = [loop.create_task(self._sender(i), name=f"rhapsody-{self.name}-{i}")
                          for i in range(self.max_concurrency)]
 
-    def _command(self, bind: str | None = None) -> list[str]:
-        bind = self.host if bind is None else bind
-        if self.server_command is not None:
-            return [c.replace("{port}", str(self.port)).replace("{host}", bind)
-                    for c in self.server_command]
-        python = self.python or default_vllm_python()
-        if python is None:
-            raise BackendError(self.name, f"no vLLM python found: pass python=, set "
-                               f"${VLLM_PYTHON_ENV}, or install it with "
-                               f".ci/setup.d/50-vllm.sh (into {vllm_home()})")
-        cmd = [python, "-m", "vllm.entrypoints.openai.api_server",
-               "--model", self.load_model, "--host", bind, "--port", str(self.port)]
-        if self.served_model_name:
-            cmd += ["--served-model-name", self.served_model_name]
-        if self.tp_size > 1:
-            cmd += ["--tensor-parallel-size", str(self.tp_size)]
-        args = self.server_args
-        if args is None and not _has_gpu():
-            args = _CPU_ARGS
-        return cmd + list(args or [])
-
-    def _service_env(self) -> dict[str, str]:
-        env: dict[str, str] = {}
-        if not _has_gpu():
-            env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
-            env["VLLM_CPU_OMP_THREADS_BIND"] = os.environ.get("VLLM_CPU_OMP_THREADS_BIND",
-                                                              "auto")
-        if self.load_model and os.path.isdir(self.load_model):
-            env["HF_HUB_OFFLINE"] = "1"
-            env["TRANSFORMERS_OFFLINE"] = "1"
-        env.update({k: str(v) for k, v in self.env.items()})
-        return env
-
-    async def _launch(self) -> None:
-        dragon = resolve_placement(self.placement, self.name) == "dragon"
-        node = None
-        if dragon:
-            # under Dragon ``host`` names the node to run on; a loopback or wildcard address
-            # leaves the choice to the runtime, and the server then listens on every
-            # interface of whichever node it gets (its name is known only once placed)
-            node = None if self.host in _ANY_HOST else self.host
-            bind = node or "0.0.0.0"
-        else:
-            bind = self.host
-        if self.port == 0:
-            self.port = free_port("127.0.0.1" if dragon else self.host)
-        if self.served_model_name is None and self.server_command is None:
-            self.served_model_name = os.path.basename(os.path.normpath(self.load_model))
-        if dragon:
-            endpoint = f"http://{{host}}:{self.port}/v1"  # the Service fills in the node
-        else:
-            host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-            endpoint = f"http://{host}:{self.port}/v1"
-        self._endpoint = endpoint
-        log_file = self.log_file  # None: a temp file (keeps the user's directory clean)
-        self.service = Service(
-            self.name, self._command(bind), ready_url=f"{endpoint}/models",
-            endpoint=endpoint, env=self._service_env(), log_file=log_file,
-            startup_timeout=self.startup_timeout,
-            placement="dragon" if dragon else "local", host=node)
-        loop = asyncio.get_running_loop()
-        self.service.on_exit(lambda svc: _call_soon(loop, self._service_exited, svc))
-        try:
-            await self.service.start()
-        finally:
-            self._endpoint = self.service.endpoint
-        log.info("%s: vLLM server ready at %s (%s, log %s)", self.name, self._endpoint,
-                 self.service.placement, self.service.log_file)
-
     async def _check_models(self) -> None:
         url = f"{self._endpoint}/models"
         try:
@@ -350,22 +230,6 @@ class VllmInferenceBackend(BaseBackend):
             self._http = None
         if self.service is not None:
             await self.service.stop()
-
-    def _service_exited(self, svc: Service) -> None:
-        """The managed server ended on its own: fail what is pending, restart nothing."""
-        if self._backend_state in ("SHUTDOWN",) or svc._stopping:
-            return
-        self._failure = BackendError(
-            self.name, f"the vLLM server at {self._endpoint} exited with code "
-            f"{svc.returncode}; it is not restarted (create a new backend). Last log lines "
-            f"of {svc.log_file}:\n{svc.tail(15)}")
-        if self._backend_state in ("RUNNING", "STARTING"):
-            self._backend_state = "FAILED"
-        now = time.time()
-        for task in list(self._live.values()):
-            self._fail(task, self._failure, now)
-        self._batch.clear()
-        self._wake()
 
     # -- submission --------------------------------------------------------------------
     def check_task(self, task: dict) -> None:
@@ -563,17 +427,6 @@ class DragonVllmInferenceBackend(VllmInferenceBackend):
     process, exactly as for ``VllmInferenceBackend``; ``placement="dragon"`` outside Dragon
     raises ``BackendError``. Multi-node (``num_nodes > 1``) servers are not placed yet.
     """
-
-
-def _has_gpu() -> bool:
-    return os.path.exists("/dev/nvidia0") or bool(os.environ.get("CUDA_VISIBLE_DEVICES"))
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:  # the loop is closed: nobody is waiting any more
-        pass
 
 
 def _error_message(raw: bytes) -> str:
