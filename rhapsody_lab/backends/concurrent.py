@@ -3,7 +3,7 @@
 Where time goes matters here (see ANCHORS.md): the event loop never creates one asyncio
 task or one ``concurrent.futures.Future`` per thread task. Worker threads pull tasks from
 one queue and ``report`` each start (RUNNING) and outcome to the backend's one drain
-(``BaseBackend._drain``), which wakes the loop at most once per batch.
+(``api.lifecycle``), which wakes the loop at most once per batch.
 Process-pool functions are shipped with cloudpickle once per distinct function, and
 executables always run from driver threads (a subprocess needs no worker process).
 """
@@ -188,7 +188,7 @@ class ConcurrentExecutionBackend(BaseBackend):
         if task is not None:
             self.report(task, RUNNING, t, pid)
 
-    # -- completion (event loop): BaseBackend._drain, with a retry state and a pump ----
+    # -- completion (event loop): the one drain, with a retry state and a pump --------
     def _on_record(self, record: tuple) -> None:
         task, state = record[0], record[1]
         if state is not RETRY:

@@ -727,7 +727,7 @@ class DaskExecutionBackend(BaseBackend):
         self._done.append((task, FAILED, time.time(), None))
         self._wake_drain()
 
-    # -- completion (event loop): BaseBackend._drain, with the scheduler-lost record --
+    # -- completion (event loop): the one drain, with the scheduler-lost record -------
     def _on_record(self, record: tuple) -> None:
         if record[1] != _LOST:
             super()._on_record(record)
