@@ -1,13 +1,21 @@
 """rhapsody_lab: a Jupyter-first workbench for heterogeneous AI-HPC workloads.
 
 ``from rhapsody_lab import Session, ComputeTask``; backends live in
-``rhapsody_lab.backends`` and are imported only when used, so this import stays light.
+``rhapsody_lab.backends`` and are imported only when used, so this import stays light
+(``get_backend``, ``discover_backends`` and the IPython extension hooks load on first use).
+
+This top package also composes the layers: the engine (``rhapsody_lab.api``) reaches the
+policy, the dashboard and Dragon placement of services only through providers that those
+layers register (``rhapsody_lab.api.extensions``); the loaders below import them on
+first use, so the imports come from here, above the engine.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
+from typing import Any
 
 from .api import (
     AITask,
@@ -21,8 +29,7 @@ from .api import (
     TaskExecutionError,
     TaskValidationError,
 )
-from .backends.registry import discover_backends, get_backend
-from .notebook import load_ipython_extension, unload_ipython_extension
+from .api import extensions as _extensions
 
 try:
     __version__ = _version("rhapsody-lab")
@@ -46,3 +53,41 @@ __all__ = [
     "load_ipython_extension",
     "unload_ipython_extension",
 ]
+
+#: provider name -> the module that registers it when imported (api.extensions)
+_PROVIDERS = {
+    "policy": "rhapsody_lab.policy",
+    "dashboard": "rhapsody_lab.dashboard",
+    "services.dragon": "rhapsody_lab.backends._dragon_launch",
+}
+#: lazy public name -> the module that defines it
+_LAZY = {
+    "discover_backends": "rhapsody_lab.backends.registry",
+    "get_backend": "rhapsody_lab.backends.registry",
+    "load_ipython_extension": "rhapsody_lab.notebook",
+    "unload_ipython_extension": "rhapsody_lab.notebook",
+}
+
+
+def _loader(module: str) -> Any:
+    def load() -> None:
+        import_module(module)
+    return load
+
+
+for _name, _module in _PROVIDERS.items():
+    _extensions.register_loader(_name, _loader(_module))
+del _name, _module
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rhapsody_lab' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
