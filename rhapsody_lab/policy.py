@@ -15,8 +15,9 @@ A policy is a mapping (a dict, a JSON file, or a YAML file when PyYAML is instal
 ``load_policy`` checks everything against the allocation before any backend exists and
 raises ``PolicyError`` naming the offending key (``backends.sim.cores: 12 exceeds the
 allocation's 2 cores``). ``Session.from_policy`` builds the backends (``build_backends``)
-and routes with ``rhapsody_lab.api.routing.PolicyRouter``. Standard library only: PyYAML
-is imported only to read a ``.yaml``/``.yml`` file.
+and routes with ``rhapsody_lab.api.routing.PolicyRouter``: importing this module registers
+``session_parts`` as the engine's ``"policy"`` provider (``rhapsody_lab.api.extensions``).
+Standard library only: PyYAML is imported only to read a ``.yaml``/``.yml`` file.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .api import extensions
 from .api.errors import SessionError
+from .api.routing import PolicyRouter
 from .resources import Allocation
 
 __all__ = ["BACKEND_TYPES", "BackendShare", "Policy", "PolicyError", "Rule",
-           "build_backends", "load_policy"]
+           "build_backends", "load_policy", "session_parts"]
 
 #: policy ``type`` -> task kinds it runs (known without importing any runtime)
 BACKEND_TYPES: dict[str, frozenset[str]] = {
@@ -453,3 +456,14 @@ def build_backends(policy: Policy) -> list:
         out.append(backend)
     return out
 
+
+def session_parts(source: str | os.PathLike | Mapping, allocation: Allocation | None = None
+                  ) -> tuple[list, PolicyRouter]:
+    """What ``Session.from_policy`` needs: the backends (not started, those with a
+    ``limit`` behind their gate) and the router, after validating the whole policy."""
+    policy = load_policy(source, allocation)
+    router = PolicyRouter(policy)
+    return router.wrap(build_backends(policy)), router
+
+
+extensions.register_provider("policy", session_parts)

@@ -12,9 +12,10 @@ A task's request: ``cores``, ``gpus``, ``ranks`` fields (``ComputeTask(..., core
 or in ``task_backend_specific_kwargs`` ``ranks`` / ``process_templates`` (Dragon) and
 ``resources={"GPU": n}`` (Dask). One core per rank at least; default 1 core, 0 GPUs.
 
-``limit`` (max tasks in flight on a backend) is enforced by a gate in front of that
-backend: tasks beyond it stay SUBMITTED in a FIFO and are handed over as earlier ones end;
-nothing blocks the event loop and nothing is refused.
+``limit`` (max tasks in flight on a backend) is enforced by a ``LimitedBackend`` that
+wraps that backend (``PolicyRouter.wrap``, before the session sees it): tasks beyond it
+stay SUBMITTED in a FIFO and are handed over as earlier ones end; nothing blocks the event
+loop and nothing is refused.
 """
 
 from __future__ import annotations
@@ -23,17 +24,14 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .backend import BaseBackend, _kind
 from .errors import ResourceError, SessionError, TaskValidationError
 from .states import CANCELED, DONE, FAILED, NEW, SUBMITTED
 from .task import BaseTask
 
-if TYPE_CHECKING:
-    from ..policy import Policy
-
-__all__ = ["PolicyRouter", "task_request"]
+__all__ = ["LimitedBackend", "PolicyRouter", "task_request"]
 
 _TERMINAL = (DONE, FAILED, CANCELED)
 _EMPTY: frozenset[str] = frozenset()
@@ -85,23 +83,34 @@ def _tags(task: dict) -> frozenset[str]:
 
 
 class PolicyRouter:
-    """Routes a session's tasks by a ``Policy`` and enforces its per-backend limits."""
+    """Routes a session's tasks by a policy and enforces its per-backend limits.
 
-    def __init__(self, policy: Policy):
+    ``policy`` is a ``rhapsody_lab.policy.Policy`` (its ``backends`` shares, ``rules`` and
+    ``default``); the engine only reads it.
+    """
+
+    def __init__(self, policy: Any):
         self.policy = policy
         self.shares = policy.backends
         self._order = sorted(self.shares, key=lambda n: -self.shares[n].priority)
         self._rank = {n: i for i, n in enumerate(self._order)}
         self._cache: dict[Any, str | tuple[str, str]] = {}
-        self.gates: dict[str, _Gate] = {}
+        self.gates: dict[str, LimitedBackend] = {}
         self.routed: dict[str, int] = dict.fromkeys(self.shares, 0)
 
-    def bind(self, session: Any) -> None:
-        """Install a gate in front of every backend of the session that has a ``limit``."""
-        for name, share in self.shares.items():
-            backend = session.backends.get(name)
-            if share.limit and backend is not None and name not in self.gates:
-                self.gates[name] = _Gate(backend, share.limit)
+    def wrap(self, backends: Sequence[BaseBackend]) -> list[BaseBackend]:
+        """The backends to give the session: each whose share has a ``limit`` behind a
+        ``LimitedBackend`` (also kept in ``gates``), the others as they are."""
+        out: list[BaseBackend] = []
+        for backend in backends:
+            share = self.shares.get(backend.name)
+            if share is not None and share.limit:
+                gate = self.gates.get(backend.name)
+                if gate is None or gate.backend is not backend:
+                    gate = self.gates[backend.name] = LimitedBackend(backend, share.limit)
+                backend = gate  # type: ignore[assignment]
+            out.append(backend)
+        return out
 
     # -- decisions -----------------------------------------------------------------------
     def _decide(self, kind: str, tags: frozenset[str], cores: int, gpus: int,
@@ -218,32 +227,51 @@ class PolicyRouter:
                           *(f"  gate {n}: {v}" for n, v in gates.items())])
 
 
-class _Gate:
-    """At most ``limit`` tasks in flight on ``backend``; the rest wait here, in order.
+class LimitedBackend:
+    """``backend`` with at most ``limit`` tasks in flight; the rest wait here, in order.
 
-    Installed on the backend instance (its ``submit_tasks``, ``cancel_task``, ``is_live``,
-    ``cancel_all_tasks`` and ``shutdown``), so the session needs no change to use it.
+    A session holds this wrapper in place of the backend (``.backend`` is the wrapped one).
+    It defines what the limit changes, ``submit_tasks``, ``is_live``, ``cancel_task``,
+    ``cancel_all_tasks`` and ``shutdown`` (plus starting, so that ``await`` and ``async
+    with`` give the wrapper); every other attribute is the backend's, so the name, events,
+    futures and capacity are the backend's own. Held tasks stay SUBMITTED and are handed
+    over as earlier ones end (a state callback on the backend). A registered virtual
+    subclass of ``BaseBackend``.
     """
 
     def __init__(self, backend: BaseBackend, limit: int):
         self.backend = backend
         self.limit = limit
+        self._name = self.name = backend.name  # read per task by the session: no lookup
         self.inflight: set[str] = set()
         self.held: deque = deque()
         self.held_uids: dict[str, BaseTask] = {}
         self._scheduled = False
         self._sends: set[asyncio.Task] = set()
-        self._submit = backend.submit_tasks
-        self._cancel = backend.cancel_task
-        self._cancel_all = backend.cancel_all_tasks
-        self._shutdown = backend.shutdown
-        self._is_live = backend.is_live
-        backend.submit_tasks = self.submit_tasks  # type: ignore[method-assign]
-        backend.cancel_task = self.cancel_task  # type: ignore[method-assign]
-        backend.cancel_all_tasks = self.cancel_all_tasks  # type: ignore[method-assign]
-        backend.shutdown = self.shutdown  # type: ignore[method-assign]
-        backend.is_live = self.is_live  # type: ignore[method-assign]
         backend.register_callback(self._on_state)
+
+    def __getattr__(self, name: str) -> Any:  # only for what this class does not define
+        try:
+            backend = self.__dict__["backend"]
+        except KeyError:  # not initialised (a copy being made): no recursion
+            raise AttributeError(name) from None
+        return getattr(backend, name)
+
+    def __repr__(self) -> str:
+        return f"<LimitedBackend limit={self.limit} of {self.backend!r}>"
+
+    async def initialize(self) -> LimitedBackend:
+        await self.backend.initialize()
+        return self
+
+    def __await__(self):
+        return self.initialize().__await__()
+
+    async def __aenter__(self) -> LimitedBackend:
+        return await self.initialize()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
 
     def _take(self) -> list:
         room = self.limit - len(self.inflight)
@@ -269,7 +297,7 @@ class _Gate:
 
     async def _send(self, batch: list) -> None:
         try:
-            await self._submit(batch)
+            await self.backend.submit_tasks(batch)
         except Exception as exc:  # the backend refused: fail these tasks, keep the rest
             self.backend._refuse(batch, exc)
 
@@ -282,7 +310,7 @@ class _Gate:
 
     def _release(self) -> None:
         self._scheduled = False
-        if self.backend._backend_state != "RUNNING":
+        if not self.backend.is_running:
             return
         batch = self._take()
         if batch:
@@ -291,7 +319,7 @@ class _Gate:
             job.add_done_callback(self._sends.discard)
 
     def is_live(self, uid: str) -> bool:
-        return uid in self.held_uids or self._is_live(uid)
+        return uid in self.held_uids or self.backend.is_live(uid)
 
     def _drop_held(self, uid: str, reason: str) -> bool:
         task = self.held_uids.pop(uid, None)
@@ -303,17 +331,20 @@ class _Gate:
     async def cancel_task(self, uid: str) -> bool:
         if self._drop_held(uid, "canceled while waiting for the backend's limit"):
             return True
-        return await self._cancel(uid)
+        return await self.backend.cancel_task(uid)
 
     async def cancel_all_tasks(self) -> int:
         n = 0
         for uid in list(self.held_uids):
             n += self._drop_held(uid, "canceled while waiting for the backend's limit")
         self.held.clear()
-        return n + await self._cancel_all()
+        return n + await self.backend.cancel_all_tasks()
 
     async def shutdown(self) -> None:
         for uid in list(self.held_uids):
             self._drop_held(uid, "backend shut down before the task left the limit queue")
         self.held.clear()
-        await self._shutdown()
+        await self.backend.shutdown()
+
+
+BaseBackend.register(LimitedBackend)  # what a session accepts: it wraps one

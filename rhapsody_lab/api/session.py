@@ -24,6 +24,7 @@ from . import bulk, gcfreeze
 from .backend import BaseBackend, _kind
 from .errors import SessionError, TaskValidationError
 from .events import EventStream, Subscriber
+from .extensions import provider
 from .states import CANCELED, NEW, SUBMITTED
 from .statistics import Statistics
 from .task import BaseTask, ComputeTask
@@ -95,15 +96,12 @@ class Session:
         """A session whose backends share ``allocation`` by ``policy`` (a path or a dict).
 
         The policy is validated (``PolicyError`` naming the key) before any backend is
-        built; backends start with the session (``async with``); see ``rhapsody_lab.policy``.
+        built; backends start with the session (``async with``); see ``rhapsody_lab.policy``,
+        which provides the backends and the router (``api.extensions``, ``"policy"``).
         """
-        from ..policy import build_backends, load_policy
-        from .routing import PolicyRouter
-
-        plan = load_policy(policy, allocation)
-        session = cls(build_backends(plan), uid=uid, work_dir=work_dir)
-        session._router = PolicyRouter(plan)
-        session._router.bind(session)
+        backends, router = provider("policy")(policy, allocation)
+        session = cls(backends, uid=uid, work_dir=work_dir)
+        session._router = router
         return session
 
     def add_backend(self, backend: BaseBackend) -> None:
