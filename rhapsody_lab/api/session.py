@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import importlib
 import itertools
 import operator
 import os
@@ -561,12 +560,12 @@ class Session:
     def dashboard(self, plots: list[str] | None = None, interval: float = 0.5) -> Any:
         """Live Bokeh dashboard of this session for a notebook (display the result).
 
-        Needs the ``dashboard`` extra; imported here, on demand, so the engine itself
-        never loads Bokeh.
+        Needs the ``dashboard`` extra; ``rhapsody_lab.dashboard`` provides it (``api.
+        extensions``, ``"dashboard"``), so the engine itself never loads Bokeh.
         """
         try:
-            dash = importlib.import_module("rhapsody_lab.dashboard")
-            return dash.show(self, plots=plots, interval=interval)
+            show = provider("dashboard")
+            return show(self, plots=plots, interval=interval)
         except ImportError as exc:
             raise SessionError(f"the dashboard needs Bokeh ({exc}); install it with "
                                "pip install 'rhapsody-lab[dashboard]'") from exc

@@ -8,13 +8,17 @@ never receives more than the new rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from bokeh.models import ColumnDataSource, HoverTool, Range1d
 from bokeh.plotting import figure
 from bokeh.transform import factor_cmap
 
-from ..observe.metrics import STATES, Metrics
+from ..api.errors import SessionError
+from ..observe import HIST_BINS, HIST_LOW, HIST_PER_DECADE
+from ..observe.metrics import STATES, Metrics, attach_metrics
+from ..observe.process import RemoteMetrics
 
 __all__ = [
     "COMPONENTS",
@@ -25,6 +29,8 @@ __all__ = [
     "TaskStream",
     "Throughput",
     "Utilisation",
+    "checked_plots",
+    "metrics_of",
 ]
 
 STATE_COLORS = {"SUBMITTED": "#9e9e9e", "QUEUED": "#f2b134", "RUNNING": "#1f77b4",
@@ -242,10 +248,9 @@ class Latency(Component):
         self.backend = backend
         data = metrics.latency(backend) if metrics.backends else None
         if data is None:
-            from ..observe.metrics import _HIST_BINS, _HIST_LOW, _HIST_PER_DECADE
-            edges = [10.0 ** (_HIST_LOW + i / _HIST_PER_DECADE) for i in range(_HIST_BINS + 1)]
-            data = {"left": edges[:-1], "right": edges[1:], "queue": [0] * _HIST_BINS,
-                    "execution": [0] * _HIST_BINS}
+            edges = [10.0 ** (HIST_LOW + i / HIST_PER_DECADE) for i in range(HIST_BINS + 1)]
+            data = {"left": edges[:-1], "right": edges[1:], "queue": [0] * HIST_BINS,
+                    "execution": [0] * HIST_BINS}
         self.source = ColumnDataSource(data)
         self.root = figure(title="Latency distribution", x_axis_type="log", name=self.name,
                            **{**_FIG, **fig})
@@ -288,3 +293,24 @@ def refresh(metrics: Any, components: list[Component]) -> None:
 #: Plot name -> component class (the names of the server apps).
 COMPONENTS: dict[str, type[Component]] = {
     c.name: c for c in (TaskStates, Utilisation, Throughput, TaskStream, Latency)}
+
+
+def checked_plots(plots: Iterable[str], interval: Any) -> list[str]:
+    """The plot names, checked against ``COMPONENTS``; ``interval`` (seconds) checked too."""
+    plots = list(plots)
+    unknown = [p for p in plots if p not in COMPONENTS]
+    if unknown:
+        raise SessionError(f"unknown plot(s) {unknown}; choose from {list(COMPONENTS)}")
+    if not isinstance(interval, int | float) or interval <= 0:
+        raise SessionError(f"interval must be a number of seconds > 0, got {interval!r}")
+    return plots
+
+
+def metrics_of(target: Any) -> Metrics | RemoteMetrics:
+    """The metrics to plot: ``target`` itself, or the shared metrics of a session."""
+    if isinstance(target, Metrics | RemoteMetrics):
+        return target
+    if hasattr(target, "events") and hasattr(target, "backends"):
+        return attach_metrics(target)
+    raise SessionError(f"expected a Session or rhapsody_lab.observe.Metrics, got "
+                       f"{type(target).__name__}")

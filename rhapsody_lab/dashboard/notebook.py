@@ -18,8 +18,7 @@ from typing import Any
 
 from ..api.errors import SessionError
 from ..observe.metrics import Metrics
-from .components import COMPONENTS, Component, refresh
-from .server import _checked_plots, _metrics_of
+from .components import COMPONENTS, Component, checked_plots, metrics_of, refresh
 
 __all__ = ["DashboardWidget", "show"]
 
@@ -32,7 +31,7 @@ class DashboardWidget:
     def __init__(self, metrics: Metrics, plots: Sequence[str] | None = None,
                  interval: float = 0.5, start: bool = True):
         from bokeh.layouts import column
-        plots = _checked_plots(plots or DEFAULT_PLOTS, interval)
+        plots = checked_plots(plots or DEFAULT_PLOTS, interval)
         self.metrics = metrics
         self.interval = float(interval)
         self.components: dict[str, Component] = {p: COMPONENTS[p](metrics) for p in plots}
@@ -115,4 +114,4 @@ def show(target: Any, plots: Sequence[str] | None = None, interval: float = 0.5
 
     Metrics are attached to the session on first use (events before that are not seen).
     """
-    return DashboardWidget(_metrics_of(target), plots=plots, interval=interval)
+    return DashboardWidget(metrics_of(target), plots=plots, interval=interval)

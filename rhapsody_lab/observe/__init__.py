@@ -13,9 +13,12 @@ compete with task dispatch for the GIL; pass ``process=False`` to fold in the ke
 """
 
 from .journal import Journal, attach_journal, load, load_dataframe, read_events
-from .metrics import STATES, Metrics, attach_metrics
+from .metrics import HIST_BINS, HIST_LOW, HIST_PER_DECADE, STATES, Metrics, attach_metrics
 
 __all__ = [
+           "HIST_BINS",
+           "HIST_LOW",
+           "HIST_PER_DECADE",
            "STATES",
            "Journal",
            "Metrics",

@@ -36,7 +36,8 @@ STATES: tuple[str, ...] = ("SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "
 _NS = 8
 _CODE = {s: i for i, s in enumerate(STATES)}
 _RUNNING, _DONE, _CANCELED = 2, 3, 5
-_HIST_LOW, _HIST_PER_DECADE, _HIST_BINS = -6, 10, 110  # 1 µs .. 1e5 s
+#: Latency histograms: log-scale buckets from 10**HIST_LOW s, HIST_PER_DECADE per decade.
+HIST_LOW, HIST_PER_DECADE, HIST_BINS = -6, 10, 110  # 1 µs .. 1e5 s
 _CHUNK = 8_000  # events folded per lock hold (keeps readers' waits short)
 _g0, _g1, _g2, _g3, _g4 = (itemgetter(i) for i in range(5))
 
@@ -82,8 +83,8 @@ class Metrics:
         self._finished = np.zeros((r, self._maxb), np.int64)
         self._busy = np.zeros((r, self._maxb), np.float64)
         self._counts = np.zeros((self._maxb, _NS), np.int64)  # now
-        self._qhist = np.zeros((self._maxb, _HIST_BINS), np.int64)
-        self._xhist = np.zeros((self._maxb, _HIST_BINS), np.int64)
+        self._qhist = np.zeros((self._maxb, HIST_BINS), np.int64)
+        self._xhist = np.zeros((self._maxb, HIST_BINS), np.int64)
         self._first: int | None = None  # oldest bin kept
         self._cur: int | None = None    # newest bin
         self._last: dict[str, int] = {}   # live uid -> backend * 8 + state
@@ -351,9 +352,9 @@ class Metrics:
         ok = ~np.isnan(values)
         if not ok.any():
             return
-        v = np.maximum(values[ok], 10.0 ** _HIST_LOW)
-        i = np.clip(((np.log10(v) - _HIST_LOW) * _HIST_PER_DECADE).astype(np.int64), 0,
-                    _HIST_BINS - 1)
+        v = np.maximum(values[ok], 10.0 ** HIST_LOW)
+        i = np.clip(((np.log10(v) - HIST_LOW) * HIST_PER_DECADE).astype(np.int64), 0,
+                    HIST_BINS - 1)
         np.add.at(hist, (bc[ok], i), 1)
 
     # -- reading (any thread) ------------------------------------------------------------
@@ -486,7 +487,7 @@ class Metrics:
             x = self._xhist[sel]
         if backend is None:
             q, x = q.sum(axis=0), x.sum(axis=0)
-        edges = 10.0 ** (_HIST_LOW + np.arange(_HIST_BINS + 1) / _HIST_PER_DECADE)
+        edges = 10.0 ** (HIST_LOW + np.arange(HIST_BINS + 1) / HIST_PER_DECADE)
         return {"left": edges[:-1].tolist(), "right": edges[1:].tolist(),
                 "queue": q.tolist(), "execution": x.tolist()}
 
