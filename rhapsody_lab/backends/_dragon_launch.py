@@ -1,10 +1,11 @@
 """Starting one long-lived Dragon process outside a task: nodes, host placement, clean-up.
 
-Used by ``rhapsody_lab.services`` to place a service (an inference server) through the
-Dragon runtime. Everything here blocks on Dragon's global services, so callers run it in a
-thread. The process's output goes to a file on the node it runs on (appended, stderr
-merged), and its environment carries a token so that the children it
-leaves behind (vLLM's engine core) can be found and ended on that node.
+Registered as the ``"services.dragon"`` provider (``rhapsody_lab.api.extensions``): with
+it the engine's ``rhapsody_lab.api.services`` places a service (an inference server)
+through the Dragon runtime without importing a backend. Everything here blocks on Dragon's
+global services, so callers run it in a thread. The process's output goes to a file on the
+node it runs on (appended, stderr merged), and its environment carries a token so that the
+children it leaves behind (vLLM's engine core) can be found and ended on that node.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..api import extensions
 from ..api.errors import ResourceError
 from ._dragon_spec import NodeInfo
 
@@ -144,6 +146,8 @@ def kill_tagged_here(token: str, sig: int = signal.SIGKILL) -> list[int]:
             continue
     return hit
 
+
+extensions.register_provider("services.dragon", sys.modules[__name__])
 
 if __name__ == "__main__":  # python -m rhapsody_lab.backends._dragon_launch TOKEN SIG
     kill_tagged_here(sys.argv[1], int(sys.argv[2]))

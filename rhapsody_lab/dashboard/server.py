@@ -24,7 +24,6 @@ import asyncio
 import ipaddress
 import os
 import shutil
-import socket
 import stat
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from .._net import free_port
 from ..api.errors import SessionError
 from ..observe.metrics import Metrics, attach_metrics
 from ..observe.process import RemoteMetrics
@@ -121,12 +121,6 @@ def _checked_key(secret_key: Any) -> bytes:
     return secret_key
 
 
-def _free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
-
-
 def _metrics_of(target: Any) -> Metrics:
     if isinstance(target, Metrics | RemoteMetrics):
         return target
@@ -206,7 +200,7 @@ class DashboardServer:
             self._secret = (_checked_key(secret_key) if secret_key is not None
                             else generate_secret_key().encode())
             self.address = address
-            self.port = port or _free_port(address)
+            self.port = port or free_port(address)
         self._urls = self._make_urls()
         self._thread = threading.Thread(target=self._run, name="rhapsody-dashboard",
                                         daemon=True)
