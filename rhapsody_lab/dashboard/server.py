@@ -37,9 +37,8 @@ from urllib.parse import quote
 
 from .._net import free_port
 from ..api.errors import SessionError
-from ..observe.metrics import Metrics, attach_metrics
-from ..observe.process import RemoteMetrics
-from .components import COMPONENTS, Component, refresh
+from ..observe.metrics import Metrics
+from .components import COMPONENTS, Component, checked_plots, metrics_of, refresh
 
 __all__ = ["DashboardServer", "dashboard_urls", "serve"]
 
@@ -121,26 +120,6 @@ def _checked_key(secret_key: Any) -> bytes:
     return secret_key
 
 
-def _metrics_of(target: Any) -> Metrics:
-    if isinstance(target, Metrics | RemoteMetrics):
-        return target
-    if hasattr(target, "events") and hasattr(target, "backends"):
-        return attach_metrics(target)
-    raise SessionError(f"expected a Session or rhapsody_lab.observe.Metrics, got "
-                       f"{type(target).__name__}")
-
-
-def _checked_plots(plots: Iterable[str], interval: Any) -> list[str]:
-    """The plot names, checked against COMPONENTS; ``interval`` checked too."""
-    plots = list(plots)
-    unknown = [p for p in plots if p not in COMPONENTS]
-    if unknown:
-        raise SessionError(f"unknown plot(s) {unknown}; choose from {list(COMPONENTS)}")
-    if not isinstance(interval, int | float) or interval <= 0:
-        raise SessionError(f"interval must be a number of seconds > 0, got {interval!r}")
-    return plots
-
-
 def _tick(ref: weakref.ref) -> None:
     component = ref()
     if component is not None:
@@ -163,7 +142,7 @@ class DashboardServer:
                  prefix: str = "", allow_websocket_origin: Iterable[str] = (),
                  unix_socket: bool | str | os.PathLike | None = None,
                  secret_key: str | bytes | None = None):
-        plots = _checked_plots(plots or COMPONENTS, interval)
+        plots = checked_plots(plots or COMPONENTS, interval)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
             raise SessionError(f"port must be an integer in 0..65535 (0: any free port), "
                                f"got {port!r}")
@@ -316,7 +295,7 @@ def serve(target: Any, **options: Any) -> DashboardServer:
     """Start a dashboard server for a Session (or Metrics); ``options`` as for the class
     (``unix_socket=True``: a private socket; a non-loopback ``address`` needs
     ``secret_key``)."""
-    return DashboardServer(_metrics_of(target), **options)
+    return DashboardServer(metrics_of(target), **options)
 
 
 def dashboard_urls(session: Any, **options: Any) -> dict[str, str]:
