@@ -4,6 +4,8 @@ The implementation is part of the engine (standard library only); this module ke
 public name ``rhapsody_lab.services``.
 """
 
-from .api.services import Service, ServiceSet, free_port, http_get, resolve_placement
+from .api.http_check import http_get
+from .api.service_set import ServiceSet
+from .api.services import Service, free_port, resolve_placement
 
 __all__ = ["Service", "ServiceSet", "free_port", "http_get", "resolve_placement"]

@@ -49,8 +49,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.parse
-import urllib.request
 import uuid
 import weakref
 from collections import deque
@@ -60,49 +58,17 @@ from typing import Any
 from .._net import free_port
 from . import extensions
 from .errors import BackendError, ResourceError
+from .http_check import http_get
 
 _NOT_UNDER_DRAGON = ("placement='dragon' needs a Dragon runtime in this process; start the "
                      "script with `dragon -s script.py` (single node) or `dragon script.py` "
                      "inside an allocation, or use placement='local'")
 
-__all__ = ["Service", "ServiceSet", "free_port", "http_get", "resolve_placement"]
+__all__ = ["Service", "free_port", "http_get", "resolve_placement"]
 
 _counter = itertools.count(1)
 _LIVE: weakref.WeakSet[Service] = weakref.WeakSet()
 _DRAGON_ATEXIT = False  # _stop_all registered again once Dragon is imported
-
-
-async def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """``GET url`` with the standard library (http only); returns (status, body)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http":
-        def fetch() -> tuple[int, bytes]:
-            with urllib.request.urlopen(url, timeout=timeout) as r:
-                return r.status, r.read()
-        return await asyncio.wait_for(asyncio.to_thread(fetch), timeout + 1)
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or 80
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-
-    async def go() -> tuple[int, bytes]:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n"
-                         "Connection: close\r\n\r\n".encode())
-            await writer.drain()
-            data = await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-        head, _, body = data.partition(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0].split()
-        if len(status_line) < 2 or not status_line[1].isdigit():
-            raise ConnectionError(f"no HTTP answer from {url}")
-        return int(status_line[1]), body
-    return await asyncio.wait_for(go(), timeout)
 
 
 class Service:
@@ -408,55 +374,6 @@ class Service:
             except Exception:  # pragma: no cover - a callback must not kill the watcher
                 import logging
                 logging.getLogger(__name__).exception("exit callback of %s failed", self.name)
-
-
-class ServiceSet:
-    """The services of one owner (a Session), by name; ``stop_all()`` on close."""
-
-    def __init__(self) -> None:
-        self._by_name: dict[str, Service] = {}
-
-    async def start(self, name: str, command: Sequence[str], *, wait_ready: bool = True,
-                    **options) -> Service:
-        """Create and start ``Service(name, command, **options)``; names are unique."""
-        old = self._by_name.get(name)
-        if old is not None and old.state in ("STARTING", "READY"):
-            raise BackendError(name, f"a service named {name!r} is already {old.state.lower()}"
-                               "; stop it first or choose another name")
-        svc = Service(name, command, **options)
-        self._by_name[name] = svc
-        await svc.start(wait_ready=wait_ready)
-        return svc
-
-    def get(self, name: str) -> Service:
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise BackendError(name, f"no service named {name!r}; services: "
-                               f"{sorted(self._by_name)}") from None
-
-    async def stop(self, name: str) -> None:
-        await self.get(name).stop()
-
-    async def stop_all(self) -> None:
-        """Stop every service (concurrently); errors are raised after all were tried."""
-        results = await asyncio.gather(*(s.stop() for s in self._by_name.values()),
-                                       return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
-
-    def __iter__(self):
-        return iter(self._by_name.values())
-
-    def __len__(self) -> int:
-        return len(self._by_name)
-
-    def __repr__(self) -> str:
-        return f"<ServiceSet {[f'{n}:{s.state}' for n, s in self._by_name.items()]}>"
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -575,7 +575,7 @@ class Session:
     def services(self) -> Any:
         """The long-running services (``rhapsody_lab.services.ServiceSet``) of this session."""
         if self._services is None:
-            from .services import ServiceSet
+            from .service_set import ServiceSet
             self._services = ServiceSet()
         return self._services
 
