@@ -171,7 +171,7 @@ async def test_tasks_waiting_for_their_hand_off_cannot_be_submitted_again():
 async def test_concurrent_submits_of_the_same_tasks(monkeypatch, n, yield_after):
     """Two submit_tasks calls of one list at once (each may pause while routing or binding):
     exactly one is accepted, and every one of its futures resolves."""
-    import rhapsody_lab.api.session as session_module
+    import rhapsody_lab.api.submission as session_module
     if yield_after is not None:  # pause after every chunk, as a huge call does
         monkeypatch.setattr(session_module, "_YIELD_AFTER", yield_after)
     async with Session([ConcurrentExecutionBackend(max_workers=2)]) as s, \
@@ -192,7 +192,7 @@ async def test_concurrent_submits_of_the_same_tasks(monkeypatch, n, yield_after)
 async def test_a_canceled_submit_leaves_its_tasks_unbound(monkeypatch):
     """Canceling submit_tasks while it binds futures: the caller never got them, so the
     tasks stay NEW and unbound, and a later submit of them runs them all."""
-    import rhapsody_lab.api.session as session_module
+    import rhapsody_lab.api.submission as session_module
     monkeypatch.setattr(session_module, "_YIELD_AFTER", 0.0)
     async with Session([ConcurrentExecutionBackend(max_workers=2)]) as s:
         tasks = [ComputeTask(function=int) for _ in range(5000)]
