@@ -1,24 +1,4 @@
-"""Resource policies: which backend gets which share of the ``Allocation``, and which tasks.
-
-A policy is a mapping (a dict, a JSON file, or a YAML file when PyYAML is installed)::
-
-    backends:
-      sim:   {type: concurrent, cores: 1, limit: 64}      # executables
-      fn:    {type: dask, cores: 0.5, priority: 1}         # functions (a fraction of the cores)
-      llm:   {type: vllm, options: {endpoint: "http://127.0.0.1:8001/v1"}}
-    routing:
-      - {kind: executable, backend: sim}
-      - {tags: [ml], backend: fn}
-      - {min_cores: 2, backend: [fn, sim]}
-    default: fn
-
-``load_policy`` checks everything against the allocation before any backend exists and
-raises ``PolicyError`` naming the offending key (``backends.sim.cores: 12 exceeds the
-allocation's 2 cores``). ``Session.from_policy`` builds the backends (``build_backends``)
-and routes with ``rhapsody_lab.api.routing.PolicyRouter``: importing this module registers
-``session_parts`` as the engine's ``"policy"`` provider (``rhapsody_lab.api.extensions``).
-Standard library only: PyYAML is imported only to read a ``.yaml``/``.yml`` file.
-"""
+"""Reading a policy and checking it against the allocation before any backend exists."""
 
 from __future__ import annotations
 
@@ -26,101 +6,25 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from .api import extensions
-from .api.errors import SessionError
-from .api.routing import PolicyRouter
-from .resources import Allocation
+from ..resources import Allocation
+from .model import (
+    _BACKEND_KEYS,
+    _INFERENCE,
+    _KINDS,
+    _RULE_KEYS,
+    _TOP_KEYS,
+    BACKEND_TYPES,
+    BackendShare,
+    Policy,
+    PolicyError,
+    Rule,
+)
 
-__all__ = ["BACKEND_TYPES", "BackendShare", "Policy", "PolicyError", "Rule",
-           "build_backends", "load_policy", "session_parts"]
-
-#: policy ``type`` -> task kinds it runs (known without importing any runtime)
-BACKEND_TYPES: dict[str, frozenset[str]] = {
-    "concurrent": frozenset({"function", "executable"}),
-    "processes": frozenset({"function", "executable"}),
-    "dask": frozenset({"function", "executable"}),
-    "dask-slurm": frozenset({"function", "executable"}),
-    "dragon": frozenset({"function", "executable"}),
-    "vllm": frozenset({"ai"}),
-    "dragon-vllm": frozenset({"ai"}),
-}
-_INFERENCE = ("vllm", "dragon-vllm")
-_KINDS = ("function", "executable", "ai")
-_TOP_KEYS = ("backends", "routing", "default", "version", "description")
-_BACKEND_KEYS = ("type", "nodes", "cores", "gpus", "options", "priority", "limit")
-_RULE_KEYS = ("backend", "kind", "tags", "min_cores", "min_gpus", "min_ranks")
+__all__ = ["load_policy"]
 
 
-class PolicyError(SessionError):
-    """A policy is invalid; ``key`` is the dotted path of the offending entry."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}" if key else message)
-
-
-@dataclass(frozen=True)
-class BackendShare:
-    """One backend of a policy and the part of the allocation it owns."""
-
-    name: str
-    type: str
-    nodes: tuple[str, ...]      # whole nodes owned (empty: cores from the shared pool)
-    cores: int
-    gpus: int
-    options: dict = field(default_factory=dict)
-    priority: int = 0
-    limit: int | None = None    # max tasks in flight on it (None: no limit)
-
-    @property
-    def kinds(self) -> frozenset[str]:
-        return BACKEND_TYPES[self.type]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Tasks matching every given criterion go to the first fitting backend of ``backends``."""
-
-    index: int
-    backends: tuple[str, ...]
-    kinds: frozenset[str] | None = None
-    tags: frozenset[str] | None = None
-    min_cores: int = 0
-    min_gpus: int = 0
-    min_ranks: int = 0
-
-    def matches(self, kind: str, tags: frozenset[str], cores: int, gpus: int,
-                ranks: int) -> bool:
-        return ((self.kinds is None or kind in self.kinds)
-                and (self.tags is None or not self.tags.isdisjoint(tags))
-                and cores >= self.min_cores and gpus >= self.min_gpus
-                and ranks >= self.min_ranks)
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A validated policy, its shares resolved against ``allocation``."""
-
-    backends: dict[str, BackendShare]
-    rules: tuple[Rule, ...]
-    default: str | None
-    allocation: Allocation
-    source: str = "<dict>"
-
-    def summary(self) -> str:
-        rows = [f"policy {self.source} on {self.allocation}"]
-        for b in self.backends.values():
-            extra = f" nodes={list(b.nodes)}" if b.nodes else ""
-            lim = f" limit={b.limit}" if b.limit else ""
-            rows.append(f"  {b.name}: {b.type} cores={b.cores} gpus={b.gpus}{extra} "
-                        f"priority={b.priority}{lim}")
-        return "\n".join(rows)
-
-
-# -- reading -------------------------------------------------------------------------
 def _read(source: str | os.PathLike) -> dict:
     path = os.fspath(source)
     try:
@@ -401,69 +305,3 @@ def _parse_rules(raw: Any, shares: dict[str, BackendShare]) -> tuple[Rule, ...]:
                               "min_gpus/min_ranks (use 'default' for a catch-all)")
         rules.append(Rule(i, tuple(targets), kinds, tags, **mins))
     return tuple(rules)
-
-
-# -- building --------------------------------------------------------------------------
-def build_backends(policy: Policy) -> list:
-    """Construct (not start) one backend per share, sized to it; runtimes load lazily."""
-    from .backends.registry import backend_class
-
-    out = []
-    for b in policy.backends.values():
-        opts = dict(b.options)
-        key = f"backends.{b.name}.options"
-        try:
-            if b.type == "concurrent":
-                cls = backend_class("concurrent")
-                opts.setdefault("max_workers", max(1, b.cores))
-                backend = cls(name=b.name, **opts)
-            elif b.type == "processes":
-                from concurrent.futures import ProcessPoolExecutor
-                cls = backend_class("concurrent")
-                n = opts.pop("max_workers", max(1, b.cores))
-                backend = cls(ProcessPoolExecutor(n), name=b.name, **opts)
-            elif b.type == "dask":
-                cls = backend_class("dask")
-                res = {"n_workers": max(1, b.cores), "threads_per_worker": 1,
-                       "silence_logs": 40, **opts.pop("resources", {})}
-                if b.gpus and "resources" not in res:
-                    res["resources"] = {"GPU": b.gpus}
-                backend = cls(resources=res, name=b.name, **opts)
-            elif b.type == "dask-slurm":
-                import importlib.util
-                if importlib.util.find_spec("dask_jobqueue") is None:
-                    raise ImportError("dask-jobqueue is missing (pip install dask-jobqueue)")
-                from .backends.dask_slurm import SlurmDaskBackend
-                backend = SlurmDaskBackend(b.name, b.cores, max(1, len(b.nodes)), opts)
-            elif b.type == "dragon":
-                cls = backend_class("dragon")
-                opts.setdefault("num_workers", max(1, b.cores))
-                backend = cls(name=b.name, **opts)
-            else:  # vllm, dragon-vllm
-                cls = backend_class("vllm" if b.type == "vllm" else "dragon_vllm")
-                if "base_url" in opts:
-                    opts["endpoint"] = opts.pop("base_url")
-                if "endpoint" not in opts:
-                    opts.setdefault("num_gpus", b.gpus)
-                backend = cls(name=b.name, **opts)
-        except PolicyError:
-            raise
-        except ImportError as exc:
-            raise PolicyError(f"backends.{b.name}.type", f"{b.type} is not installed here: "
-                              f"{exc}") from exc
-        except (SessionError, TypeError, ValueError) as exc:
-            raise PolicyError(key, f"{b.type} backend refused these options: {exc}") from exc
-        out.append(backend)
-    return out
-
-
-def session_parts(source: str | os.PathLike | Mapping, allocation: Allocation | None = None
-                  ) -> tuple[list, PolicyRouter]:
-    """What ``Session.from_policy`` needs: the backends (not started, those with a
-    ``limit`` behind their gate) and the router, after validating the whole policy."""
-    policy = load_policy(source, allocation)
-    router = PolicyRouter(policy)
-    return router.wrap(build_backends(policy)), router
-
-
-extensions.register_provider("policy", session_parts)
