@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+import signal
 import threading
 import time
 from collections import deque
@@ -197,17 +198,19 @@ class PoolFeeder:
     def _fail_culprit(self, task: dict, executor: ProcessPoolExecutor) -> None:
         """``task`` broke the pool while alone in it: it, and only it, fails."""
         # The dead worker is the one with an exit code: the pool terminates the others
-        # only after it has failed its futures (which runs this callback). Its pipes close
-        # a moment before it can be reaped, so give it a little time.
+        # (SIGTERM) only after it has failed its futures, which runs this callback, unless
+        # the task died before the callback was added (then it runs late, on the loop).
+        # The dead one's pipes close a moment before it can be reaped: give it a little time.
         procs = list((getattr(executor, "_processes", None) or {}).values())
         code = None
         deadline = time.monotonic() + 1.0
-        while code is None and procs and time.monotonic() < deadline:
-            codes = [p.exitcode for p in procs if p.exitcode is not None]
+        while procs and time.monotonic() < deadline:
+            codes = {p.exitcode for p in procs} - {None}
             if codes:
-                code = codes[0]
-            else:
-                time.sleep(0.005)
+                own = codes - {-signal.SIGTERM}
+                code = own.pop() if len(own) == 1 else -signal.SIGTERM if not own else None
+                break
+            time.sleep(0.005)
         uid = task["uid"]
         exc = BackendError(self.name, f"the worker process died ({describe_exit(code)}) "
                            f"while task {uid} ran alone in the pool: the task crashed it "

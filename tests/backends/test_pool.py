@@ -76,3 +76,12 @@ def test_describe_exit_names_signals():
     assert describe_exit(-9) == "killed by signal 9 (SIGKILL)"
     assert describe_exit(-15) == "killed by signal 15 (SIGTERM)"
     assert describe_exit(None) == "exit status unknown"
+
+
+def test_the_pool_feeder_does_not_import_the_backend():
+    """No _pool <-> concurrent cycle: the feeder stands on api and its own helpers."""
+    import subprocess
+    import sys
+    code = ("import sys, rhapsody_lab.backends._pool; "
+            "assert 'rhapsody_lab.backends.concurrent' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
