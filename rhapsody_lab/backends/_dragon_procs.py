@@ -20,6 +20,7 @@ from ..api.errors import TaskExecutionError
 from ..api.states import CANCELED, DONE, FAILED
 from ._dragon_spec import Plan
 from ._dragon_worker import parse_rank_output, process_main, restore
+from ._exits import describe_exit
 
 __all__ = ["RankSet", "run_plan"]
 
@@ -162,11 +163,14 @@ def _collect(task: dict, plan: Plan, is_fn: bool, outs: list, errs: list, codes:
                 if bad is None:
                     bad = code if code not in (None, 0) else 1
                 if outcome is None and not err:
-                    err = f"process ended with exit code {code} before returning a result\n"
+                    err = f"process ended ({describe_exit(code)}) before returning a result\n"
         else:
             values.append(out)
             if code != 0 and bad is None:
                 bad = code if code is not None else 1
+            if code is not None and code < 0:  # name the signal, not just "exit code -9"
+                sep = "\n" if err and not err.endswith("\n") else ""
+                err += f"{sep}[rhapsody_lab] {describe_exit(code)}\n"
         if err:
             stderr_parts.append(f"[rank {rank}] {err}" if job else err)
     task["stderr"] = "".join(stderr_parts)

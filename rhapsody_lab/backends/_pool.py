@@ -4,13 +4,22 @@ Function tasks wait in a deque until the pool has room; a deep backlog is sent i
 (one pool work item, one pickle round trip, one future for several tasks), a shallow one
 task by task, so a lone task still gets the lowest latency. Tasks in the pool are
 bounded, so a worker process that dies (which fails everything the pool holds) touches
-few tasks; those are retried once on a fresh pool.
+few tasks.
+
+Which task killed it cannot be told from a broken pool: every future in flight fails
+alike. So the tasks it held become *suspects*: new work waits, and each suspect runs
+alone in a fresh pool, one after the other. A suspect that breaks the pool while alone is
+the culprit and fails (with its worker's exit code or signal); the others finish as if
+nothing happened. Each task runs alone at most once, so a culprit fails on its second
+crash and nothing loops.
 """
 
 from __future__ import annotations
 
 import functools
 import pickle
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,29 +30,37 @@ from typing import Any
 from ..api.backend import DONE_RUN, record_failure, result_text
 from ..api.errors import BackendError
 from ..api.states import DONE, FAILED, RUNNING
+from ._exits import describe_exit
 from ._proc_worker import call_batch
 
-__all__ = ["RETRY", "PoolFeeder"]
+__all__ = ["PoolFeeder"]
 
-RETRY = "RETRY"  # pseudo-state: the task was lost with a worker process; run it again
 _MAX_BATCH = 32
 
 
 class PoolFeeder:
-    """Owns the pending deque and the in-flight bookkeeping of one process pool."""
+    """Owns the pending deque and the in-flight bookkeeping of one process pool.
+
+    ``report(task, state, time, slot)`` and ``wake()`` may be called from any thread;
+    ``wake`` must make the loop call ``advance()`` soon (the backend's drain does).
+    """
 
     def __init__(self, executor: ProcessPoolExecutor, workers: int, name: str,
-                 report: Callable[[dict, str, float, Any], None]):
+                 report: Callable[[Any, str, Any, Any], None], wake: Callable[[], None]):
         self.executor = executor
         self.workers = workers
         self.name = name
         self._report = report      # thread-safe: (task, state, end time, slot)
+        self._wake = wake
         self.pending: deque = deque()
         self.inflight = 0
         self.max_inflight = max(64, 16 * workers)
         self._futures: set[Any] = set()
         self._blobs: dict[Any, bytes] = {}
-        self._retried: set[str] = set()
+        # pool threads' done callbacks and the loop both touch these: one lock
+        self._lock = threading.Lock()
+        self._suspects: deque = deque()  # lost with a broken pool; each runs alone next
+        self._alone = False  # a suspect is in the pool, and nothing else is
         self.closing = False
         self.starts: str | None = None  # a StartListener's address: workers say who starts
 
@@ -64,6 +81,9 @@ class PoolFeeder:
         return blob
 
     def room(self) -> int:
+        """Tasks ``send`` may take now; none while suspects of a crash are run alone."""
+        if self._suspects or self._alone:
+            return 0
         return self.max_inflight - self.inflight
 
     def send(self, tasks: list[dict]) -> None:
@@ -85,9 +105,36 @@ class PoolFeeder:
                     continue
                 self._fail(batch[0], exc)
                 continue
-            self.inflight += len(batch)
-            self._futures.add(fut)
-            fut.add_done_callback(functools.partial(self._done, batch))
+            with self._lock:
+                self.inflight += len(batch)
+                self._futures.add(fut)
+            fut.add_done_callback(functools.partial(self._done, batch, self.executor, False))
+
+    def advance(self) -> None:
+        """On the loop: once the pool is empty, run the next suspect alone in it."""
+        while True:
+            with self._lock:
+                if self.closing or self._alone or self.inflight or not self._suspects:
+                    return
+                task = self._suspects.popleft()
+                self._alone = True
+                self.inflight += 1
+            if getattr(self.executor, "_broken", False):
+                self._replace()
+            executor = self.executor
+            try:
+                fut = executor.submit(call_batch, [(self.blob(task["function"]), task["args"],
+                                                    task["kwargs"])], [task["uid"]], self.starts)
+            except Exception as exc:  # it was sent once, so this is unexpected: fail it alone
+                with self._lock:
+                    self._alone = False
+                    self.inflight -= 1
+                self._fail(task, exc)
+                continue
+            with self._lock:
+                self._futures.add(fut)
+            fut.add_done_callback(functools.partial(self._done, [task], executor, True))
+            return
 
     def _fail(self, task: dict, exc: BaseException) -> None:
         self._report(task, record_failure(task, exc), time.time(), None)
@@ -99,10 +146,17 @@ class PoolFeeder:
         self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
         old.shutdown(wait=False, cancel_futures=True)
 
-    def _done(self, batch: list[dict], fut: Any) -> None:
-        """On the pool's manager thread: turn outcomes into task fields, report them."""
-        self._futures.discard(fut)
-        self.inflight -= len(batch)
+    def _done(self, batch: list[dict], executor: ProcessPoolExecutor, alone: bool,
+              fut: Any) -> None:
+        """On the pool's manager thread: turn outcomes into task fields, report them.
+
+        ``alone``: ``batch`` is one suspect that was the only work in ``executor``.
+        """
+        with self._lock:
+            self._futures.discard(fut)
+            self.inflight -= len(batch)
+            if alone:
+                self._alone = False
         if fut.cancelled() or self.closing:
             return  # shutting down: these tasks become CANCELED, not FAILED
         exc = fut.exception()
@@ -130,17 +184,42 @@ class PoolFeeder:
             return
         if isinstance(exc, CancelledError):
             return
-        for task in batch:
-            uid = task["uid"]
-            if isinstance(exc, BrokenProcessPool):
-                if uid not in self._retried:
-                    self._retried.add(uid)
-                    self._report(task, RETRY, time.time(), None)
-                    continue
-                exc = BackendError(self.name, f"a worker process died twice while task {uid} "
-                                   "was in the pool (killed, crashed or out of memory); it "
-                                   "was not retried again")
-            self._fail(task, exc)
+        if not isinstance(exc, BrokenProcessPool):
+            for task in batch:
+                self._fail(task, exc)
+            return
+        if alone:
+            self._fail_culprit(batch[0], executor)
+            return
+        with self._lock:  # innocent until run alone: no retry spent, no failure
+            self._suspects.extend(batch)
+        self._wake()
+
+    def _fail_culprit(self, task: dict, executor: ProcessPoolExecutor) -> None:
+        """``task`` broke the pool while alone in it: it, and only it, fails."""
+        # The dead worker is the one with an exit code: the pool terminates the others
+        # (SIGTERM) only after it has failed its futures, which runs this callback, unless
+        # the task died before the callback was added (then it runs late, on the loop).
+        # The dead one's pipes close a moment before it can be reaped: give it a little time.
+        procs = list((getattr(executor, "_processes", None) or {}).values())
+        code = None
+        deadline = time.monotonic() + 1.0
+        while procs and time.monotonic() < deadline:
+            codes = {p.exitcode for p in procs} - {None}
+            if codes:
+                own = codes - {-signal.SIGTERM}
+                code = own.pop() if len(own) == 1 else -signal.SIGTERM if not own else None
+                break
+            time.sleep(0.005)
+        uid = task["uid"]
+        exc = BackendError(self.name, f"the worker process died ({describe_exit(code)}) "
+                           f"while task {uid} ran alone in the pool: the task crashed it "
+                           "(os._exit, a signal, a fault) or it was killed (e.g. out of "
+                           "memory); the tasks lost with it earlier were run again")
+        task["exception"] = exc
+        task["stderr"] = str(exc)
+        task["exit_code"] = code if code is not None else 1
+        self._report(task, FAILED, time.time(), None)
 
     def _report_raised(self, task: dict, payload: tuple, end: float, pid: int) -> None:
         blob, text = payload

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..api.errors import TaskValidationError
+from ._exits import describe_exit
 
 __all__ = ["ExecOptions", "exec_options", "kill_group", "run_executable"]
 
@@ -127,6 +128,13 @@ def run_executable(task: dict, opts: ExecOptions,
         task["stderr"] += f"\n[rhapsody_lab] timed out after {timeout}s; process group killed"
         task["exception"] = TaskExecutionError(task["uid"], f"timed out after {timeout}s",
                                                proc.returncode)
+        return "FAILED"
+    if proc.returncode < 0:
+        # A signal ended it: say which, not just "exit code -9". In stderr, which the
+        # task's TaskExecutionError quotes (on every backend, Dask's workers included);
+        # no exception here, as a cancel (SIGTERM from us) makes this CANCELED instead.
+        sep = "\n" if task["stderr"] and not task["stderr"].endswith("\n") else ""
+        task["stderr"] += f"{sep}[rhapsody_lab] {describe_exit(proc.returncode)}"
         return "FAILED"
     return "DONE" if proc.returncode == 0 else "FAILED"
 

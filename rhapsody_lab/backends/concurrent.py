@@ -22,7 +22,7 @@ from typing import Any
 from ..api.backend import CANCELED_CLAIM, BaseBackend, record_failure, result_text
 from ..api.errors import SessionError
 from ..api.states import CANCELED, DONE, RUNNING
-from ._pool import RETRY, PoolFeeder
+from ._pool import PoolFeeder
 from ._pool_starts import StartListener
 from ._subprocess import ProcessTable, exec_options, run_executable
 
@@ -66,8 +66,8 @@ class ConcurrentExecutionBackend(BaseBackend):
         self._procs = ProcessTable()
         self._pump_scheduled = False
         self._starts: StartListener | None = None  # process pools: workers say who starts
-        self._feeder = PoolFeeder(executor, self._workers, self._name, self.report) \
-            if self._processes else None
+        self._feeder = PoolFeeder(executor, self._workers, self._name, self.report,
+                                  self._wake_drain) if self._processes else None
 
     # -- life cycle --------------------------------------------------------------------
     @property
@@ -188,16 +188,11 @@ class ConcurrentExecutionBackend(BaseBackend):
         if task is not None:
             self.report(task, RUNNING, t, pid)
 
-    # -- completion (event loop): the one drain, with a retry state and a pump --------
-    def _on_record(self, record: tuple) -> None:
-        task, state = record[0], record[1]
-        if state is not RETRY:
-            super()._on_record(record)
-        self._claims.pop(task["uid"], None)
-        self._feeder.pending.appendleft(task)  # lost with a worker process: run it again
-
+    # -- completion (event loop): the one drain, then feed the pool --------------------
     def _drained(self) -> None:
         feeder = self._feeder
+        if feeder is not None:
+            feeder.advance()  # suspects of a crashed worker run alone first
         if feeder is not None and feeder.pending and not self._pump_scheduled \
                 and self.is_running and feeder.room() > 0:
             self._pump_scheduled = True

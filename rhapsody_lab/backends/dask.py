@@ -42,6 +42,7 @@ from typing import Any
 from ..api.backend import BaseBackend, result_text
 from ..api.errors import BackendError, ResourceError, SessionError, TaskValidationError
 from ..api.states import CANCELED, DONE, FAILED, RUNNING
+from ._dask_gate import claim, enter, leave
 from ._subprocess import ProcessTable, exec_options, run_executable
 
 __all__ = ["DaskExecutionBackend"]
@@ -185,9 +186,12 @@ def _slot() -> str | None:
 
 
 def _call(payload: tuple) -> tuple:
-    """Run one function task on a worker: ``(ok, value|exc, traceback, t0, t1, slot)``."""
-    fn, args, kwargs = payload
-    t0 = time.time()
+    """Run one function task on a worker: ``(ok, value|exc, traceback, t0, t1, slot)``;
+    ``ok`` is None (and the function never ran) when a cancel got to the gate first."""
+    uid, fn, args, kwargs = payload
+    t0 = enter(uid)
+    if t0 is None:
+        return (None, None, None, None, time.time(), _slot())
     try:
         value = fn(*args, **kwargs)
         if inspect.iscoroutine(value):
@@ -195,6 +199,8 @@ def _call(payload: tuple) -> tuple:
     except BaseException as exc:
         tb = "".join(traceback.format_exception(exc))
         return (False, _portable(exc), tb, t0, time.time(), _slot())
+    finally:
+        leave(uid)
     return (True, value, None, t0, time.time(), _slot())
 
 
@@ -213,13 +219,17 @@ def _portable(exc: BaseException) -> BaseException:
 def _run_exec(payload: tuple) -> tuple:
     """Run one executable task on a worker: ``(state, stdout, stderr, exit_code, t0, t1, slot)``."""
     uid, exe, arguments, opts = payload
-    t0 = time.time()
+    t0 = enter(uid)
+    if t0 is None:  # canceled before it started: never start it
+        return (CANCELED, "", "", None, None, time.time(), _slot())
     rec: dict[str, Any] = {"uid": uid, "executable": exe, "arguments": arguments}
     try:
         state = run_executable(rec, opts, _worker_procs.register_for(uid))
     except Exception as exc:  # never lose a task to an unexpected error
         rec.update(stdout="", stderr="".join(traceback.format_exception(exc)), exit_code=1)
         state = FAILED
+    finally:
+        leave(uid)
     if _worker_procs.was_killed(uid):
         state = CANCELED
         _worker_procs.forget(uid)
@@ -419,15 +429,31 @@ class DaskExecutionBackend(BaseBackend):
         self._submit_q.put(list(tasks))
 
     async def cancel_task(self, uid: str) -> bool:
+        """Cancel ``uid``: True (CANCELED) unless it is a function that already started.
+
+        A task not started yet never starts (every worker refuses it, ``_dask_gate``); a
+        running executable's process group is killed. A running function cannot be
+        stopped (a Dask worker runs it in a thread), so this returns False and the task
+        keeps its state and runs to its end.
+        """
         task = self._live.get(uid)
         if task is None:
             return False
         self._check_alive()
+        try:
+            started = await asyncio.to_thread(claim, self.client, uid)
+        except Exception as exc:  # the scheduler is gone: the watchdog fails the tasks
+            raise BackendError(self.name, f"could not cancel task {uid}: {exc}") from exc
+        if uid not in self._live:  # it ended meanwhile (or a worker refused it: CANCELED)
+            return task["state"] == CANCELED
+        is_exec = task.get("executable") is not None
+        if started is not None and not is_exec:
+            self.move(task, RUNNING, *started)  # it did start: show it, let it finish
+            return False
         fut = self._futs.pop(uid, None)
         self._finish(task, CANCELED, time.time(), reason="canceled by request")
         if fut is not None:
-            execs = [uid] if task.get("executable") is not None else []
-            await asyncio.to_thread(self._cancel_remote, [fut], execs)
+            await asyncio.to_thread(self._cancel_remote, [fut], [uid] if is_exec else [])
         return True
 
     def _cancel_remote(self, futs: list, execs: list[str]) -> None:
@@ -484,7 +510,8 @@ class DaskExecutionBackend(BaseBackend):
                 if kind == "f":
                     fn = task["function"]
                     prefix = getattr(fn, "__name__", None) or "rhapsody"
-                    payloads.append((fn, task["args"] or (), task["kwargs"] or {}))
+                    payloads.append((task["uid"], fn, task["args"] or (),
+                                     task["kwargs"] or {}))
                 else:
                     prefix = os.path.basename(str(task["executable"])) or "exec"
                     payloads.append((task["uid"], task["executable"],
@@ -696,7 +723,9 @@ class DaskExecutionBackend(BaseBackend):
                 if task.get("function") is not None:
                     good, value, tb, t0, t1, slot = res
                     size += sys.getsizeof(value)
-                    if good:
+                    if good is None:  # refused at the gate: a cancel came first
+                        out((task, CANCELED, t1, slot))
+                    elif good:
                         task["return_value"] = value
                         task["stdout"] = result_text(value)
                         task["exit_code"] = 0

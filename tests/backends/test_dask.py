@@ -48,6 +48,19 @@ def current_key():
     return get_worker().get_current_task()
 
 
+def write_for(path, seconds):
+    """Append a line to ``path`` every 50 ms for ``seconds``; the number of lines."""
+    end = time.time() + seconds
+    n = 0
+    with open(path, "a") as f:
+        while time.time() < end:
+            f.write(f"{n}\n")
+            f.flush()
+            n += 1
+            time.sleep(0.05)
+    return n
+
+
 def nap(seconds):
     time.sleep(seconds)
     return seconds
@@ -353,6 +366,58 @@ async def test_cancel_queued_function_and_running_executable(cluster, tmp_path):
         await session.wait_tasks([blocker], timeout=30)
         assert blocker.state == "DONE"
         assert {t.state for t in queued} == {"CANCELED"}
+
+
+async def test_cancel_of_a_running_function_is_refused_and_it_completes(cluster, tmp_path):
+    async with Session(backends=[DaskExecutionBackend(cluster=cluster)]) as session:
+        path = tmp_path / "lines"
+        writer = ComputeTask(function=write_for, args=(str(path), 3.0))
+        await session.submit_tasks([writer])
+        await _wait_file(path)  # it runs
+        assert await session.cancel_task(writer) is False
+        assert writer.state == "RUNNING"  # told by the worker that runs it
+        grown = len(_read(path).split())
+        await asyncio.sleep(0.5)
+        assert len(_read(path).split()) > grown  # never said CANCELED while it goes on
+        await session.wait_tasks([writer], timeout=30)
+        assert writer.state == "DONE" and writer.return_value == len(_read(path).split())
+
+
+async def test_a_canceled_queued_function_never_runs(cluster, tmp_path):
+    async with Session(backends=[DaskExecutionBackend(cluster=cluster)]) as session:
+        busy = [ComputeTask(function=write_for, args=(str(tmp_path / f"busy{i}"), 1.5))
+                for i in range(2)]  # both workers' one thread each
+        await session.submit_tasks(busy)
+        for i in range(2):
+            await _wait_file(tmp_path / f"busy{i}")
+        queued = ComputeTask(function=write_for, args=(str(tmp_path / "queued"), 0.2))
+        await session.submit_tasks([queued])
+        await asyncio.sleep(0.2)  # on the scheduler or queued on a worker by now
+        assert await session.cancel_task(queued) is True
+        assert queued.state == "CANCELED"
+        await session.wait_tasks(busy, timeout=30)
+        after = ComputeTask(function=nap, args=(0.01,))  # the workers are free again
+        await session.submit_tasks([after])
+        await session.wait_tasks([after], timeout=30)
+        await asyncio.sleep(0.5)
+        assert not (tmp_path / "queued").exists() and queued.state == "CANCELED"
+
+
+async def test_cancel_says_true_exactly_for_tasks_that_never_ran(cluster, tmp_path):
+    """Cancels racing starts: True <=> CANCELED and never ran; False <=> it ran, DONE."""
+    async with Session(backends=[DaskExecutionBackend(cluster=cluster)]) as session:
+        tasks = [ComputeTask(function=write_for, args=(str(tmp_path / f"t{i}"), 0.02))
+                 for i in range(40)]
+        await session.submit_tasks(tasks)
+        answers = []
+        for t in tasks:
+            answers.append(await session.cancel_task(t))
+            await asyncio.sleep(0.005)
+        await session.wait_tasks(tasks, timeout=60)
+        await asyncio.sleep(0.5)
+        for i, (t, said) in enumerate(zip(tasks, answers, strict=True)):
+            ran = (tmp_path / f"t{i}").exists()
+            assert (said, t.state, ran) in ((True, "CANCELED", False), (False, "DONE", True)), i
 
 
 async def test_close_cancels_running_tasks_and_kills_processes(no_new_children, tmp_path):
