@@ -1,0 +1,334 @@
+"""The Dask backend's two threads: a submitter that hands tasks to Dask in bulk, and a
+collector that gathers results in batches and reports them (never on the event loop).
+
+Mixed into ``DaskExecutionBackend`` (which owns the attributes used here).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import time
+import traceback
+
+from ..api.backend import result_text
+from ..api.errors import BackendError, TaskValidationError
+from ..api.states import CANCELED, DONE, FAILED, RUNNING
+from ._dask_tasks import _SAFE, _call, _dask_options, _pickle_error, _plain, _run_exec
+from ._subprocess import exec_options
+
+_TICK = 0.5             # collector watchdog period (s): scheduler loss, capacity refresh
+_GATHER_MAX = 2_000     # futures gathered in one call
+# The collector polls the status of pending Dask futures (a plain attribute read) rather
+# than taking one done-callback each: those cost a coroutine plus a thread-pool submit per
+# task on the client's I/O thread, ~20% of the driver's CPU at full speed. The poll period
+# grows with the number pending (each scan stays a few % of the time) and backs off while
+# nothing finishes (long tasks); every scan that finds results makes one gather.
+_POLL_MIN = 0.002
+_POLL_PER_PENDING = 4e-6
+_POLL_MAX = 0.05
+# Gathered futures are held, then dropped in bulk (which makes Dask forget their keys and
+# free the workers' copies) once nothing is pending, or past these bounds: forgetting a
+# key costs the scheduler about as much as running a null task, so a burst is not slowed
+# by the clean-up of its own first results.
+_HOLD_KEYS = 20_000
+_HOLD_BYTES = 256 * 2**20
+_LOST = "scheduler-lost"
+_RUNNING_POLL = 1.0       # seconds between two looks at what the workers hold
+
+
+class DaskThreads:
+    """Submitter and collector threads (see the module docstring)."""
+
+    # -- submitter thread --------------------------------------------------------------
+    def _submitter(self) -> None:
+        get = self._submit_q.get
+        while True:
+            batch = get()
+            if batch is None:
+                return
+            try:  # take everything queued so far: bigger bulk submissions
+                while True:
+                    more = self._submit_q.get_nowait()
+                    if more is None:
+                        self._submit_q.put(None)
+                        break
+                    batch.extend(more)
+            except queue.Empty:
+                pass
+            if self._stopping:
+                return
+            try:
+                self._submit_batch(batch)
+            except Exception as exc:  # the scheduler went away mid-submit
+                reason = BackendError(self.name, f"could not submit to Dask: {exc}")
+                for task in batch:
+                    if task["uid"] in self._live and task["uid"] not in self._futs:
+                        self._report_failure(task, reason, str(reason))
+
+    def _submit_batch(self, batch: list) -> None:
+        live = self._live
+        groups: dict[tuple, list] = {}
+        for task in batch:
+            if task["uid"] not in live:
+                continue  # canceled before it reached Dask
+            kind = "f" if task.get("function") is not None else "x"
+            key = (kind, _dask_options(task))
+            g = groups.get(key)
+            if g is None:
+                groups[key] = [task]
+            else:
+                g.append(task)
+        for (kind, opts), tasks in groups.items():
+            keys, payloads = [], []
+            for task in tasks:
+                self._seq += 1
+                if kind == "f":
+                    fn = task["function"]
+                    prefix = getattr(fn, "__name__", None) or "rhapsody"
+                    payloads.append((task["uid"], fn, task["args"] or (),
+                                     task["kwargs"] or {}))
+                else:
+                    prefix = os.path.basename(str(task["executable"])) or "exec"
+                    payloads.append((task["uid"], task["executable"],
+                                     [str(a) for a in task["arguments"] or ()],
+                                     exec_options(task)))
+                prefix = _SAFE.sub("_", prefix).strip("_") or "rhapsody"
+                if not prefix[0].isalpha():
+                    prefix = "rhapsody_" + prefix
+                keys.append(f"{prefix}-{self._token}-{self._seq}")
+            func = _call if kind == "f" else _run_exec
+            kw = dict(opts)
+            if "workers" in kw and isinstance(kw["workers"], tuple):
+                kw["workers"] = list(kw["workers"])
+            if "resources" in kw:
+                kw["resources"] = dict(kw["resources"])
+            if kind == "f":
+                # Dask serialises on its I/O thread and only logs a failure there (the
+                # futures would never finish): refuse unpicklable tasks here, one by one.
+                bad = [i for i, task in enumerate(tasks) if self._unpicklable(task)]
+                if bad:
+                    for i in reversed(bad):
+                        del tasks[i], payloads[i], keys[i]
+                    if not tasks:
+                        continue
+            futs = self.client.map(func, payloads, key=keys, pure=False, **kw)
+            self._track(tasks, futs)
+
+    def _unpicklable(self, task: dict) -> bool:
+        """Fail ``task`` if its function or arguments cannot be pickled; True if so."""
+        fn = task["function"]
+        cache = self._pickle_ok
+        field, err = "function", cache.get(id(fn), (None, None))[1]
+        if id(fn) not in cache:
+            err = _pickle_error(fn)
+            if len(cache) > 4096:
+                cache.clear()
+            cache[id(fn)] = (fn, err)  # holding fn keeps its id from being reused
+        if err is None and not _plain(task["args"], task["kwargs"]):
+            field, err = "args", _pickle_error((task["args"], task["kwargs"]))
+        if err is None:
+            return False
+        what = getattr(fn, "__qualname__", repr(fn)) if field == "function" else "its arguments"
+        msg = (f"not sent to Dask: {what} cannot be pickled "
+               f"({err}); define functions at module level (or in the notebook) and do not "
+               "capture locks, open files, sockets or clients")
+        self._report_failure(task, TaskValidationError(task["uid"], msg, field=field), msg)
+        return True
+
+    def _track(self, tasks: list, futs: list) -> None:
+        store = self._futs
+        live = self._live
+        orphans = []
+        for task, fut in zip(tasks, futs, strict=True):
+            if fut is None:
+                continue
+            fut._rhapsody_task = task
+            uid = task["uid"]
+            store[uid] = fut
+            if uid not in live:  # canceled while we were submitting
+                store.pop(uid, None)
+                orphans.append(fut)
+                continue
+            self._new_futs.append(fut)
+        self._signal.set()
+        if orphans:
+            try:
+                self.client.cancel(orphans, force=True)
+            except Exception:
+                pass
+
+    # -- collector thread --------------------------------------------------------------
+    def _collector(self) -> None:
+        new = self._new_futs
+        signal = self._signal
+        pending: list = []
+        last_refresh = last_running = time.monotonic()
+        posted: set = set()  # keys already reported RUNNING by _poll_running
+        idle = 0.0
+        down_since: float | None = None
+        while not self._stopping:
+            if not pending and not new:
+                signal.wait(_TICK)
+                signal.clear()
+                idle = 0.0
+            else:
+                period = min(_POLL_MAX, _POLL_MIN + _POLL_PER_PENDING * len(pending))
+                time.sleep(max(period, idle))
+            while new:
+                pending.append(new.popleft())
+            if pending:
+                still, done = [], []
+                for fut in pending:
+                    (still if fut.status in ("pending", "lost") else done).append(fut)
+                pending = still
+                if done:
+                    idle = 0.0
+                    for i in range(0, len(done), _GATHER_MAX):
+                        if self._stopping:
+                            break
+                        self._collect(done[i:i + _GATHER_MAX])
+                else:
+                    idle = min(_POLL_MAX, max(idle * 2, _POLL_MIN))
+                if posted:
+                    posted.difference_update([f.key for f in done])
+            if self._held and (not pending or len(self._held) > _HOLD_KEYS
+                               or self._held_bytes > _HOLD_BYTES):
+                self._held = []
+                self._held_bytes = 0
+            # watchdog: scheduler loss, worker count, tasks running for a while
+            client = self.client
+            status = getattr(client, "status", "closed")
+            now = time.monotonic()
+            if status != "running":
+                down_since = down_since or now
+                if now - down_since > 1.0:
+                    self._declare_lost(status)
+            else:
+                down_since = None
+                if pending and now - last_running > _RUNNING_POLL:
+                    last_running = now
+                    try:
+                        self._poll_running(pending, posted)
+                    except Exception:
+                        pass
+                if now - last_refresh > 2.0:
+                    last_refresh = now
+                    try:
+                        self._refresh_workers()
+                    except Exception:
+                        pass
+
+    def _poll_running(self, pending: list, posted: set) -> None:
+        """Report RUNNING for tasks a worker holds (long tasks show up before they end).
+
+        Dask's ``processing`` also lists the task or two a worker has queued next, so this
+        time is approximate (within ``_RUNNING_POLL``); a task that ends before the poll
+        gets its exact start from the worker instead.
+        """
+        by_key = None
+        t = time.time()
+        for addr, keys in self.client.processing().items():
+            for key in keys:
+                if key in posted:
+                    continue
+                if by_key is None:
+                    by_key = {f.key: f for f in pending}
+                fut = by_key.get(key)
+                if fut is not None:
+                    posted.add(key)
+                    self._done.append((fut._rhapsody_task, RUNNING, t, addr))
+        if self._done:
+            self._wake_drain()
+
+    def _declare_lost(self, status: str) -> None:
+        """The scheduler is gone: the loop fails every live task and the backend."""
+        if self._lost is None and not self._stopping:
+            self._lost = (f"lost the Dask scheduler (client status {status!r}); create a "
+                          "new backend")
+            self._done.append((None, _LOST, 0.0, None))
+            self._wake_drain()
+
+    def _collect(self, futs: list) -> None:
+        live = self._live
+        ok, ok_tasks = [], []
+        out = self._done.append
+        for fut in futs:
+            task = fut._rhapsody_task
+            uid = task["uid"]
+            if self._futs.get(uid) is fut:
+                del self._futs[uid]
+            if uid not in live:
+                continue
+            status = fut.status
+            if status == "finished":
+                ok.append(fut)
+                ok_tasks.append(task)
+            elif status == "error":
+                try:
+                    exc = fut.exception(timeout=5)
+                    tb = "".join(traceback.format_exception(exc))
+                except Exception as e:
+                    exc, tb = e, repr(e)
+                self._report_failure(task, exc, tb)
+            elif self.client.status != "running":  # the client lost its scheduler
+                self._declare_lost(self.client.status)
+            else:  # cancelled (not by us: cancel_task finishes at once) or lost
+                reason = BackendError(self.name, f"Dask dropped task {uid} ({status}); "
+                                      "the scheduler connection was lost or it was canceled "
+                                      "outside rhapsody_lab")
+                self._report_failure(task, reason, str(reason))
+        if ok:
+            try:
+                results = self.client.gather(ok)
+            except Exception:
+                results = []
+                for task, fut in zip(ok_tasks, ok, strict=True):
+                    try:
+                        results.append(self.client.gather(fut))
+                    except Exception as exc:
+                        msg = (f"the result of task {task['uid']} could not be fetched "
+                               f"from Dask ({type(exc).__name__}: {exc})")
+                        self._report_failure(task, BackendError(self.name, msg), msg)
+                        results.append(None)
+            self._held.extend(ok)
+            size = 0
+            for task, res in zip(ok_tasks, results, strict=True):
+                if res is None:
+                    continue
+                if task.get("function") is not None:
+                    good, value, tb, t0, t1, slot = res
+                    size += sys.getsizeof(value)
+                    if good is None:  # refused at the gate: a cancel came first
+                        out((task, CANCELED, t1, slot))
+                    elif good:
+                        task["return_value"] = value
+                        task["stdout"] = result_text(value)
+                        task["exit_code"] = 0
+                        out((task, RUNNING, t0, slot))
+                        out((task, DONE, t1, slot))
+                    else:
+                        task["exception"] = value
+                        task["stderr"] = tb
+                        task["exit_code"] = 1
+                        out((task, RUNNING, t0, slot))
+                        out((task, FAILED, t1, slot))
+                else:
+                    state, stdout, stderr, code, t0, t1, slot = res
+                    task["stdout"] = stdout
+                    task["stderr"] = stderr
+                    task["exit_code"] = code
+                    if t0 is not None:
+                        out((task, RUNNING, t0, slot))
+                    out((task, state, t1, slot))
+            self._held_bytes += size
+        if self._done:
+            self._wake_drain()
+
+    def _report_failure(self, task: dict, exc: BaseException, tb: str) -> None:
+        task["exception"] = exc
+        task["stderr"] = tb
+        task["exit_code"] = 1
+        self._done.append((task, FAILED, time.time(), None))
+        self._wake_drain()
