@@ -32,7 +32,10 @@ _FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callbac
 
 
 class Session(Submission):
-    """Connects tasks to backends; ``async with Session([backend]) as s: ...``."""
+    """Connects tasks to backends; ``async with Session([backend]) as s: ...``.
+
+    ``work_dir`` (default: the current folder) is created if missing, like ``mkdir -p``.
+    """
 
     def __init__(self, backends: Iterable[BaseBackend] | BaseBackend | None = None,
                  uid: str | None = None, work_dir: str | os.PathLike | None = None):
@@ -41,7 +44,7 @@ class Session(Submission):
         self.uid = uid or f"session.{next(_session_counter):04d}"
         if work_dir is not None and not isinstance(work_dir, str | os.PathLike):
             raise SessionError(f"work_dir must be a path, got {type(work_dir).__name__}")
-        self.work_dir = os.fspath(work_dir) if work_dir is not None else os.getcwd()
+        self.work_dir = _work_dir(work_dir) if work_dir is not None else os.getcwd()
         self.backends: dict[str, BaseBackend] = {}
         self.events = EventStream()
         self._stats = Statistics()
@@ -166,12 +169,20 @@ class Session(Submission):
 
         Raises ``asyncio.TimeoutError`` after ``timeout`` seconds (tasks keep running).
         """
-        tasks = list(tasks)
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
-            raise SessionError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        tasks = _task_list("wait_tasks", tasks)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+                timeout, int | float) or not timeout >= 0):
+            raise SessionError(f"wait_tasks: timeout must be a number of seconds >= 0 or "
+                               f"None, got {timeout!r}")
+        if timeout == float("inf"):
+            timeout = None
         futs = []
-        for t in tasks:
-            fut = t._future if isinstance(t, BaseTask) else None
+        for i, t in enumerate(tasks):
+            if not isinstance(t, BaseTask):
+                raise SessionError(f"wait_tasks: tasks[{i}] must be a task, got "
+                                   f"{type(t).__name__} {t!r}; pass the tasks given to "
+                                   "submit_tasks (not their uids)")
+            fut = t._future
             if fut is None:
                 raise SessionError(f"task {t.get('uid')} was not submitted; "
                                    "submit it with session.submit_tasks([...]) first")
@@ -183,7 +194,13 @@ class Session(Submission):
 
     async def cancel_task(self, task: BaseTask | str) -> bool:
         """Cancel one task (or uid) wherever it runs; True if it will not complete."""
-        uid = task if isinstance(task, str) else task["uid"]
+        if isinstance(task, BaseTask):
+            uid = task["uid"]
+        elif isinstance(task, str) and task:
+            uid = task
+        else:
+            raise SessionError(f"cancel_task: task must be a task or its uid (a non-empty "
+                               f"str), got {type(task).__name__} {task!r}")
         for backend in self.backends.values():
             if backend.is_live(uid):
                 return await backend.cancel_task(uid)
@@ -203,7 +220,7 @@ class Session(Submission):
     async def cancel_tasks(self, tasks: Iterable[BaseTask | str]) -> int:
         """Cancel several tasks; returns how many were canceled."""
         n = 0
-        for t in tasks:
+        for t in _task_list("cancel_tasks", tasks):
             n += await self.cancel_task(t)
         return n
 
@@ -317,6 +334,36 @@ class Session(Submission):
         counts = {k: v for k, v in self._stats.counts.items() if v > 0}
         state = "closed" if self._closed else "open"
         return f"<Session {self.uid} {state} backends={list(self.backends)} tasks={counts}>"
+
+
+def _task_list(call: str, tasks: Any) -> list:
+    """``tasks`` as a list, or SessionError naming the parameter (a task, a str, an int)."""
+    if isinstance(tasks, BaseTask | str | dict) or not isinstance(tasks, Iterable):
+        raise SessionError(f"{call}: tasks must be a list of tasks, got "
+                           f"{type(tasks).__name__} {tasks!r}; write {call}([task])")
+    return list(tasks)
+
+
+def _work_dir(work_dir: Any) -> str:
+    """The session's folder, created (with its parents) like ``mkdir -p`` if missing.
+
+    On a cluster the usual ``work_dir`` is a fresh run folder on scratch, so it is created
+    here, at construction; a path that cannot be a folder fails now, not at the first task.
+    """
+    if not isinstance(work_dir, str | os.PathLike) or not os.fspath(work_dir):
+        raise SessionError(f"work_dir must be a folder path, got {work_dir!r}")
+    path = os.path.abspath(os.path.expanduser(os.fspath(work_dir)))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SessionError(f"work_dir {path!r} exists and is not a folder; pass a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise SessionError(f"work_dir {path!r} does not exist and cannot be created "
+                           f"({exc.strerror}); create it or pass another work_dir=") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SessionError(f"work_dir {path!r} is not writable; pass a folder you can "
+                           "write to")
+    return path
 
 
 async def _wait_all(futs: list[asyncio.Future], timeout: float | None, total: int) -> None:
