@@ -254,7 +254,7 @@ class AITask(BaseTask):
     __slots__ = ()
     kind = "ai"  # type: ignore[assignment]
 
-    def __init__(self, prompt: str | list[str], backend: str | None = None,
+    def __init__(self, prompt: str | list[str] | None = None, backend: str | None = None,
                  model: str | None = None, system_prompt: str | None = None,
                  temperature: float | None = None, max_tokens: int | None = None,
                  top_p: float | None = None, top_k: int | None = None,
@@ -269,6 +269,9 @@ class AITask(BaseTask):
         super().validate()
         uid = self["uid"]
         prompt = self.get("prompt")
+        if prompt is None:
+            raise TaskValidationError(uid, "AITask needs a prompt: AITask(prompt='your "
+                                      "question') (or a list of prompts)", field="prompt")
         if isinstance(prompt, str):
             if not prompt:
                 raise TaskValidationError(uid, "prompt is empty; give the text to send",
@@ -285,7 +288,7 @@ class AITask(BaseTask):
             raise TaskValidationError(
                 uid, f"prompt must be a string or a list of strings, got "
                 f"{type(prompt).__name__}", field="prompt")
-        for name in ("model", "system_prompt"):
+        for name in ("model", "system_prompt", "inference_endpoint"):
             v = self.get(name)
             if v is not None and not isinstance(v, str):
                 raise TaskValidationError(uid, f"{name} must be a string, got {v!r}",

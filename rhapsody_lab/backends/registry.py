@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 from typing import Any
 
 from ..api.errors import SessionError
@@ -31,7 +33,7 @@ CLASS_NAMES: dict[str, str] = {
 
 def backend_class(name: str) -> type:
     """The backend class registered as ``name`` (ImportError if its module is missing)."""
-    if name not in BACKENDS:
+    if not isinstance(name, str) or name not in BACKENDS:
         raise SessionError(f"unknown backend {name!r}; known backends: {sorted(BACKENDS)}")
     module, cls = BACKENDS[name].split(":")
     mod = importlib.import_module(f"rhapsody_lab.backends.{module}")
@@ -43,7 +45,26 @@ def get_backend(backend_name: str, /, *args: Any, **kwargs: Any) -> Any:
 
     Keyword arguments go to the backend's constructor, ``name=`` included.
     """
-    return backend_class(backend_name)(*args, **kwargs)
+    cls = backend_class(backend_name)
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a class without a signature
+        params = {}
+    known = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                        p.KEYWORD_ONLY)]
+    if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        for key in kwargs:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise SessionError(f"get_backend({backend_name!r}): {cls.__name__} takes no "
+                                   f"argument {key!r}{hint}; its arguments are: {known}")
+    try:
+        inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise SessionError(f"get_backend({backend_name!r}): {exc}; {cls.__name__}'s "
+                           f"arguments: {known}") from None
+    return cls(*args, **kwargs)
 
 
 def discover_backends() -> dict[str, bool]:
