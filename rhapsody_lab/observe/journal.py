@@ -23,6 +23,7 @@ Why JSONL, and why columns:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -241,7 +242,7 @@ def attach_journal(session: Any, path: str | os.PathLike | None = None, *,
 class _Loaded:
     """A journal read back: event columns, session metadata, capacity."""
 
-    __slots__ = ("capacity", "columns", "meta")
+    __slots__ = ("capacity", "columns", "meta", "skipped")
 
     def __init__(self, path: str | os.PathLike):
         p = os.fspath(path)
@@ -252,6 +253,7 @@ class _Loaded:
         self.meta: dict[str, Any] = {}
         self.capacity: dict[str, int] = {}
         cols: dict[str, list] = {k: [] for k in _KEYS}
+        self.skipped = 0  # damaged lines left out: torn, not JSON, wrong shapes or types
         loads = json.loads
         for line in text.split("\n"):
             if not line:
@@ -259,26 +261,49 @@ class _Loaded:
             try:
                 obj = loads(line)
             except json.JSONDecodeError:
-                continue  # a torn last line (the writer died mid-write) or damage
+                self.skipped += 1  # a torn last line (the writer died mid-write) or damage
+                continue
             if not isinstance(obj, dict):
+                self.skipped += 1
                 continue
             kind = obj.get("meta")
             if kind == "session":
-                self.meta = obj
-                self.capacity.update(obj.get("capacity") or {})
-            elif kind == "capacity":
-                if isinstance(obj.get("slots"), int):
-                    self.capacity[obj.get("backend")] = obj["slots"]
-            elif kind is None:
-                try:
-                    parts = [obj[k] for k in _KEYS]
-                except KeyError:
+                cap = obj.get("capacity") or {}
+                if not isinstance(cap, dict):
+                    self.skipped += 1
                     continue
-                if len({len(v) for v in parts}) != 1:
-                    continue  # columns of different lengths: a damaged line
+                self.meta = obj
+                self.capacity.update((k, v) for k, v in cap.items() if _is_int(v))
+            elif kind == "capacity":
+                if _is_int(obj.get("slots")) and isinstance(obj.get("backend"), str):
+                    self.capacity[obj["backend"]] = obj["slots"]
+            elif kind is None:
+                parts = [obj.get(k) for k in _KEYS]
+                if not _good_columns(parts):
+                    self.skipped += 1  # missing, uneven or mistyped columns: damage
+                    continue
                 for k, v in zip(_KEYS, parts, strict=True):
                     cols[k].extend(v)
         self.columns = cols
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_NUMBERS = {int, float}
+_STRS = {str}
+
+
+def _good_columns(parts: list) -> bool:
+    """Five lists of one length: numeric times, str uids, states and backends."""
+    if any(p.__class__ is not list for p in parts) or len(set(map(len, parts))) != 1:
+        return False
+    t, uid, state, backend, _slot = parts
+    if not set(map(type, t)) <= _NUMBERS or not all(map(math.isfinite, t)):
+        return False
+    return set(map(type, uid)) <= _STRS and set(map(type, state)) <= _STRS and \
+        set(map(type, backend)) <= _STRS
 
 
 def read_events(path: str | os.PathLike) -> Iterator[tuple]:
@@ -293,7 +318,8 @@ def load(path: str | os.PathLike, *, bin_width: float | None = None,
     """Replay a journal into a (finished, not live) ``Metrics`` for plots and reports.
 
     ``bin_width`` defaults to a width that keeps the whole session in about 300 bins.
-    ``metrics.meta`` holds the journal's session metadata.
+    ``metrics.meta`` holds the journal's session metadata; ``metrics.skipped_lines``
+    counts the damaged lines left out (torn, not JSON, columns of wrong lengths or types).
     """
     import numpy as np
     loaded = _Loaded(path)
@@ -307,6 +333,7 @@ def load(path: str | os.PathLike, *, bin_width: float | None = None,
                       capacity=loaded.capacity, live=False, window=max(5 * bin_width, 1.0))
     metrics.ingest_columns(times, c["uid"], c["state"], c["backend"], c["slot"])
     metrics.meta = loaded.meta  # type: ignore[attr-defined]
+    metrics.skipped_lines = loaded.skipped  # type: ignore[attr-defined]
     metrics.path = os.fspath(path)  # type: ignore[attr-defined]
     return metrics
 
