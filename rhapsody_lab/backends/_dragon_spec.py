@@ -46,11 +46,9 @@ def plan(task: dict, nodes: list[NodeInfo]) -> Plan | None:
     if not isinstance(kw, dict):
         raise TaskValidationError(uid, f"{_FIELD} must be a dict, got {type(kw).__name__}",
                                   field=_FIELD)
-    unknown = set(kw) - _KNOWN - {"cwd", "env"}
-    if unknown:
-        raise TaskValidationError(
-            uid, f"unknown key(s) {sorted(unknown)} for the Dragon backend; known: "
-            f"{sorted(_KNOWN)} (env/cwd/policy go inside process_template)", field=_FIELD)
+    if set(kw) - _KNOWN - {"cwd", "env"}:
+        from ._options import check_keys  # the message with a did-you-mean hint
+        check_keys(task, "Dragon", sorted(_KNOWN | {"cwd", "env"}))
     timeout = kw.get("timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(
             timeout, int | float) or timeout <= 0):

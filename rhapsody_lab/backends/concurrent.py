@@ -22,8 +22,10 @@ from typing import Any
 from ..api.backend import CANCELED_CLAIM, BaseBackend, record_failure, result_text
 from ..api.errors import SessionError
 from ..api.states import CANCELED, DONE, RUNNING
+from ._options import check_keys
 from ._pool import PoolFeeder
 from ._pool_starts import StartListener
+from ._subprocess import _KNOWN as _EXEC_KEYS
 from ._subprocess import ProcessTable, exec_options, run_executable
 
 __all__ = ["ConcurrentExecutionBackend"]
@@ -120,6 +122,7 @@ class ConcurrentExecutionBackend(BaseBackend):
 
     # -- submission --------------------------------------------------------------------
     def check_task(self, task: dict) -> None:
+        check_keys(task, self.name, _EXEC_KEYS, executable_only=_EXEC_KEYS)
         if task.get("executable") is not None:
             exec_options(task)
 

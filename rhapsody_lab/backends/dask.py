@@ -38,8 +38,15 @@ from ..api.backend import BaseBackend
 from ..api.errors import BackendError, ResourceError, SessionError
 from ..api.states import CANCELED, FAILED, RUNNING
 from ._dask_gate import claim
-from ._dask_tasks import _kill_on_worker, _validate_cluster_resources, _validate_task_kwargs
+from ._dask_tasks import (
+    _TASK_KEYS,
+    _kill_on_worker,
+    _validate_cluster_resources,
+    _validate_task_kwargs,
+)
 from ._dask_threads import _LOST, DaskThreads
+from ._options import check_keys
+from ._subprocess import _KNOWN as _EXEC_KEYS
 from ._subprocess import exec_options
 
 __all__ = ["DaskExecutionBackend"]
@@ -199,6 +206,7 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
 
     # -- submission --------------------------------------------------------------------
     def check_task(self, task: dict) -> None:
+        check_keys(task, self.name, (*_TASK_KEYS, *_EXEC_KEYS), executable_only=_EXEC_KEYS)
         _validate_task_kwargs(task)
         if task.get("executable") is not None:
             exec_options(task)

@@ -236,6 +236,9 @@ class VllmInferenceBackend(ManagedServer, BaseBackend):
         if task.get("prompt") is None:
             raise TaskValidationError(task.get("uid"), f"backend '{self.name}' runs AITasks "
                                       "(with a prompt) only", field="prompt")
+        if task.get("task_backend_specific_kwargs"):
+            from .._options import check_keys
+            check_keys(task, self.name, ())  # an inference request takes none
         if isinstance(task, BaseTask):
             task.validate()  # ranges of temperature, top_p, top_k, max_tokens, stops
         else:
