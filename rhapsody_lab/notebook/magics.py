@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,6 @@ from typing import Any
 from IPython.core import magic_arguments as ma
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
-from IPython.utils.process import arg_split
 
 from ..api import AITask, ComputeTask, Session
 from ..api.errors import RhapsodyError, SessionError
@@ -82,8 +82,8 @@ class RhapsodyMagics(Magics):
                               "not run", cell)
         parser = method.parser
         try:
-            argv = arg_split(rest, strict=False)
-        except ValueError as exc:
+            argv = _split(verb, rest)
+        except UsageError as exc:
             return self._fail(method, str(exc), cell, verb)
         if "-h" in argv or "--help" in argv:
             print(_help_text(method))
@@ -418,6 +418,9 @@ class _Settle:
     def __repr__(self) -> str:
         return f"<%rhapsody {self.verb}: {self.pending!r}>"
 
+    def _ipython_display_(self) -> None:
+        """A cell that does not await it shows nothing (the session panel says it all)."""
+
 
 def _report(verb: str, result: Any) -> None:
     if verb == "cancel" and result is not None:
@@ -425,6 +428,23 @@ def _report(verb: str, result: Any) -> None:
         print(f"canceled {n} of {asked} unfinished tasks")
     elif verb == "stop" and result is not None:
         print(f"session {result} stopped")
+
+
+_APOSTROPHE = re.compile(r"(?<=\w)'(?=\w)")
+
+
+def _split(verb: str, rest: str) -> list[str]:
+    """The verb's arguments, split like a shell (``shlex``); UsageError on a lone quote.
+
+    A prompt (``ai``) keeps its apostrophes: ``%rhapsody ai what's HPC?`` is a prompt.
+    """
+    if verb == "ai":
+        rest = _APOSTROPHE.sub("\\\\'", rest)
+    try:
+        return shlex.split(rest)
+    except ValueError as exc:
+        raise UsageError(f"unbalanced quote in `%rhapsody {verb} {rest.strip()}` ({exc}); "
+                         "close the quote, or escape it with a backslash") from None
 
 
 _MAP_OPTION = re.compile(r"(?:^|\s)(?:-n|--name|-b|--backend)(?:\s+|=)\S+")
