@@ -17,7 +17,7 @@ from bokeh.transform import factor_cmap
 
 from ..api.errors import SessionError
 from ..observe import HIST_BINS, HIST_LOW, HIST_PER_DECADE
-from ..observe.metrics import STATES, Metrics, attach_metrics
+from ..observe.metrics import STATES, Metrics, attach_metrics, hist_range
 from ..observe.process import RemoteMetrics
 
 __all__ = [
@@ -252,8 +252,9 @@ class Latency(Component):
             data = {"left": edges[:-1], "right": edges[1:], "queue": [0] * HIST_BINS,
                     "execution": [0] * HIST_BINS}
         self.source = ColumnDataSource(data)
+        self._range = hist_range(data)  # the populated buckets, not 1 µs .. 1e5 s
         self.root = figure(title="Latency distribution", x_axis_type="log", name=self.name,
-                           **{**_FIG, **fig})
+                           **{**_FIG, "x_range": Range1d(*self._range), **fig})
         self.root.quad(left="left", right="right", bottom=0, top="queue", source=self.source,
                        color="#f2b134", alpha=0.6, legend_label="queue (to RUNNING)")
         self.root.quad(left="left", right="right", bottom=0, top="execution",
@@ -279,6 +280,10 @@ class Latency(Component):
                 patch[key] = changed
         if patch:
             self.source.patch(patch)
+            span = hist_range(data)
+            if span != self._range:
+                self._range = span
+                self.root.x_range.start, self.root.x_range.end = span
 
 
 def refresh(metrics: Any, components: list[Component]) -> None:

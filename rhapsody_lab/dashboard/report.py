@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import os
 import sys
+import time
 from typing import Any
 
 from ..api.errors import RhapsodyError, SessionError
@@ -46,8 +47,9 @@ def write_report(source: Any, output: str | os.PathLike, *, title: str | None = 
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise SessionError(f"report output {out!r}: folder {folder!r} does not exist")
-    meta = getattr(metrics, "meta", {}) or {}
-    title = title or f"rhapsody_lab report: {meta.get('session') or 'session'}"
+    if title is not None and not isinstance(title, str):
+        raise SessionError(f"title must be a string, got {type(title).__name__}")
+    title = title or _title(metrics, source)
     s = metrics.summary()
     counts = ", ".join(f"{k}: {v}" for k, v in s["counts"].items()) or "no tasks"
     info = (f"<h2>{html.escape(title)}</h2><p>{s['total_tasks']} tasks ({html.escape(counts)})"
@@ -70,6 +72,19 @@ def write_report(source: Any, output: str | os.PathLike, *, title: str | None = 
     with open(out, "w", encoding="utf-8") as f:
         f.write(page)
     return out
+
+
+def _title(metrics: Any, source: Any) -> str:
+    """``Session <uid> · <date of its first event> UTC`` (what a reader looks for first)."""
+    meta = getattr(metrics, "meta", None) or {}
+    uid = meta.get("session") or getattr(source, "uid", None)
+    when = getattr(metrics, "first_time", None) or meta.get("created") \
+        or getattr(source, "created", None)
+    name = f"Session {uid}" if uid else "rhapsody_lab session"
+    if isinstance(when, int | float):
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+        return f"{name} \u00b7 {stamp} \u00b7 rhapsody_lab report"
+    return f"{name} \u00b7 rhapsody_lab report"
 
 
 def main_report(journal: str, output: str) -> int:

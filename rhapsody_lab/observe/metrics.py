@@ -28,7 +28,7 @@ from typing import Any
 from ..api.errors import SessionError
 from .columns import columns
 
-__all__ = ["STATES", "Metrics", "attach_metrics"]
+__all__ = ["STATES", "Metrics", "attach_metrics", "hist_range"]
 
 #: States in display order; index 7 collects anything unknown.
 STATES: tuple[str, ...] = ("SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED",
@@ -40,6 +40,23 @@ _RUNNING, _DONE, _CANCELED = 2, 3, 5
 HIST_LOW, HIST_PER_DECADE, HIST_BINS = -6, 10, 110  # 1 µs .. 1e5 s
 _CHUNK = 8_000  # events folded per lock hold (keeps readers' waits short)
 _g0, _g1, _g2, _g3, _g4 = (itemgetter(i) for i in range(5))
+
+
+def hist_range(latency: Mapping[str, Sequence], margin: int = 2, least: int = 10
+               ) -> tuple[float, float]:
+    """The x range (s) of ``Metrics.latency()`` bars worth showing: the populated buckets,
+    ``margin`` buckets either side, at least ``least`` buckets wide (one decade)."""
+    counts = [q + x for q, x in zip(latency["queue"], latency["execution"], strict=True)]
+    used = [i for i, c in enumerate(counts) if c]
+    if not used:
+        lo, hi = (-3 - HIST_LOW) * HIST_PER_DECADE, (1 - HIST_LOW) * HIST_PER_DECADE
+    else:
+        lo, hi = used[0] - margin, used[-1] + 1 + margin
+        if hi - lo < least:
+            pad = least - (hi - lo)
+            lo, hi = lo - pad // 2, hi + pad - pad // 2
+    lo, hi = max(lo, 0), min(hi, HIST_BINS)
+    return (10.0 ** (HIST_LOW + lo / HIST_PER_DECADE), 10.0 ** (HIST_LOW + hi / HIST_PER_DECADE))
 
 
 def _np():
