@@ -178,11 +178,11 @@ class Session(Submission):
             timeout = None
         futs = []
         for i, t in enumerate(tasks):
-            if not isinstance(t, BaseTask):
+            if not isinstance(t, BaseTask | dict):
                 raise SessionError(f"wait_tasks: tasks[{i}] must be a task, got "
                                    f"{type(t).__name__} {t!r}; pass the tasks given to "
                                    "submit_tasks (not their uids)")
-            fut = t._future
+            fut = t._future if isinstance(t, BaseTask) else None
             if fut is None:
                 raise SessionError(f"task {t.get('uid')} was not submitted; "
                                    "submit it with session.submit_tasks([...]) first")

@@ -245,6 +245,8 @@ class _Loaded:
     __slots__ = ("capacity", "columns", "meta", "skipped")
 
     def __init__(self, path: str | os.PathLike):
+        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
+            raise SessionError(f"journal path must be a file path, got {path!r}")
         p = os.fspath(path)
         if not os.path.isfile(p):
             raise SessionError(f"journal {p!r} does not exist")

@@ -13,7 +13,7 @@ import os
 import pytest
 
 from rhapsody_lab.api import AITask, ComputeTask, Session
-from rhapsody_lab.api.errors import RhapsodyError, SessionError, TaskValidationError
+from rhapsody_lab.api.errors import SessionError, TaskValidationError
 from rhapsody_lab.backends import ConcurrentExecutionBackend
 from rhapsody_lab.backends.registry import get_backend
 
@@ -179,7 +179,8 @@ def test_report_title_names_the_session_and_date(tmp_path):
     j([(1_765_000_000.0, "t1", "SUBMITTED", "b", None),
        (1_765_000_000.5, "t1", "DONE", "b", 0)])
     j.close()
-    page = open(write_report(path, tmp_path / "r.html")).read()
+    with open(write_report(path, tmp_path / "r.html")) as f:
+        page = f.read()
     assert "<title>Session reported \u00b7 2025-12-06" in page
     assert "rhapsody_lab report: reported" not in page
 

@@ -276,3 +276,12 @@ def test_start_with_a_policy_file(ip, capsys, tmp_path):
     run(ip, "%rhapsody stop")
     assert session.closed
 
+
+
+def test_unbalanced_quote_is_a_usage_error_not_part_of_the_uid(ip, capsys):
+    run(ip, '%rhapsody start --name "abc')
+    err = capsys.readouterr().err
+    assert "unbalanced quote" in err and "usage: %" in err and "Traceback" not in err
+    assert "session" not in ip.user_ns or ip.user_ns["session"].uid != '"abc'
+    run(ip, '%rhapsody start --name "my run"')
+    assert ip.user_ns["session"].uid == "my run"
