@@ -189,6 +189,6 @@ def test_start_settle_displays_nothing():
     pytest.importorskip("IPython")
     from IPython.core.formatters import DisplayFormatter
 
-    from rhapsody_lab.notebook.magics import _Settle
+    from rhapsody_lab.notebook._magic_text import _Settle
     data, _ = DisplayFormatter().format(_Settle("start", None))
     assert data == {}
