@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .errors import SessionError
 
 __all__ = ["DataBackends", "is_data_backend"]
+
+_OWNER = "_rhapsody_lab_session"  # on a data backend: a weak reference to its session
 
 
 def is_data_backend(obj: Any) -> bool:
@@ -53,6 +56,15 @@ class DataBackends(Mapping[str, Any]):
         if name in self._by_name or name in session.backends:
             raise SessionError(f"a backend named '{name}' is already registered; give the "
                                "second one another name=")
+        if _state(backend) in ("FAILED", "SHUTDOWN"):
+            raise SessionError(f"data backend '{name}' is {_state(backend)} and cannot be "
+                               "started again; create a new one")
+        owner = getattr(backend, _OWNER, lambda: None)()
+        if owner is not None and owner is not session and not owner.closed:
+            raise SessionError(f"data backend '{name}' belongs to session {owner.uid}, which "
+                               "shuts it down on close(); close that session first or create "
+                               "another backend")
+        setattr(backend, _OWNER, weakref.ref(session))
         use = getattr(backend, "_use_session_dir", None)
         if use is not None:  # its files go under the session's work_dir unless set
             use(os.path.join(session.work_dir, f"{session.uid}.data.{name}"))

@@ -250,3 +250,16 @@ async def test_another_user_can_neither_connect_nor_read(tmp_path, no_children):
         assert seen["conf"] == "PermissionError" and seen["data_dir"] == "PermissionError"
         assert seen["tcp_ping"].startswith("-NOAUTH"), seen  # TCP answers, but no data
         assert seen["tcp_keys"].startswith("-NOAUTH"), seen
+
+
+async def test_one_session_at_a_time_and_never_a_dead_backend(tmp_path):
+    redis = RedisDataBackend(work_dir=tmp_path / "d")
+    first = Session([redis], uid="first", work_dir=tmp_path)
+    with pytest.raises(SessionError, match="belongs to session first"):
+        Session([redis], work_dir=tmp_path)
+    await first.close()  # never started: shut down all the same
+    assert redis.state is DataBackendState.SHUTDOWN
+    with pytest.raises(SessionError, match="is SHUTDOWN and cannot be started again"):
+        Session([redis], work_dir=tmp_path)
+    with pytest.raises(SessionError, match="is closed"):
+        first.add_backend(RedisDataBackend())
