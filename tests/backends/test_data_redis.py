@@ -13,6 +13,8 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
+import time
 
 import local_user
 import pytest
@@ -263,3 +265,51 @@ async def test_one_session_at_a_time_and_never_a_dead_backend(tmp_path):
         Session([redis], work_dir=tmp_path)
     with pytest.raises(SessionError, match="is closed"):
         first.add_backend(RedisDataBackend())
+
+
+@needs_redis
+async def test_cmd_template_and_not_waiting(tmp_path, no_children):
+    from rhapsody_lab._net import free_port
+    port = free_port()
+    backend = RedisDataBackend(cmd="env RHAPSODY_VIA_CMD=1 redis-server {config}", port=port,
+                               work_dir=tmp_path / "c", startup_timeout=20)
+    async with backend:
+        (ep,) = backend.endpoints
+        assert (ep.host, ep.port, ep.unix_socket) == ("localhost", port, None)
+        assert await _cmd(ep, ("PING",)) == [b"PONG"]
+    nowait = await RedisDataBackend(work_dir=tmp_path / "n").start(wait=False)
+    try:
+        assert nowait.state is DataBackendState.READY  # launched; answers shortly after
+        for _ in range(100):
+            if await nowait.ready():
+                break
+            await asyncio.sleep(0.05)
+        assert await nowait.ready()
+    finally:
+        await nowait.shutdown()
+
+
+LEAVE_RUNNING = r'''
+import asyncio, sys
+from rhapsody_lab.backends.data import RedisDataBackend
+async def main():
+    b = await RedisDataBackend(work_dir=sys.argv[1])
+    print(b.endpoints[0].unix_socket, flush=True)
+asyncio.run(main())  # exits without shutdown()
+'''
+
+
+@needs_redis
+def test_a_server_never_shut_down_ends_with_the_interpreter(tmp_path):
+    before = set(_redis_pids())
+    done = subprocess.run([sys.executable, "-c", LEAVE_RUNNING, str(tmp_path / "d")],
+                          capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert done.returncode == 0, done.stderr
+    assert not os.path.exists(os.path.dirname(done.stdout.strip()))  # its socket folder
+    for _ in range(50):
+        left = {p: c for p, c in _redis_pids().items() if p not in before}
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left

@@ -130,13 +130,15 @@ class RedisDataBackend(DataBackend):
                                    self._password)
             self._planned.append(ep)
         try:
-            await asyncio.gather(*(self._launch(i, ep, root)
-                                   for i, ep in enumerate(self._planned)))
+            _raise_first(await asyncio.gather(
+                *(self._launch(i, ep, root) for i, ep in enumerate(self._planned)),
+                return_exceptions=True))
             if wait:
-                await asyncio.gather(*(self._wait_ready(i, ep)
-                                       for i, ep in enumerate(self._planned)))
+                _raise_first(await asyncio.gather(
+                    *(self._wait_ready(i, ep) for i, ep in enumerate(self._planned)),
+                    return_exceptions=True))
         except BaseException:
-            await self._stop_all()
+            await self._stop_all()  # every launch has ended: nothing starts after this
             raise
         return list(self._planned)
 
@@ -160,7 +162,7 @@ class RedisDataBackend(DataBackend):
         finally:
             os.close(fd)
         self._processes[index] = proc
-        _LIVE.add(proc.pid)
+        _LIVE[proc.pid] = self._socket_dir
 
     def _address(self, ep: RedisEndpoint) -> str | tuple[str, int]:
         return ep.unix_socket or (ep.host, ep.port)
@@ -226,16 +228,25 @@ class RedisDataBackend(DataBackend):
                     proc.kill()
                     await proc.wait()
         finally:
-            _LIVE.discard(proc.pid)
+            _LIVE.pop(proc.pid, None)
 
 
-_LIVE: set[int] = set()  # servers not shut down yet: ended when the interpreter exits
+def _raise_first(results: list) -> None:
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
+
+
+#: servers not shut down yet (pid -> socket folder): ended when the interpreter exits
+_LIVE: dict[int, str | None] = {}
 
 
 @atexit.register
 def _end_leftovers() -> None:
-    for pid in list(_LIVE):
+    for pid, folder in list(_LIVE.items()):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
