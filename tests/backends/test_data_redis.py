@@ -14,6 +14,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 
 import local_user
@@ -160,6 +161,16 @@ async def test_ready_turns_false_when_the_server_dies(tmp_path, no_children):
         assert await backend.ready() is False
 
 
+async def test_redis_server_not_installed_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without redis-server
+    backend = RedisDataBackend(work_dir=tmp_path / "d")
+    with pytest.raises(DataBackendStartupError, match=r"apt-get install redis-server"):
+        await backend.start()
+    assert backend.state is DataBackendState.FAILED
+    with pytest.raises(SessionError, match="wait must be True or False"):
+        await RedisDataBackend().start(wait="yes")
+
+
 async def test_redis_server_missing_names_the_package(tmp_path):
     backend = RedisDataBackend(redis_server_path=str(tmp_path / "no-redis-server"),
                                work_dir=tmp_path / "d")
@@ -183,6 +194,8 @@ async def test_a_server_that_exits_early_shows_its_log(tmp_path, no_children):
     ({"hosts": ["node-a.example"]}, "hosts .*pass cmd="),
     ({"port": 0}, "port"),
     ({"port": "6379"}, "port"),
+    ({"port": 7000, "hosts": ["localhost", "localhost"]}, "port would be the same"),
+    ({"password": "a-long-enough-pass\\word"}, "password"),
     ({"cmd": "srun redis-server {config}"}, "port must be given with cmd"),
     ({"cmd": "srun redis-server --port {port}", "port": 7000}, "cmd must pass {config}"),
     ({"cmd": "srun {nope} {config}", "port": 7000}, "cmd may use only"),
@@ -219,6 +232,7 @@ def unix():
 def tcp(cmd):
     s = socket.create_connection(("127.0.0.1", args["port"]), 5)
     s.sendall(cmd); return s.recv(200).decode()
+out["root"] = attempt(lambda: os.listdir(args["root"]) and "ok")
 out["listdir"] = attempt(lambda: os.listdir(os.path.dirname(args["socket"])) and "ok")
 out["unix"] = attempt(unix)
 out["conf"] = attempt(lambda: open(args["conf"]).read()[:5])
@@ -231,15 +245,25 @@ print(json.dumps(out))
 
 @needs_redis
 @needs_second_user
-async def test_another_user_can_neither_connect_nor_read(tmp_path, no_children):
-    async with RedisDataBackend(work_dir=tmp_path / "u") as unix_b, \
-            RedisDataBackend(unix_socket=False, work_dir=tmp_path / "t") as tcp_b:
+async def test_another_user_can_neither_connect_nor_read(no_children):
+    # a work_dir the other user may enter (mode 0755): the server's own folder must stop it
+    shared = tempfile.mkdtemp(prefix="rh-data-")
+    os.chmod(shared, 0o755)
+    try:
+        await _probe_as_other_user(shared)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+async def _probe_as_other_user(shared: str) -> None:
+    async with RedisDataBackend(work_dir=shared) as unix_b, \
+            RedisDataBackend(unix_socket=False, work_dir=os.path.join(shared, "t")) as tcp_b:
         ep, tep = unix_b.endpoints[0], tcp_b.endpoints[0]
         await _cmd(tep, ("SET", "secret", "value"))
-        os.chmod(tmp_path, 0o755)  # let the user reach the data folders' parents
-        args = json.dumps({"socket": ep.unix_socket, "port": tep.port,
-                           "conf": str(tmp_path / "u" / "node0" / "redis.conf"),
-                           "data": str(tmp_path / "u" / "node0")})
+        assert stat.S_IMODE(os.stat(shared).st_mode) == 0o755  # the user's folder: untouched
+        args = json.dumps({"socket": ep.unix_socket, "port": tep.port, "root": shared,
+                           "conf": os.path.join(shared, "node0", "redis.conf"),
+                           "data": os.path.join(shared, "node0")})
         loop = asyncio.get_running_loop()
         with local_user.other_user() as user:
             done = await loop.run_in_executor(None, lambda: subprocess.run(
@@ -248,6 +272,7 @@ async def test_another_user_can_neither_connect_nor_read(tmp_path, no_children):
         assert done.returncode == 0, done.stderr
         seen = json.loads(done.stdout)
         assert seen["uid"] != os.geteuid()
+        assert seen["root"] == "ok"  # it can enter the shared folder...
         assert seen["listdir"] == "PermissionError" and seen["unix"] == "PermissionError"
         assert seen["conf"] == "PermissionError" and seen["data_dir"] == "PermissionError"
         assert seen["tcp_ping"].startswith("-NOAUTH"), seen  # TCP answers, but no data

@@ -23,7 +23,7 @@ __all__ = ["check_args", "config_text", "is_local", "private_dir", "private_sock
 
 #: settings the backend owns: letting ``extra_args`` change them would open the server
 _OWNED = ("requirepass", "unixsocket", "unixsocketperm", "port", "bind", "protected-mode",
-          "dir", "daemonize", "user", "aclfile")
+          "dir", "daemonize", "user", "aclfile", "include")
 _MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
 _WHO = "RedisDataBackend"
 
@@ -75,6 +75,9 @@ def check_args(hosts: Any, port: Any, cmd: Any, redis_server_path: Any, extra_ar
             raise _fail("cmd", cmd, f"may use only {{host}}, {{port}} and {{config}} ({exc})"
                         ) from None
     else:
+        if port is not None and len(hosts) > 1:
+            raise _fail("port", port, f"would be the same for {len(hosts)} servers on this "
+                        "machine; drop port= (each gets a free one) or use one host")
         remote = [h for h in hosts if not is_local(h)]
         if remote:
             raise _fail("hosts", hosts, f"name other machines ({remote}); pass cmd= to "
@@ -98,9 +101,9 @@ def check_args(hosts: Any, port: Any, cmd: Any, redis_server_path: Any, extra_ar
                                  or not os.fspath(work_dir)):
         raise _fail("work_dir", work_dir, "must be a folder path")
     if password is not None and (not isinstance(password, str) or len(password) < 16
-                                 or any(c.isspace() or c in '"\'' for c in password)):
+                                 or any(c.isspace() or c in '"\'\\' for c in password)):
         raise _fail("password", "<hidden>" if isinstance(password, str) else password,
-                    "must be a str of at least 16 characters without spaces or quotes "
+                    "must be a str of at least 16 characters without spaces, quotes or \\ "
                     "(or None: a random one), e.g. secrets.token_urlsafe(32)")
     if unix_socket is None:
         unix_socket = port is None and cmd is None

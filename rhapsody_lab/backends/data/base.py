@@ -123,6 +123,9 @@ class DataBackend(abc.ABC):
 
     async def start(self, wait: bool = True) -> DataBackend:
         """Launch the infrastructure (``wait``: until it answers); returns the backend."""
+        if not isinstance(wait, bool):
+            raise SessionError(f"{type(self).__name__}.start: wait must be True or False, "
+                               f"got {wait!r}")
         async with self._lock:
             if self._state in _FINAL:
                 raise DataBackendTerminatedError(

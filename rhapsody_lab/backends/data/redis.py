@@ -23,7 +23,14 @@ from urllib.parse import quote
 
 from ..._net import free_port
 from . import _resp
-from ._redis_conf import check_args, config_text, private_dir, private_socket_dir, write_private
+from ._redis_conf import (
+    check_args,
+    config_text,
+    is_local,
+    private_dir,
+    private_socket_dir,
+    write_private,
+)
 from .base import DataBackend, DataBackendStartupError, Endpoint
 
 __all__ = ["RedisDataBackend", "RedisEndpoint"]
@@ -104,17 +111,20 @@ class RedisDataBackend(DataBackend):
             base = self._session_dir or os.path.join(
                 os.getcwd(), f"rhapsody_lab.data.{uuid.uuid4().hex[:8]}")
             self._work_dir = base
-        return private_dir(self._work_dir)
+        os.makedirs(self._work_dir, mode=0o700, exist_ok=True)  # a folder of the user's
+        return self._work_dir                               # own is left as it is
 
     def _argv(self, index: int, ep: RedisEndpoint, config: str) -> list[str]:
         if self._cmd is not None:
-            return shlex.split(self._cmd.format(host=ep.host, port=ep.port, config=config))
+            q = shlex.quote
+            return shlex.split(self._cmd.format(host=q(ep.host), port=ep.port, config=q(config)))
         return [self._server, config, *self._extra]
 
     async def _do_start(self, wait: bool) -> list[Endpoint]:
         if self._cmd is None and shutil.which(self._server) is None:
             raise DataBackendStartupError(
-                f"RedisDataBackend '{self.name}': {self._server!r} is not on PATH; "
+                f"RedisDataBackend '{self.name}': {self._server!r} was not found (no such "
+                "executable, or not on PATH); "
                 f"{_PACKAGE_HINT}")
         root = self._data_root()
         if self._unix:
@@ -145,7 +155,7 @@ class RedisDataBackend(DataBackend):
     async def _launch(self, index: int, ep: RedisEndpoint, root: str) -> None:
         node_dir = private_dir(os.path.join(root, f"node{index}"))
         config = os.path.join(node_dir, "redis.conf")
-        bind = "127.0.0.1 -::1" if self._cmd is None else "* -::*"
+        bind = "127.0.0.1" if self._cmd is None or is_local(ep.host) else "0.0.0.0"
         write_private(config, config_text(data_dir=node_dir, password=self._password,
                                           port=ep.port, socket_path=ep.unix_socket, bind=bind))
         log = os.path.join(node_dir, "redis.log")
