@@ -338,3 +338,26 @@ def test_a_server_never_shut_down_ends_with_the_interpreter(tmp_path):
             break
         time.sleep(0.1)
     assert not left
+
+
+@needs_redis
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
+def test_a_server_ends_when_its_python_is_killed(tmp_path):
+    before = set(_redis_pids())
+    code = LEAVE_RUNNING.replace("print(b.endpoints[0].unix_socket, flush=True)",
+                                 "print(b.endpoints[0].unix_socket, flush=True)\n"
+                                 "    await asyncio.sleep(600)")
+    with subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "d")],
+                          stdout=subprocess.PIPE, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+                          ) as p:
+        assert p.stdout.readline().strip().endswith(".sock")
+        assert set(_redis_pids()) - before  # it runs
+        p.kill()  # SIGKILL: no atexit, no shutdown()
+        p.wait()
+    for _ in range(100):
+        left = set(_redis_pids()) - before
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left

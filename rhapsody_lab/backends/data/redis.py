@@ -35,6 +35,7 @@ from .base import DataBackend, DataBackendStartupError, Endpoint
 
 __all__ = ["RedisDataBackend", "RedisEndpoint"]
 
+_SETPRIV = shutil.which("setpriv") is not None  # util-linux (Debian: always there)
 _PACKAGE_HINT = ("install Debian's redis-server package (apt-get install redis-server; the "
                  "CI runs .ci/setup.d/60-redis.sh) or pass redis_server_path=")
 
@@ -118,7 +119,10 @@ class RedisDataBackend(DataBackend):
         if self._cmd is not None:
             q = shlex.quote
             return shlex.split(self._cmd.format(host=q(ep.host), port=ep.port, config=q(config)))
-        return [self._server, config, *self._extra]
+        # The server gets SIGTERM (it saves, then exits) if this process dies without
+        # shutting it down (a killed kernel): no orphan keeps the data or the socket.
+        guard = ["setpriv", "--pdeathsig", "TERM", "--"] if _SETPRIV else []
+        return [*guard, self._server, config, *self._extra]
 
     async def _do_start(self, wait: bool) -> list[Endpoint]:
         if self._cmd is None and shutil.which(self._server) is None:
