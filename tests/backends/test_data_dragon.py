@@ -103,5 +103,15 @@ def test_bad_arguments_without_dragon(kwargs, field):
         DragonDataBackend(**kwargs)
 
 
+def test_without_dragonhpc_construction_fails_as_an_import_error(monkeypatch):
+    from rhapsody_lab.backends.data import dragon as module
+    real = importlib.util.find_spec
+    monkeypatch.setattr(module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "dragon" else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'rhapsody-lab\[dragon\]'") as err:
+        DragonDataBackend()
+    assert isinstance(err.value, module.DragonNotInstalledError)
+
+
 def test_endpoint_serializes_to_its_descriptor():
     assert DragonEndpoint("abc").serialize() == "abc"

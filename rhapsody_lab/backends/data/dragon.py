@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 import os
 from typing import Any
 
 from ...api.errors import SessionError
-from .base import DataBackend, DataBackendStartupError, Endpoint
+from .base import DataBackend, DataBackendError, DataBackendStartupError, Endpoint
 
-__all__ = ["DragonDataBackend", "DragonEndpoint"]
+__all__ = ["DragonDataBackend", "DragonEndpoint", "DragonNotInstalledError"]
 
 _PROBE_KEY = "__rhapsody_lab_data_backend_probe__"
 _NOT_UNDER_DRAGON = (
     "no Dragon runtime in this process: a DDict lives in one; start the script with "
     "`dragon -s script.py` (single node) or `dragon script.py` inside an allocation")
+
+
+class DragonNotInstalledError(DataBackendError, ImportError):
+    """dragonhpc is missing (an ``ImportError``, as RHAPSODY raises at construction)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +49,9 @@ class DragonDataBackend(DataBackend):
     def __init__(self, *, name: str = "dragon", _wait_for_keys: bool = True,
                  **ddict_kwargs: Any) -> None:
         super().__init__(name=name)
+        if importlib.util.find_spec("dragon") is None:  # found, not imported (it is heavy)
+            raise DragonNotInstalledError("DragonDataBackend needs dragonhpc, which is not "
+                                          "installed; pip install 'rhapsody-lab[dragon]'")
         if _wait_for_keys is not True:
             raise SessionError("DragonDataBackend: _wait_for_keys must be True (clients such "
                                "as radex refuse a DDict made with wait_for_keys=False), got "
