@@ -192,6 +192,7 @@ class RedisDataBackend(DataBackend):
     async def _wait_ready(self, index: int, ep: RedisEndpoint) -> None:
         deadline = time.monotonic() + self._startup_timeout
         proc = self._processes[index]
+        delay = min(0.01, self._poll)  # a local server answers within ~20 ms: poll fast first
         while True:
             if proc.returncode is not None:
                 raise DataBackendStartupError(
@@ -205,7 +206,8 @@ class RedisDataBackend(DataBackend):
                     f"RedisDataBackend '{self.name}': node {index} did not answer PING within "
                     f"startup_timeout={self._startup_timeout}s; its log {self._logs[index]}:"
                     f"\n{self._tail(index)}")
-            await asyncio.sleep(self._poll)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, self._poll)
 
     def _tail(self, index: int, n: int = 2000) -> str:
         try:
