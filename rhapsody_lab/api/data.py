@@ -14,13 +14,25 @@ import asyncio
 import os
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import SessionError
 
-__all__ = ["DataBackends", "is_data_backend"]
+__all__ = ["DataBackendLike", "DataBackends", "is_data_backend"]
 
 _OWNER = "_rhapsody_lab_session"  # on a data backend: a weak reference to its session
+
+
+class DataBackendLike(Protocol):
+    """What the session needs of a data backend (``state.name`` is read when present)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def endpoints(self) -> list: ...
+    async def start(self, wait: bool = True) -> Any: ...
+    async def ready(self) -> bool: ...
+    async def shutdown(self) -> Any: ...
 
 
 def is_data_backend(obj: Any) -> bool:
@@ -36,13 +48,13 @@ def _state(backend: Any) -> str:
     return str(getattr(state, "name", state))
 
 
-class DataBackends(Mapping[str, Any]):
+class DataBackends(Mapping[str, DataBackendLike]):
     """Name -> data backend of one session; ``start_all()`` and ``shutdown_all()``."""
 
     def __init__(self) -> None:
-        self._by_name: dict[str, Any] = {}
+        self._by_name: dict[str, DataBackendLike] = {}
 
-    def add(self, backend: Any, session: Any) -> None:
+    def add(self, backend: DataBackendLike, session: Any) -> None:
         """Register ``backend`` with ``session`` (names are unique among all its backends).
 
         Its files go to ``<work_dir>/<session uid>.data.<name>`` unless it was given a
@@ -82,7 +94,7 @@ class DataBackends(Mapping[str, Any]):
                                        return_exceptions=True)
         return [r for r in results if isinstance(r, BaseException)]
 
-    def __getitem__(self, name: str) -> Any:
+    def __getitem__(self, name: str) -> DataBackendLike:
         try:
             return self._by_name[name]
         except KeyError:
