@@ -351,8 +351,8 @@ def test_a_server_ends_when_its_python_is_killed(tmp_path):
                           stdout=subprocess.PIPE, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
                           ) as p:
-        assert p.stdout.readline().strip().endswith(".sock")
-        assert set(_redis_pids()) - before  # it runs
+        sock = p.stdout.readline().strip()
+        assert sock.endswith(".sock") and set(_redis_pids()) - before  # it runs
         p.kill()  # SIGKILL: no atexit, no shutdown()
         p.wait()
     for _ in range(100):
@@ -361,3 +361,5 @@ def test_a_server_ends_when_its_python_is_killed(tmp_path):
             break
         time.sleep(0.1)
     assert not left
+    assert not os.path.exists(sock)  # it shut down cleanly (SIGTERM), removing its socket
+    os.rmdir(os.path.dirname(sock))  # the one thing a killed Python leaves: an empty folder
