@@ -107,7 +107,7 @@ class Session(Submission):
         self._default_routes.clear()
         backend.attach(self.events.emit, functools.partial(self._flush_events,
                                                            backend.flush_min), self.work_dir,
-                       emit_run=self.events.emit_run)
+                       emit_run=self.events.emit_run, session_uid=self.uid)
 
     def _flush_events(self, least: int) -> None:
         """Backends call this after finishing a batch: observation keeps pace with dispatch.
