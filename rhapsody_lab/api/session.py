@@ -20,12 +20,13 @@ from .data import DataBackends, is_data_backend
 from .errors import SessionError
 from .events import EventStream, Subscriber
 from .extensions import provider
+from .state_manager import TaskStateManager
 from .states import CANCELED, NEW
 from .statistics import Statistics
 from .submission import Submission, _HandOff, _unclaim
 from .task import BaseTask
 
-__all__ = ["Session"]
+__all__ = ["Session", "TaskStateManager"]  # the manager: RHAPSODY's path api.session
 
 _session_counter = itertools.count(0)
 _FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch

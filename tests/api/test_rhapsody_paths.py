@@ -12,10 +12,10 @@ import pytest
 
 #: module path (after ``rhapsody.``) -> public names RHAPSODY 0.6.0 gives it
 PATHS: dict[str, tuple[str, ...]] = {
-    "api": ("BaseTask", "ComputeTask", "AITask", "Session", "RhapsodyError",
+    "api": ("BaseTask", "ComputeTask", "AITask", "Session", "TaskStateManager", "RhapsodyError",
             "BackendError", "TaskValidationError", "TaskExecutionError", "SessionError",
             "ResourceError"),
-    "api.session": ("Session",),
+    "api.session": ("Session", "TaskStateManager"),
     "api.task": ("BaseTask", "ComputeTask", "AITask"),
     "api.errors": ("RhapsodyError", "BackendError", "TaskValidationError",
                    "TaskExecutionError", "SessionError", "ResourceError"),
@@ -60,3 +60,24 @@ def test_execution_package_is_lazy_and_refuses_unknown_names():
     assert execution.ConcurrentExecutionBackend.__module__ == "rhapsody_lab.backends.concurrent"
     with pytest.raises(AttributeError, match="NoSuchBackend"):
         execution.NoSuchBackend  # noqa: B018
+
+
+async def test_task_state_manager_settles_futures_from_backend_callbacks():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rhapsody_lab.api import ComputeTask, TaskExecutionError, TaskStateManager
+    from rhapsody_lab.backends import ConcurrentExecutionBackend
+
+    manager = TaskStateManager()
+    backend = await ConcurrentExecutionBackend(ThreadPoolExecutor(2))
+    backend.register_callback(manager.update_task)
+    ok = ComputeTask(function=pow, args=(2, 5))
+    bad = ComputeTask(executable="/bin/false")
+    waits = [manager.get_wait_future(t.uid, t) for t in (ok, bad)]
+    await backend.submit_tasks([ok, bad])
+    assert (await waits[0])["return_value"] == 32
+    with pytest.raises(TaskExecutionError):
+        await waits[1]
+    again = manager.get_wait_future(ok.uid, ok)  # already ended: settled at once
+    assert again.done() and again.result() is ok
+    await backend.shutdown()
