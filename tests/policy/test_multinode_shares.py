@@ -177,3 +177,47 @@ async def test_a_dask_share_runs_its_tasks_on_its_nodes_only(two_nodes, monkeypa
         assert {t.stdout.strip() for t in tasks} == {a, b}  # on its nodes, both of them
         assert {t.backend for t in tasks} == {"nodes"}
     assert backend._procs == []  # every launched worker ended with the session
+
+
+# -- for real: inside a Slurm job, the share's worker is a job step on its node -------------
+SRUN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts",
+                           "dask_nodes_srun.py")
+
+
+def _slurm_skip() -> str | None:
+    import shutil
+    import subprocess
+    if shutil.which("salloc") is None or shutil.which("srun") is None:
+        return "Slurm is not installed (run .ci/setup.d/20-slurm.sh)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"Slurm not answering: {exc}"
+    return None if "up" in out.stdout else f"Slurm not answering: {out.stderr.strip()}"
+
+
+def test_a_dask_share_in_a_slurm_job_runs_on_srun_steps():
+    import json
+    import subprocess
+    reason = _slurm_skip()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("distributed")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root)
+    for k in [k for k in env if k.startswith("SLURM_")]:
+        del env[k]  # a job of its own, even when pytest runs inside one
+    out = subprocess.run(["salloc", "-N1", "-n1", "-c2", "--time=5", sys.executable,
+                          SRUN_SCRIPT], capture_output=True, text=True, env=env, timeout=150)
+    lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
+    assert lines, f"rc {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    r = json.loads(lines[-1])
+    assert (r["source"], r["backend"], r["launcher"]) == ("slurm", "DaskNodesBackend", "srun")
+    node = r["nodes"][0]
+    assert r["command"][:4] == ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={node}"]
+    assert r["capacity"] == r["cores"] == 2
+    assert r["states"] == ["DONE"] * 6
+    job, step, where = r["seen"][0].split()
+    assert len(r["seen"]) == 1 and job == r["job"] and step.isdigit() and where == node
+    assert r["left"] == 0  # the worker's step ended with the session
