@@ -123,28 +123,48 @@ class DaskNodesBackend(DaskExecutionBackend):
                                "it with pip install 'rhapsody-lab[dask]'") from exc
 
         def scheduler():
-            return LocalCluster(n_workers=0, host=self.scheduler_host, scheduler_port=0,
-                                dashboard_address=":0", protocol="tcp", silence_logs=40)
+            try:
+                return LocalCluster(n_workers=0, host=self.scheduler_host, scheduler_port=0,
+                                    dashboard_address=":0", protocol="tcp", silence_logs=40)
+            except OSError as exc:
+                raise BackendError(self.name, f"cannot start the scheduler on "
+                                   f"{self.scheduler_host!r}: {exc}; give scheduler_host= an "
+                                   "address of this host that the nodes reach") from exc
 
         self.cluster = await asyncio.to_thread(scheduler)
         self._owns_cluster = True  # closed by the Dask backend's shutdown
         await super()._start()
-        address = self.cluster.scheduler_address
+        try:
+            self._launch(self.cluster.scheduler_address)
+            if self.wait_for_workers:
+                await self._wait_for_workers()
+        except BaseException:
+            await self._stop()  # the scheduler and every worker launched so far
+            raise
+
+    def _launch(self, address: str) -> None:
         for w in self.workers:
+            cmd = self.worker_command(w, address)
             log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _reap)
-            p = subprocess.Popen(self.worker_command(w, address), stdin=subprocess.DEVNULL,
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            self._procs.append((w, p, log))
-        if self.wait_for_workers:
             try:
-                await asyncio.to_thread(self.client.wait_for_workers, len(self.workers),
-                                        self.wait_for_workers)
-            except TimeoutError as exc:
-                missing = self._missing()
-                await self._stop()
-                raise BackendError(self.name, f"workers did not join within "
-                                   f"{self.wait_for_workers} s: {missing}") from exc
-            await asyncio.to_thread(self._refresh_workers)
+                p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:
+                log.close()
+                raise BackendError(self.name, f"cannot launch the worker of {w.host} with "
+                                   f"{cmd[0]!r} (launcher {self.resolved_launcher()!r}): "
+                                   f"{exc}") from exc
+            self._procs.append((w, p, log))
+
+    async def _wait_for_workers(self) -> None:
+        try:
+            await asyncio.to_thread(self.client.wait_for_workers, len(self.workers),
+                                    self.wait_for_workers)
+        except TimeoutError as exc:
+            raise BackendError(self.name, f"{len(self.workers)} workers did not all join "
+                               f"within {self.wait_for_workers} s; not joined: "
+                               f"{self._missing()}") from exc
+        await asyncio.to_thread(self._refresh_workers)
 
     def _missing(self) -> str:
         names = {w.get("name") for w in self.client.scheduler_info(n_workers=-1)
