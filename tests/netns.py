@@ -52,6 +52,7 @@ class Net:
         self.procs: list[subprocess.Popen] = []
 
     def up(self, roles: list[str]) -> None:
+        self.clear_stale(roles)
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.prefix}.1/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -68,9 +69,25 @@ class Net:
             _ip("-n", ns, "link", "set", "lo", "up")
             self.addresses[role] = addr
 
+    def clear_stale(self, roles: list[str]) -> None:
+        """Remove what a killed earlier run with the same tag left (our names only)."""
+        stale = list_netns()
+        for role in roles:
+            ns = f"rl{role}{self.tag}"
+            if ns in stale:
+                for pid in _netns_pids(ns):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+            subprocess.run(["ip", "link", "del", f"rlv{role}{self.tag}"], capture_output=True,
+                           timeout=10)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=10)
+
     def run(self, role: str, argv: list[str], log: str) -> subprocess.Popen:
         path = os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])
-        env = dict(os.environ, PYTHONPATH=path, DASK_DISTRIBUTED__WORKER__DAEMON="False")
+        env = dict(os.environ, PYTHONPATH=path)
         with open(log, "ab") as out:
             p = subprocess.Popen(["ip", "netns", "exec", self.namespaces[role], *argv],
                                  cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
