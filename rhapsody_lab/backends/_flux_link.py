@@ -1,0 +1,259 @@
+"""The one thread that talks to Flux: batch submits, cancels and the job-manager journal.
+
+The event loop never makes a Flux call. It appends work to an inbox and writes a byte to
+a pipe the thread's Flux reactor watches; the thread then submits every queued job with
+``flux.job.submit_async`` (futures, no round trip waited for), and follows all jobs at once
+through one streaming ``job-manager.events-journal`` RPC (only the events used here). Its
+jobs are known by a user attribute of their jobspec (``rhapsody_lab``: this link's token),
+seen in the journal's ``submit`` event, so no job's events are lost to a race with its
+submit reply. Outcomes go to ``on_event(task, name, timestamp, context, jobid)``, which
+hands them to the backend's one drain.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["FluxLink"]
+
+_EVENTS = {"submit": 1, "start": 1, "exception": 1, "finish": 1, "clean": 1}
+
+
+class FluxLink:
+    """A Flux handle owned by one thread: ``submit``/``cancel`` from any thread."""
+
+    def __init__(self, flux: Any, uri: str, token: str,
+                 on_event: Callable[[dict, str, float, dict, int], None],
+                 on_refused: Callable[[dict, BaseException], None],
+                 on_lost: Callable[[str], None], prepare: Callable[[dict], str | None]):
+        self.flux = flux
+        self.uri = uri
+        self.token = token
+        self.on_event = on_event
+        self.on_refused = on_refused
+        self.on_lost = on_lost
+        self.prepare = prepare  # task -> jobspec JSON (None: refused, already reported)
+        self.cores = 0
+        self.gpus = 0
+        self.nodes = 0
+        self._inbox: deque = deque()
+        self._rfd, self._wfd = os.pipe()
+        os.set_blocking(self._rfd, False)
+        self._signalled = False
+        self._lock = threading.Lock()
+        self._jobs: dict[int, dict] = {}      # jobid -> task (ours, seen in the journal)
+        self._ids: dict[str, int] = {}        # uid -> jobid (from submit replies)
+        self._pending: dict[Any, dict] = {}   # submit future -> task
+        self._tasks: dict[str, dict] = {}     # uid -> task, from its submit to its clean
+        self._cancel_wanted: set[str] = set()
+        self._stopping = False
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True, name="rhapsody-flux")
+
+    # -- from any thread ---------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> None:
+        """Connect, read the resources, start the journal (blocking); raises on failure."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"no answer from the Flux instance at {self.uri} in {timeout}s")
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, tasks: list) -> None:
+        self._post(("submit", tasks))
+
+    def cancel(self, uid: str) -> None:
+        self._post(("cancel", uid))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread (its handle closed); jobs are not touched."""
+        if self._thread.is_alive():
+            self._post(("stop", None))
+            self._thread.join(timeout)
+        for fd in (self._rfd, self._wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def jobid(self, uid: str) -> int | None:
+        return self._ids.get(uid)
+
+    def _post(self, item: tuple) -> None:
+        self._inbox.append(item)
+        with self._lock:
+            if self._signalled:
+                return
+            self._signalled = True
+        try:
+            os.write(self._wfd, b"x")
+        except OSError:
+            pass
+
+    # -- the thread ----------------------------------------------------------------------
+    def _main(self) -> None:
+        flux = self.flux
+        try:
+            h = self.h = flux.Flux(self.uri)
+            self._resources(h)
+            journal = h.rpc("job-manager.events-journal", {"full": False, "allow": _EVENTS},
+                            flags=flux.constants.FLUX_RPC_STREAMING)
+            first = journal.get()  # the backlog's end: from here on, every job's events
+            journal.reset()
+            if first.get("id") != -1:
+                self._journal_entry(first)
+            journal.then(self._journal_cb)
+            watcher = h.fd_watcher_create(self._rfd, self._inbox_cb,
+                                          events=flux.constants.FLUX_POLLIN)
+            watcher.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        reason = "the Flux reactor stopped"
+        try:
+            h.reactor_run()
+        except BaseException as exc:  # a lost connection, or an error in a callback
+            reason = f"{type(exc).__name__}: {exc}"
+        watcher.stop()
+        if not self._stopping:
+            self.on_lost(reason)
+        try:
+            h.close()
+        except Exception:
+            pass
+
+    def _resources(self, h: Any) -> None:
+        try:
+            from flux.resource import resource_list
+            rl = resource_list(h).get()
+            self.cores, self.gpus, self.nodes = rl.all.ncores, rl.all.ngpus, rl.all.nnodes
+        except Exception:  # an instance without a scheduler answering: not checked here
+            self.cores, self.gpus = 0, -1
+
+    def _inbox_cb(self, *_: Any) -> None:
+        try:
+            with self._lock:
+                self._signalled = False
+            try:
+                os.read(self._rfd, 65536)
+            except BlockingIOError:
+                pass
+            inbox = self._inbox
+            while inbox:
+                what, arg = inbox.popleft()
+                if what == "submit":
+                    self._submit(arg)
+                elif what == "cancel":
+                    self._cancel(arg)
+                else:
+                    self._stopping = True
+                    self.h.reactor_stop()
+                    return
+        except Exception as exc:
+            self._fatal(exc)
+
+    def _submit(self, tasks: list) -> None:
+        submit_async = self.flux.job.submit_async
+        pending = self._pending
+        cb = self._submitted
+        tasks_by_uid = self._tasks
+        for task in tasks:
+            spec = self.prepare(task)
+            if spec is None:
+                continue
+            try:
+                fut = submit_async(self.h, spec)
+            except OSError as exc:
+                self.on_refused(task, exc)
+                continue
+            pending[fut] = task
+            tasks_by_uid[task["uid"]] = task
+            fut.then(cb)
+
+    def _submitted(self, fut: Any) -> None:
+        task = self._pending.pop(fut, None)
+        if task is None:
+            return
+        try:
+            jobid = int(fut.get_id())
+        except OSError as exc:
+            self._tasks.pop(task["uid"], None)
+            self.on_refused(task, exc)
+            return
+        except Exception as exc:
+            self._fatal(exc)
+            return
+        uid = task["uid"]
+        self._ids[uid] = jobid
+        if uid in self._cancel_wanted:
+            self._cancel(uid)
+
+    def _cancel(self, uid: str) -> None:
+        jobid = self._ids.get(uid)
+        if jobid is None:
+            self._cancel_wanted.add(uid)  # its id comes with the submit reply
+            return
+        self._cancel_wanted.discard(uid)
+        try:
+            self.flux.job.cancel_async(self.h, jobid, "canceled by rhapsody_lab")
+        except OSError:
+            pass  # already inactive: its journal events say how it ended
+
+    def _journal_cb(self, fut: Any) -> None:
+        try:
+            resp = fut.get()
+        except OSError as exc:
+            if not self._stopping:
+                why = "ENODATA" if exc.errno == errno.ENODATA else str(exc)
+                self._fatal(RuntimeError(f"the job-manager journal ended ({why})"))
+            return
+        except Exception as exc:
+            self._fatal(exc)
+            return
+        fut.reset()
+        try:
+            self._journal_entry(resp)
+        except Exception as exc:
+            self._fatal(exc)
+
+    def _journal_entry(self, resp: dict) -> None:
+        jobid = resp["id"]
+        jobs = self._jobs
+        for entry in resp["events"]:
+            name = entry["name"]
+            if name == "submit":
+                user = ((resp.get("jobspec") or {}).get("attributes") or {}).get("user") or {}
+                if user.get("rhapsody_lab") != self.token:
+                    continue
+                task = self._tasks.get(user.get("uid"))
+                if task is None:
+                    continue
+                jobs[jobid] = task
+                self._ids.setdefault(task["uid"], jobid)
+                continue
+            task = jobs.get(jobid)
+            if task is None:
+                continue
+            if name == "clean":
+                del jobs[jobid]
+                self._ids.pop(task["uid"], None)
+                self._tasks.pop(task["uid"], None)
+            self.on_event(task, name, entry["timestamp"], entry.get("context") or {}, jobid)
+
+    def _fatal(self, exc: BaseException) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self.on_lost(f"{type(exc).__name__}: {exc}")
+        try:
+            self.h.reactor_stop()
+        except Exception:
+            pass
