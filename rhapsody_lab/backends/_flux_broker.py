@@ -81,6 +81,21 @@ class ManagedBroker:
         self.uri = line.decode().strip()
         return self.uri
 
+    def broker_pids(self) -> list[int]:
+        """The ``flux-broker`` processes of the instance (children of ``flux start``)."""
+        if self.proc is None:
+            return []
+        found = []
+        for pid in session_pids(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv0 = f.read().split(b"\0", 1)[0]
+            except OSError:
+                continue
+            if argv0.endswith(b"flux-broker"):
+                found.append(pid)
+        return found
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

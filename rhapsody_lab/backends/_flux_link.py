@@ -117,7 +117,7 @@ class FluxLink:
             self._ready.set()
             return
         self._ready.set()
-        reason = "the Flux reactor stopped"
+        reason = "the connection to the instance closed"
         try:
             h.reactor_run()
         except BaseException as exc:  # a lost connection, or an error in a callback

@@ -10,8 +10,14 @@ it imports nothing of rhapsody_lab, so any checkout or install runs it the same.
 from __future__ import annotations
 
 import os
-import pickle
 import sys
+
+# this script's directory (rhapsody_lab/backends) is first on sys.path: its modules would
+# shadow the standard library's (``concurrent``), so it goes before anything is imported
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
+import pickle
 import traceback
 
 

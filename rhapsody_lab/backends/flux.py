@@ -116,9 +116,11 @@ class FluxExecutionBackend(BaseBackend):
                     from exc
             self.broker = broker
         self.uri = uri
-        self._files = tempfile.mkdtemp(prefix=f"rhapsody-flux-{self.name}-",
-                                       dir=self._work_dir if self._work_dir and
-                                       os.path.isdir(self._work_dir) else None)
+        # job output files: local /tmp for an instance of ours (one node); the session's
+        # work directory for an attached one (whose jobs may run on other nodes)
+        shared = self._work_dir if self.broker is None and self._work_dir and \
+            os.path.isdir(self._work_dir) else None
+        self._files = tempfile.mkdtemp(prefix=f"rhapsody-flux-{self.name}-", dir=shared)
         self._specs = SpecBuilder(self._files, self._token)
         self._path_blob = pickle.dumps(list(sys.path))
         from ._flux_link import FluxLink
@@ -253,8 +255,8 @@ class FluxExecutionBackend(BaseBackend):
 
     def _fail_all(self, reason: str) -> None:
         self._drain()  # outcomes already reported stay as they are
-        if self.broker is not None and not self.broker.alive():
-            reason = f"the Flux broker (pid {self.broker.pid}) died ({reason})"
+        if self.broker is not None and not self.broker.broker_pids():
+            reason = f"the Flux broker of this backend's instance died ({reason})"
             threading.Thread(target=self.broker.kill_leftovers, daemon=True).start()
         else:
             reason = f"lost the Flux instance at {self.uri} ({reason})"
