@@ -3,11 +3,11 @@
 The event loop never makes a Flux call. It appends work to an inbox and writes a byte to
 a pipe the thread's Flux reactor watches; the thread then submits every queued job with
 ``flux.job.submit_async`` (futures, no round trip waited for), and follows all jobs at once
-through one streaming ``job-manager.events-journal`` RPC (only the events used here). Its
-jobs are known by a user attribute of their jobspec (``rhapsody_lab``: this link's token),
-seen in the journal's ``submit`` event, so no job's events are lost to a race with its
-submit reply. Outcomes go to ``on_event(task, name, timestamp, context, jobid)``, which
-hands them to the backend's one drain.
+through one streaming ``job-manager.events-journal`` RPC (only ``start``, ``exception``
+and ``finish``: three messages per job). A job is known by the id its submit reply gives;
+events of an unknown id that arrive while replies are outstanding wait for them, so none
+is lost to that race. Outcomes go to ``on_event(task, name, timestamp, context, jobid)``
+(True: the job ended), which hands them to the backend's one drain.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from typing import Any
 
 __all__ = ["FluxLink"]
 
-_EVENTS = {"submit": 1, "start": 1, "exception": 1, "finish": 1, "clean": 1}
+_EVENTS = {"start": 1, "exception": 1, "finish": 1}
 
 
 class FluxLink:
     """A Flux handle owned by one thread: ``submit``/``cancel`` from any thread."""
 
     def __init__(self, flux: Any, uri: str, token: str,
-                 on_event: Callable[[dict, str, float, dict, int], None],
+                 on_event: Callable[[dict, str, float, dict, int], bool],
                  on_refused: Callable[[dict, BaseException], None],
                  on_lost: Callable[[str], None], prepare: Callable[[dict], str | None]):
         self.flux = flux
@@ -38,6 +38,7 @@ class FluxLink:
         self.on_refused = on_refused
         self.on_lost = on_lost
         self.prepare = prepare  # task -> jobspec JSON (None: refused, already reported)
+        self.novalidate = False  # skip the ingest validator (instance owner only)
         self.cores = 0
         self.gpus = 0
         self.nodes = 0
@@ -46,10 +47,10 @@ class FluxLink:
         os.set_blocking(self._rfd, False)
         self._signalled = False
         self._lock = threading.Lock()
-        self._jobs: dict[int, dict] = {}      # jobid -> task (ours, seen in the journal)
+        self._jobs: dict[int, dict] = {}      # jobid -> task, from submit reply to its end
         self._ids: dict[str, int] = {}        # uid -> jobid (from submit replies)
         self._pending: dict[Any, dict] = {}   # submit future -> task
-        self._tasks: dict[str, dict] = {}     # uid -> task, from its submit to its clean
+        self._early: dict[int, list] = {}     # jobid -> events seen before its submit reply
         self._cancel_wanted: set[str] = set()
         self._stopping = False
         self._ready = threading.Event()
@@ -125,10 +126,10 @@ class FluxLink:
         watcher.stop()
         if not self._stopping:
             self.on_lost(reason)
-        try:
-            h.close()
-        except Exception:
-            pass
+        # the bindings close a handle when it is collected (an explicit close() raises)
+        self._pending.clear()
+        self.h = None
+        del h, journal, watcher
 
     def _resources(self, h: Any) -> None:
         try:
@@ -164,37 +165,42 @@ class FluxLink:
         submit_async = self.flux.job.submit_async
         pending = self._pending
         cb = self._submitted
-        tasks_by_uid = self._tasks
+        novalidate = self.novalidate
         for task in tasks:
             spec = self.prepare(task)
             if spec is None:
                 continue
             try:
-                fut = submit_async(self.h, spec)
+                fut = submit_async(self.h, spec, novalidate=novalidate)
             except OSError as exc:
                 self.on_refused(task, exc)
                 continue
             pending[fut] = task
-            tasks_by_uid[task["uid"]] = task
             fut.then(cb)
 
     def _submitted(self, fut: Any) -> None:
-        task = self._pending.pop(fut, None)
+        pending = self._pending
+        task = pending.pop(fut, None)
         if task is None:
             return
         try:
-            jobid = int(fut.get_id())
-        except OSError as exc:
-            self._tasks.pop(task["uid"], None)
-            self.on_refused(task, exc)
-            return
+            try:
+                jobid = int(fut.get_id())
+            except OSError as exc:
+                self.on_refused(task, exc)
+                return
+            uid = task["uid"]
+            self._ids[uid] = jobid
+            self._jobs[jobid] = task
+            early = self._early.pop(jobid, None)
+            if early:
+                self._deliver(jobid, task, early)
+            if not pending:
+                self._early.clear()  # every reply is in: the rest are other clients' jobs
+            if uid in self._cancel_wanted and jobid in self._jobs:
+                self._cancel(uid)
         except Exception as exc:
             self._fatal(exc)
-            return
-        uid = task["uid"]
-        self._ids[uid] = jobid
-        if uid in self._cancel_wanted:
-            self._cancel(uid)
 
     def _cancel(self, uid: str) -> None:
         jobid = self._ids.get(uid)
@@ -226,27 +232,20 @@ class FluxLink:
 
     def _journal_entry(self, resp: dict) -> None:
         jobid = resp["id"]
-        jobs = self._jobs
-        for entry in resp["events"]:
-            name = entry["name"]
-            if name == "submit":
-                user = ((resp.get("jobspec") or {}).get("attributes") or {}).get("user") or {}
-                if user.get("rhapsody_lab") != self.token:
-                    continue
-                task = self._tasks.get(user.get("uid"))
-                if task is None:
-                    continue
-                jobs[jobid] = task
-                self._ids.setdefault(task["uid"], jobid)
-                continue
-            task = jobs.get(jobid)
-            if task is None:
-                continue
-            if name == "clean":
-                del jobs[jobid]
+        task = self._jobs.get(jobid)
+        if task is not None:
+            self._deliver(jobid, task, resp["events"])
+        elif self._pending:  # perhaps ours, its submit reply still on the way
+            self._early.setdefault(jobid, []).extend(resp["events"])
+
+    def _deliver(self, jobid: int, task: dict, events: list) -> None:
+        on_event = self.on_event
+        for entry in events:
+            if on_event(task, entry["name"], entry["timestamp"], entry.get("context") or {},
+                        jobid):
+                del self._jobs[jobid]  # it ended: later events of it are not needed
                 self._ids.pop(task["uid"], None)
-                self._tasks.pop(task["uid"], None)
-            self.on_event(task, name, entry["timestamp"], entry.get("context") or {}, jobid)
+                return
 
     def _fatal(self, exc: BaseException) -> None:
         if self._stopping:

@@ -42,13 +42,17 @@ class FluxExecutionBackend(BaseBackend):
     ``uri``: the instance to attach to (default ``$FLUX_URI``; without either, one is
     started with ``test_size`` brokers). ``prefix``: a flux-core install prefix (default:
     found, see ``_flux_env``). ``start_timeout``: seconds the instance may take to start.
+    ``validate``: whether Flux's ingest validator checks each jobspec (default: only on an
+    attached instance; the jobspecs built here are valid, and on an instance of our own
+    skipping the validator's Python worker leaves its CPU to the jobs).
     """
 
     drain_budget = 4_000
     drain_seconds = 0.004
 
     def __init__(self, name: str = "flux", uri: str | None = None, test_size: int = 1,
-                 prefix: str | None = None, start_timeout: float = 60.0):
+                 prefix: str | None = None, start_timeout: float = 60.0,
+                 validate: bool | None = None):
         super().__init__(name)
         if uri is not None and (not isinstance(uri, str) or "://" not in uri):
             raise SessionError(f"uri must be a Flux URI such as 'local:///tmp/flux-x/local-0',"
@@ -64,6 +68,9 @@ class FluxExecutionBackend(BaseBackend):
                 or start_timeout <= 0:
             raise SessionError(f"start_timeout must be a number of seconds > 0, got "
                                f"{start_timeout!r}")
+        if validate is not None and not isinstance(validate, bool):
+            raise SessionError(f"validate must be True, False or None, got {validate!r}")
+        self._validate = validate
         self._uri = uri
         self._test_size = test_size
         self._prefix = prefix
@@ -76,7 +83,7 @@ class FluxExecutionBackend(BaseBackend):
         self._files: str | None = None
         self._shapes: dict[str, JobShape] = {}
         self._exceptions: dict[str, tuple[str, str]] = {}
-        self._ended: set[str] = set()      # uids reported at finish (their clean is ignored)
+        self._started: set[str] = set()    # uids whose job started (its finish will come)
         self._canceled: set[str] = set()
         self._path_blob = b""
         self._lost: str | None = None
@@ -126,6 +133,8 @@ class FluxExecutionBackend(BaseBackend):
         from ._flux_link import FluxLink
         link = FluxLink(flux, uri, self._token, self._on_event, self._on_refused,
                         self._on_lost, self._prepare)
+        validate = self.attached if self._validate is None else self._validate
+        link.novalidate = not validate
         try:
             await asyncio.to_thread(link.start, self._start_timeout)
         except BaseException as exc:
@@ -211,35 +220,38 @@ class FluxExecutionBackend(BaseBackend):
         self._forget(task["uid"])
         self.report(task, FAILED, time.time())
 
-    def _on_event(self, task: dict, name: str, t: float, context: dict, jobid: int) -> None:
+    def _on_event(self, task: dict, name: str, t: float, context: dict, jobid: int) -> bool:
+        """A journal event of ``task``'s job; True once the job has ended."""
         uid = task["uid"]
         if name == "start":
+            self._started.add(uid)
             self.report(task, RUNNING, t, jobid)
-            return
+            return False
         if name == "exception":
             exc = outcome.exception_of(context)
-            if exc is not None:
+            if exc is None:
+                return False
+            if uid in self._started:  # it ran: its finish event follows
                 self._exceptions.setdefault(uid, exc)
-            return
-        if name == "finish":
+                return False
+            state = outcome.never_ran(task, self._specs.paths(uid), exc, uid in self._canceled)
+        elif name == "finish":
+            self._started.discard(uid)
             shape = self._shapes.get(uid, _PLAIN_SHAPE)
             state = outcome.finished(task, self._specs.paths(uid), int(context.get("status", 0)),
                                      self._exceptions.get(uid), uid in self._canceled,
                                      shape.timeout)
-            self._ended.add(uid)
-            self.report(task, state, t, jobid)
-        elif name == "clean":
-            if uid in self._ended:
-                self._ended.discard(uid)
-            else:
-                state = outcome.never_ran(task, self._specs.paths(uid),
-                                          self._exceptions.get(uid), uid in self._canceled)
-                self.report(task, state, t, jobid)
-            self._forget(uid)
-            if self._link is not None and not self._link._jobs:
-                self._all_ended.set()
+        else:
+            return False
+        self._forget(uid)
+        self.report(task, state, t, jobid)
+        link = self._link
+        if link is not None and len(link._jobs) <= 1:
+            self._all_ended.set()
+        return True
 
     def _forget(self, uid: str) -> None:
+        self._started.discard(uid)
         self._shapes.pop(uid, None)
         self._exceptions.pop(uid, None)
         self._canceled.discard(uid)
