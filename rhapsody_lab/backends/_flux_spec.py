@@ -1,11 +1,13 @@
 """Tasks -> Flux jobspecs (RFC 14 version 1): options checked, the JSON built directly.
 
 ``task_backend_specific_kwargs`` of the Flux backend: ``ranks`` (tasks of the job, one slot
-each), ``cores_per_rank``, ``gpus_per_rank``, ``type`` (``"mpi"``: the same job; Flux's
-shell provides PMI to every rank), ``cwd``, ``env``, ``shell`` and ``timeout`` (the job's
-duration: Flux ends it). Everything is validated on the event loop before anything is
-submitted. The jobspec is assembled from pre-encoded pieces (the environment, encoded once
-per distinct ``env``), since ``json.dumps`` of a whole jobspec per task would dominate.
+each), ``cores_per_rank``, ``gpus_per_rank`` (else the task's own ``ranks``, and its
+``cores``/``gpus`` totals spread over the ranks, as policy routing reads them), ``type``
+(``"mpi"``: the same job; Flux's shell provides PMI to every rank), ``cwd``, ``env``,
+``shell`` and ``timeout`` (the job's duration: Flux ends it). Everything is validated on
+the event loop before anything is submitted. The jobspec is assembled from pre-encoded
+pieces (the environment, encoded once per distinct ``env``), since ``json.dumps`` of a
+whole jobspec per task would dominate.
 """
 
 from __future__ import annotations
@@ -47,23 +49,37 @@ def job_shape(task: dict, total_cores: int = 0, total_gpus: int = -1) -> JobShap
 
     ``total_cores``/``total_gpus``: the instance's (0 / -1: unknown, not checked).
     """
-    kw = task.get(_FIELD)
-    if not kw:
+    kw = task.get(_FIELD) or {}
+    top = {k: task.get(k) for k in ("ranks", "cores", "gpus") if task.get(k) is not None}
+    if not kw and not top:
         return _PLAIN
-    check_keys(task, "Flux", KNOWN_KEYS)
+    if kw:
+        check_keys(task, "Flux", KNOWN_KEYS)
     uid = task["uid"]
     cwd, env, shell, timeout = exec_options(task)  # the checks every backend shares
     ints = []
     for key, low in (("ranks", 1), ("cores_per_rank", 1), ("gpus_per_rank", 0)):
-        value = kw.get(key)
+        value, field = kw.get(key), f"{_FIELD}.{key}"
+        if value is None and key == "ranks" and "ranks" in top:
+            value, field = top["ranks"], "ranks"  # the task's own request (as routing reads)
         if value is None:
-            ints.append(low if key != "gpus_per_rank" else 0)
+            ints.append(None)
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise TaskValidationError(uid, f"{key} must be an integer >= {low}, got {value!r}",
-                                      field=f"{_FIELD}.{key}")
+                                      field=field)
         ints.append(value)
-    ranks, cores, gpus = ints
+    ranks = ints[0] or 1
+    cores, gpus = ints[1], ints[2]
+    for key, total in (("cores", cores), ("gpus", gpus)):  # task totals -> per rank
+        value = top.get(key)
+        if total is None and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TaskValidationError(uid, f"{key} must be an integer >= 0, got "
+                                          f"{value!r}", field=key)
+            per = -(-value // ranks)
+            cores, gpus = (max(1, per), gpus) if key == "cores" else (cores, per)
+    cores, gpus = cores or 1, gpus or 0
     kind = kw.get("type")
     if kind not in (None, "mpi"):
         raise TaskValidationError(uid, f"type must be 'mpi' or unset, got {kind!r}",
@@ -134,10 +150,13 @@ class SpecBuilder:
                   "stderr": {"type": "file", "path": err}}
         cwd = self._cwd_json if shape.cwd is None else json.dumps(shape.cwd)
         duration = 0 if shape.timeout is None else float(shape.timeout)
+        # several ranks: each bound to its own cores (Flux binds the job's shell by default)
+        affinity = '"cpu-affinity":"per-task",' if shape.ranks > 1 else ""
         return (
             '{"version":1,"resources":' + json.dumps(resources)
             + ',"tasks":[{"command":' + json.dumps(self.command(task, shape))
             + ',"slot":"task","count":{"per_slot":1}}],"attributes":{"system":{"duration":'
             + repr(duration) + ',"cwd":' + cwd + ',"environment":' + self._env(shape.env)
-            + ',"shell":{"options":{"output":' + json.dumps(output) + '}}},"user":'
+            + ',"shell":{"options":{' + affinity + '"output":' + json.dumps(output)
+            + '}}},"user":'
             + json.dumps({"rhapsody_lab": self.token, "uid": uid}) + "}}")

@@ -178,7 +178,8 @@ class FluxExecutionBackend(BaseBackend):
         link = self._link
         shapes = self._shapes
         for task in tasks:  # validate all before accepting any
-            if task.get("task_backend_specific_kwargs"):
+            if task.get("task_backend_specific_kwargs") or task.get("ranks") is not None \
+                    or task.get("cores") is not None or task.get("gpus") is not None:
                 shapes[task["uid"]] = job_shape(task, link.cores, link.gpus)
         self._accept(tasks)
         link.submit(list(tasks))

@@ -122,10 +122,14 @@ async def test_executables_functions_and_rank_jobs(tmp_path, no_children):
                         task_backend_specific_kwargs={"cores_per_rank": 2}),
             ComputeTask(executable="echo $((6 * 7))",
                         task_backend_specific_kwargs={"shell": True}),
+            # the task's own request (as policy routing reads it): 2 ranks, 2 cores in all
+            ComputeTask(executable="sh", arguments=["-c", "echo r$FLUX_TASK_RANK:$(nproc)"],
+                        ranks=2, cores=2),
+            ComputeTask(executable="nproc"),  # one core by default, bound to it
         ]
         await session.submit_tasks(tasks)
         await session.wait_tasks(tasks, timeout=120)
-        echo, both, sq, dbl, closure, bad, ranks, cores, shell = tasks
+        echo, both, sq, dbl, closure, bad, ranks, cores, shell, request, one = tasks
         assert (echo.state, echo.stdout, echo.exit_code) == ("DONE", "hello flux\n", 0)
         assert (both.stdout, both.stderr) == ("out\n", "err\n")
         assert (sq.state, sq.return_value, sq.stdout) == ("DONE", 49, "49"), sq.stderr
@@ -138,6 +142,8 @@ async def test_executables_functions_and_rank_jobs(tmp_path, no_children):
         assert sorted(ranks.stdout.split()) == ["rank=0", "rank=1"]
         assert cores.state == "DONE" and cores.stdout.strip() == "2"  # bound to 2 cores
         assert shell.stdout == "42\n"
+        assert sorted(request.stdout.split()) == ["r0:1", "r1:1"]  # a core per rank
+        assert one.stdout.strip() == "1"
     _assert_instance_gone(backend)
 
 
