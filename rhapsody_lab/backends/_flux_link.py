@@ -1,8 +1,9 @@
 """The one thread that talks to Flux: batch submits, cancels and the job-manager journal.
 
 The event loop never makes a Flux call. It appends work to an inbox and writes a byte to
-a pipe the thread's Flux reactor watches; the thread then submits every queued job with
-``flux.job.submit_async`` (futures, no round trip waited for), and follows all jobs at once
+a pipe the thread's Flux reactor watches; the thread then submits queued jobs with
+``flux.job.submit_async`` (futures, no round trip waited for; at most ``window`` jobs in
+Flux at once, each job that ends letting the next in), and follows all jobs at once
 through one streaming ``job-manager.events-journal`` RPC (only ``start``, ``exception``
 and ``finish``: three messages per job). A job is known by the id its submit reply gives;
 events of an unknown id that arrive while replies are outstanding wait for them, so none
@@ -39,6 +40,12 @@ class FluxLink:
         self.on_lost = on_lost
         self.prepare = prepare  # task -> jobspec JSON (None: refused, already reported)
         self.novalidate = False  # skip the ingest validator (instance owner only)
+        #: jobs in Flux at once (submitted, not ended); the rest wait in ``_backlog``, so
+        #: a cancel or a shutdown ends them without Flux and Flux's queue stays short
+        self.window = 512
+        self.max_jobs: int | None = None  # the window, if given (else 512 or 4 per core)
+        self._backlog: deque = deque()
+        self._inflight = 0
         self.cores = 0
         self.gpus = 0
         self.nodes = 0
@@ -136,8 +143,11 @@ class FluxLink:
             from flux.resource import resource_list
             rl = resource_list(h).get()
             self.cores, self.gpus, self.nodes = rl.all.ncores, rl.all.ngpus, rl.all.nnodes
+            self.window = max(self.window, 4 * self.cores)  # every core kept busy
         except Exception:  # an instance without a scheduler answering: not checked here
             self.cores, self.gpus = 0, -1
+        if self.max_jobs is not None:
+            self.window = self.max_jobs
 
     def _inbox_cb(self, *_: Any) -> None:
         try:
@@ -162,12 +172,23 @@ class FluxLink:
             self._fatal(exc)
 
     def _submit(self, tasks: list) -> None:
+        self._backlog.extend(tasks)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Submit from the backlog while fewer than ``window`` jobs are in Flux."""
+        backlog = self._backlog
+        room = self.window - self._inflight
+        if not backlog or room <= 0:
+            return
         submit_async = self.flux.job.submit_async
         pending = self._pending
         cb = self._submitted
         novalidate = self.novalidate
-        for task in tasks:
-            spec = self.prepare(task)
+        prepare = self.prepare
+        while backlog and room > 0:
+            task = backlog.popleft()
+            spec = prepare(task)
             if spec is None:
                 continue
             try:
@@ -177,6 +198,8 @@ class FluxLink:
                 continue
             pending[fut] = task
             fut.then(cb)
+            room -= 1
+            self._inflight += 1
 
     def _submitted(self, fut: Any) -> None:
         pending = self._pending
@@ -187,7 +210,9 @@ class FluxLink:
             try:
                 jobid = int(fut.get_id())
             except OSError as exc:
+                self._inflight -= 1
                 self.on_refused(task, exc)
+                self._pump()
                 return
             uid = task["uid"]
             self._ids[uid] = jobid
@@ -245,6 +270,8 @@ class FluxLink:
                         jobid):
                 del self._jobs[jobid]  # it ended: later events of it are not needed
                 self._ids.pop(task["uid"], None)
+                self._inflight -= 1
+                self._pump()
                 return
 
     def _fatal(self, exc: BaseException) -> None:

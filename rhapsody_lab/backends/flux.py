@@ -44,7 +44,9 @@ class FluxExecutionBackend(BaseBackend):
     found, see ``_flux_env``). ``start_timeout``: seconds the instance may take to start.
     ``validate``: whether Flux's ingest validator checks each jobspec (default: only on an
     attached instance; the jobspecs built here are valid, and on an instance of our own
-    skipping the validator's Python worker leaves its CPU to the jobs).
+    skipping the validator's Python worker leaves its CPU to the jobs). ``max_jobs``: jobs in
+    Flux at once (default: 512 or 4 per core, whichever is more); later tasks wait here,
+    QUEUED, and are submitted as jobs end.
     """
 
     drain_budget = 4_000
@@ -52,7 +54,7 @@ class FluxExecutionBackend(BaseBackend):
 
     def __init__(self, name: str = "flux", uri: str | None = None, test_size: int = 1,
                  prefix: str | None = None, start_timeout: float = 60.0,
-                 validate: bool | None = None):
+                 validate: bool | None = None, max_jobs: int | None = None):
         super().__init__(name)
         if uri is not None and (not isinstance(uri, str) or "://" not in uri):
             raise SessionError(f"uri must be a Flux URI such as 'local:///tmp/flux-x/local-0',"
@@ -71,6 +73,11 @@ class FluxExecutionBackend(BaseBackend):
         if validate is not None and not isinstance(validate, bool):
             raise SessionError(f"validate must be True, False or None, got {validate!r}")
         self._validate = validate
+        if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(
+                max_jobs, int) or max_jobs < 1):
+            raise SessionError(f"max_jobs must be an integer >= 1 (jobs in Flux at once), got "
+                               f"{max_jobs!r}")
+        self._max_jobs = max_jobs
         self._uri = uri
         self._test_size = test_size
         self._prefix = prefix
@@ -135,11 +142,13 @@ class FluxExecutionBackend(BaseBackend):
                         self._on_lost, self._prepare)
         validate = self.attached if self._validate is None else self._validate
         link.novalidate = not validate
+        link.max_jobs = self._max_jobs
         try:
             await asyncio.to_thread(link.start, self._start_timeout)
         except BaseException as exc:
             link.stop()
             await self._end_instance()
+            shutil.rmtree(self._files, ignore_errors=True)
             raise BackendError(self.name, f"could not connect to the Flux instance at {uri}: "
                                f"{exc}") from exc
         self._link = link

@@ -230,6 +230,22 @@ async def test_cancel_of_a_job_waiting_for_cores(no_children):
     _assert_instance_gone(backend)
 
 
+async def test_tasks_beyond_max_jobs_wait_here_and_cancel_at_once(no_children):
+    backend = FluxExecutionBackend(max_jobs=1)
+    async with Session([backend]) as session:
+        first = ComputeTask(executable="sleep", arguments=["60"])
+        later = [ComputeTask(executable="echo", arguments=[str(i)]) for i in range(3)]
+        await session.submit_tasks([first, *later])
+        await _wait_for(lambda: first.state == "RUNNING", what="the first job to run")
+        assert [t.state for t in later] == ["QUEUED"] * 3  # not in Flux yet
+        assert await session.cancel_task(later[0])
+        assert later[0].state == "CANCELED"  # at once: it never reached Flux
+        assert await session.cancel_task(first)
+        await session.wait_tasks(later, timeout=30)
+        assert [t.stdout for t in later[1:]] == ["1\n", "2\n"]  # the next ones went in
+        assert first.state == "CANCELED"
+
+
 async def test_shutdown_with_running_jobs_leaves_nothing(tmp_path, no_children):
     backend = FluxExecutionBackend()
     session = Session([backend])
@@ -322,6 +338,8 @@ def _message(session, opts) -> str:
     ({"uri": "not-a-uri"}, "uri"),
     ({"prefix": "/no/such/prefix"}, "prefix"),
     ({"start_timeout": -1}, "start_timeout"),
+    ({"max_jobs": 0}, "max_jobs"),
+    ({"validate": "yes"}, "validate"),
 ])
 def test_bad_constructor_input(kwargs, words):
     with pytest.raises(SessionError, match=words):
