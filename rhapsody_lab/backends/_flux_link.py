@@ -84,6 +84,8 @@ class FluxLink:
         if self._thread.is_alive():
             self._post(("stop", None))
             self._thread.join(timeout)
+        if self._thread.is_alive():
+            return  # its reactor still watches the pipe: closing it would abort libev
         for fd in (self._rfd, self._wfd):
             try:
                 os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -51,6 +52,11 @@ def raises():
 
 def env_and_cwd(name):
     return os.environ.get(name), os.getcwd()
+
+
+def make_lock():
+    import threading
+    return threading.Lock()  # cannot be pickled back
 
 
 def write_pid_and_sleep(path, seconds):
@@ -174,18 +180,26 @@ async def test_cwd_env_and_timeouts(tmp_path, no_children):
 
 async def test_failures_non_zero_exit_missing_executable_and_signal(no_children):
     async with Session([FluxExecutionBackend()]) as session:
+        lock = threading.Lock()
         tasks = [ComputeTask(executable="sh", arguments=["-c", "echo no >&2; exit 3"]),
                  ComputeTask(executable="/no/such/program", arguments=["x"]),
-                 ComputeTask(executable="sh", arguments=["-c", "kill -9 $$"])]
+                 ComputeTask(executable="sh", arguments=["-c", "kill -9 $$"]),
+                 ComputeTask(function=lambda: lock),  # cannot be pickled to the job
+                 ComputeTask(function=make_lock),
+                 ComputeTask(function=os._exit, args=(7,))]  # the process dies
         await session.submit_tasks(tasks)
         await session.wait_tasks(tasks, timeout=60)
-        exit3, missing, killed = tasks
+        exit3, missing, killed, unpicklable, bad_result, died = tasks
         assert (exit3.state, exit3.exit_code, exit3.stderr) == ("FAILED", 3, "no\n")
         with pytest.raises(TaskExecutionError):
             await exit3
         assert missing.state == "FAILED" and missing.exit_code == 127
         assert "/no/such/program" in missing.stderr and "No such file" in missing.stderr
         assert killed.state == "FAILED" and "SIGKILL" in killed.stderr
+        assert unpicklable.state == "FAILED" and "lock" in str(unpicklable.exception)
+        assert bad_result.state == "FAILED" and "cannot be pickled back" in bad_result.stderr
+        assert died.state == "FAILED" and died.exit_code == 7
+        assert "ended without a result" in died.stderr
 
 
 # -- states and cancel -----------------------------------------------------------------------
