@@ -134,7 +134,7 @@ class FluxExecutionBackend(BaseBackend):
         # work directory for an attached one (whose jobs may run on other nodes)
         shared = self._work_dir if self.broker is None and self._work_dir and \
             os.path.isdir(self._work_dir) else None
-        self._files = tempfile.mkdtemp(prefix=f"rhapsody-flux-{self.name}-", dir=shared)
+        self._files = tempfile.mkdtemp(prefix=f".rhapsody-flux-{self.name}-", dir=shared)
         self._specs = SpecBuilder(self._files, self._token)
         self._path_blob = pickle.dumps(list(sys.path))
         from ._flux_link import FluxLink
