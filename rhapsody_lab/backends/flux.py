@@ -163,12 +163,14 @@ class FluxExecutionBackend(BaseBackend):
                 self._canceled.add(uid)
                 link.cancel(uid)
             await asyncio.to_thread(self._all_ended.wait, 10)
-        if link is not None:
-            await asyncio.to_thread(link.stop)
-        await self._end_instance()
-        self._drain()  # deliver what already finished before the rest become CANCELED
-        if self._files:
-            shutil.rmtree(self._files, ignore_errors=True)
+        try:
+            if link is not None:
+                await asyncio.to_thread(link.stop)
+            await self._end_instance()
+            self._drain()  # deliver what already finished before the rest become CANCELED
+        finally:  # even when the shutdown itself is cancelled (a timed-out caller)
+            if self._files:
+                shutil.rmtree(self._files, ignore_errors=True)
 
     async def _end_instance(self) -> None:
         broker = self.broker
