@@ -1,6 +1,6 @@
 """Native function mode of the Dragon backend: a feeder thread, worker processes, a watcher.
 
-Mixed into ``DragonExecutionBackendV3`` (which owns the attributes used here). The feeder
+Mixed into ``DragonExecutionBackend`` (which owns the attributes used here). The feeder
 packs queued tasks into chunks (about ``_CHUNK_SECONDS`` of work each by a running estimate,
 at most ``_CHUNK``), each function cloudpickled once, and queues them for the workers
 (``_dragon_pool.ChunkWorkers``); the result thread records a chunk's outcomes and wakes the

@@ -1,4 +1,4 @@
-"""DragonExecutionBackendV3: the five execution modes of RHAPSODY on a Dragon runtime.
+"""DragonExecutionBackend: the five execution modes of RHAPSODY on a Dragon runtime.
 
 Mode by ``task_backend_specific_kwargs`` (see ``_dragon_spec``): a function with no
 template runs *native*, in worker processes fed chunks of tasks through Dragon queues
@@ -49,7 +49,7 @@ _NOT_UNDER_DRAGON = (
     "(single node) or `dragon script.py` inside an allocation, not with `python`")
 
 
-class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
+class DragonExecutionBackend(NativePoolMixin, BaseBackend):
     """Runs function and executable tasks on the Dragon runtime this script runs in.
 
     ``num_workers`` sizes the native-function pool (default: every CPU of the runtime's
@@ -229,7 +229,8 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         self.report(task, state, time.time(), slot[0])
 
 
-DragonExecutionBackend = DragonExecutionBackendV3
+#: the backend's former name (RHAPSODY's registry still knows it as "dragon_v3")
+DragonExecutionBackendV3 = DragonExecutionBackend
 
 
 

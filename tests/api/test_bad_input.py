@@ -50,7 +50,7 @@ def test_get_backend_unknown_argument_names_it_with_a_hint():
     assert "resources" in str(err.value)
     with pytest.raises(SessionError, match="did you mean 'max_workers'"):
         get_backend("concurrent", max_worker=2)
-    with pytest.raises(SessionError, match="unknown backend"):
+    with pytest.raises(SessionError, match="backend name must be a string"):
         get_backend(["dask"])
 
 

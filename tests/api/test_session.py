@@ -295,7 +295,7 @@ def test_top_level_names_and_registry():
     backend = rhapsody_lab.get_backend("concurrent", name="viaregistry")
     assert isinstance(backend, ConcurrentExecutionBackend) and backend.name == "viaregistry"
     assert rhapsody_lab.discover_backends()["concurrent"] is True
-    with pytest.raises(SessionError, match="unknown backend"):
+    with pytest.raises(SessionError, match="Backend 'nope' not found"):
         rhapsody_lab.get_backend("nope")
 
 

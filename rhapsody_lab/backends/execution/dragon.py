@@ -1,0 +1,5 @@
+"""``DragonExecutionBackend`` at RHAPSODY's path (``rhapsody.backends.execution.dragon``)."""
+
+from ..dragon import DragonExecutionBackend, DragonExecutionBackendV3
+
+__all__ = ["DragonExecutionBackend", "DragonExecutionBackendV3"]

@@ -1,0 +1,97 @@
+"""RHAPSODY 0.6.0 parity, issue 22 point 4: names, registry, logging, validation wording,
+plain dict tasks, one session per backend."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+import rhapsody_lab
+from rhapsody_lab.api.errors import SessionError
+
+
+# -- names (point 5) and the registry (point 6) -------------------------------------------
+def test_dragon_backend_is_named_as_in_rhapsody_with_the_v3_alias():
+    from rhapsody_lab.backends import DragonExecutionBackend, DragonExecutionBackendV3
+    from rhapsody_lab.backends.execution import DragonExecutionBackend as ViaExecution
+    assert DragonExecutionBackend is DragonExecutionBackendV3 is ViaExecution
+    assert DragonExecutionBackend.__name__ == "DragonExecutionBackend"
+    registry = rhapsody_lab.BackendRegistry
+    assert registry.get_backend_class("dragon") is DragonExecutionBackend
+    assert registry.get_backend_class("dragon_v3") is DragonExecutionBackend
+
+
+def test_backend_registry_at_rhapsody_paths_and_behaviour():
+    from rhapsody_lab.backends import BackendRegistry as ViaBackends
+    from rhapsody_lab.backends.base import BaseBackend
+    from rhapsody_lab.backends.discovery import BackendRegistry as ViaDiscovery
+    from rhapsody_lab.backends.discovery import discover_backends, get_backend
+    registry = rhapsody_lab.BackendRegistry
+    assert registry is ViaBackends is ViaDiscovery
+    assert get_backend is rhapsody_lab.get_backend
+    assert discover_backends is rhapsody_lab.discover_backends
+    names = registry.list_backends()
+    assert {"concurrent", "dask", "dragon", "noop", "vllm"} <= set(names)
+    with pytest.raises(ValueError, match=r"Backend 'nonexistent' not found\. Available: "):
+        registry.get_backend_class("nonexistent")
+    saved = dict(registry._backends)
+    try:
+        registry.register_backend("by_path", "rhapsody_lab.backends.base.BaseBackend")
+        registry.register_backend("missing", "no_such_module.Backend")
+        assert {"by_path", "missing"} <= set(registry.list_backends())
+        assert registry.get_backend_class("by_path") is BaseBackend
+        found = rhapsody_lab.discover_backends()
+        assert found["missing"] is False and found["concurrent"] is True
+        with pytest.raises(ImportError, match="no_such_module"):
+            registry.get_backend_class("missing")
+        with pytest.raises(SessionError, match="dotted import path"):
+            registry.register_backend("bad", "NoDots")
+        with pytest.raises(SessionError, match="name must be a non-empty string"):
+            registry.register_backend("", BaseBackend)
+    finally:
+        registry._backends.clear()
+        registry._backends.update(saved)
+
+
+def test_backend_registry_reads_a_replaced_table():
+    """RHAPSODY's tests save ``_backends`` and assign it back; the registry must follow."""
+    registry = rhapsody_lab.BackendRegistry
+    saved = registry._backends
+    try:
+        registry._backends = {"only": "rhapsody_lab.backends.noop.NoopExecutionBackend"}
+        assert registry.list_backends() == ["only"]
+        assert rhapsody_lab.get_backend("only").name == "noop"
+    finally:
+        registry._backends = saved
+
+
+# -- enable_logging (point 6) -------------------------------------------------------------
+def test_enable_logging_configures_the_package_loggers():
+    from rhapsody_lab.logger import enable_logging
+    assert enable_logging is rhapsody_lab.enable_logging
+    child = logging.getLogger("rhapsody_lab.api.backend")
+    ours = logging.getLogger("rhapsody_lab")
+    saved = (ours.level, list(ours.handlers), ours.propagate, child.level,
+             logging.getLogger().handlers[:], logging.getLogger().level)
+    stream = io.StringIO()
+    try:
+        rhapsody_lab.enable_logging(logging.DEBUG, stream=stream)
+        assert child.level == logging.DEBUG and ours.propagate is False
+        child.debug("hello from the engine")
+        line = stream.getvalue()
+        assert line.count("hello from the engine") == 1  # no duplicate through the root
+        assert "| DEBUG    | [rhapsody_lab.api.backend] |" in line
+        rhapsody_lab.enable_logging("warning", format_string="%(message)s", stream=stream)
+        assert ours.level == logging.WARNING
+        with pytest.raises(SessionError, match="level"):
+            rhapsody_lab.enable_logging("loud")
+    finally:
+        ours.setLevel(saved[0])
+        ours.handlers[:] = saved[1]
+        ours.propagate = saved[2]
+        child.setLevel(saved[3])
+        root = logging.getLogger()
+        root.handlers[:] = saved[4]
+        root.setLevel(saved[5])
