@@ -38,6 +38,7 @@ from ..api.errors import BackendError, SessionError
 from ..api.states import CANCELED, RUNNING
 from ._dragon_native import _CANCELED, NativePoolMixin
 from ._dragon_spec import NodeInfo, plan
+from ._subprocess import spill_to_files
 
 __all__ = ["DragonExecutionBackend", "DragonExecutionBackendV3"]
 
@@ -219,6 +220,8 @@ class DragonExecutionBackend(NativePoolMixin, BaseBackend):
             if task.get("function") is not None:
                 blob = self._fid(task["function"])[1]
             state = run_plan(task, p, blob, ranks, on_running)
+            if task.get("capture_stdio") and blob is None:
+                spill_to_files(task, self._work_dir)  # executables only, as in RHAPSODY
         except Exception as exc:  # never lose a task to an unexpected error
             threading.Thread(target=_end_quietly, args=(ranks,), daemon=True).start()
             state = record_failure(task, exc)

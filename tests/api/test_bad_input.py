@@ -130,7 +130,7 @@ def test_dask_and_vllm_know_their_own_keys():
     from rhapsody_lab.backends import VllmInferenceBackend
     b = VllmInferenceBackend(endpoint="http://127.0.0.1:9/v1")
     with pytest.raises(TaskValidationError, match="known keys: none"):
-        b.check_task(AITask(prompt="hi", task_backend_specific_kwargs={"gpus": 1}))
+        b.check_task(AITask(prompt="hi", backend=b.name, task_backend_specific_kwargs={"gpus": 1}))
 
 
 def test_work_dir_is_created_or_refused_at_construction(tmp_path):

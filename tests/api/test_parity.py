@@ -95,3 +95,38 @@ def test_enable_logging_configures_the_package_loggers():
         root = logging.getLogger()
         root.handlers[:] = saved[4]
         root.setLevel(saved[5])
+
+
+# -- validation wording (point 4) ---------------------------------------------------------
+def test_compute_task_both_or_neither_carries_rhapsody_wording_and_our_fix():
+    from rhapsody_lab.api import ComputeTask
+    from rhapsody_lab.api.errors import TaskValidationError
+    with pytest.raises(TaskValidationError) as err:
+        ComputeTask()
+    assert "requires either 'executable' or 'function'" in str(err.value)
+    assert "function=<callable> or executable=<path>" in str(err.value)
+    assert err.value.field == "function"
+    with pytest.raises(TaskValidationError) as err:
+        ComputeTask(function=len, executable="/bin/true")
+    assert "cannot have both 'executable' and 'function'" in str(err.value)
+    assert err.value.field == "executable"
+
+
+def test_ai_task_needs_a_model_an_endpoint_or_a_backend():
+    from rhapsody_lab.api import AITask
+    from rhapsody_lab.api.errors import TaskValidationError
+    with pytest.raises(TaskValidationError) as err:
+        AITask(prompt="test")
+    assert "AITask requires either 'model', 'inference_endpoint', or 'backend'" in str(
+        err.value)
+    assert "backend=" in str(err.value) and err.value.field == "model"
+    for target in ({"model": "m"}, {"inference_endpoint": "http://h:8000/v1"},
+                   {"backend": "vllm"}):
+        assert AITask(prompt="test", **target).prompt == "test"
+    with pytest.raises(TaskValidationError, match="temperature"):  # a bad value is named first
+        AITask(prompt="test", temperature=9)
+    with pytest.raises(TypeError, match="needs a prompt"):  # RHAPSODY: a required argument
+        AITask(model="m")
+    with pytest.raises(TaskValidationError, match="needs a prompt"):
+        AITask(model="m")
+    assert "_future" in AITask(prompt="p", model="m")._INTERNAL_ATTRS

@@ -125,7 +125,7 @@ async def test_unknown_backend_refuses_the_whole_call():
 async def test_ai_task_without_inference_backend_is_refused():
     async with Session([ConcurrentExecutionBackend()]) as session:
         with pytest.raises(TaskValidationError, match="inference backend"):
-            await session.submit_tasks([AITask(prompt="2+2?")])
+            await session.submit_tasks([AITask(model="m", prompt="2+2?")])
         with pytest.raises(TaskValidationError, match="cannot run ai tasks"):
             await session.submit_tasks([AITask(prompt="2+2?", backend="concurrent")])
 
