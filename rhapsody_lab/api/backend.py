@@ -55,6 +55,9 @@ class BaseBackend(TaskLifecycle, ABC):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_session: Callable[[], None] | None = None
         self._work_dir: str | None = None
+        #: uids of the sessions this backend was added to (RHAPSODY's field; here at most
+        #: one: ``Session.add_backend`` refuses a backend of another session)
+        self.attached_to: list[str] = []
 
     # -- identity and life cycle -------------------------------------------------------
     @property
@@ -97,6 +100,11 @@ class BaseBackend(TaskLifecycle, ABC):
     async def state(self) -> str:
         """``"NEW"``, ``"STARTING"``, ``"RUNNING"``, ``"SHUTDOWN"`` or ``"FAILED"``."""
         return self._backend_state
+
+    @property
+    def is_attached(self) -> bool:
+        """True once a session holds this backend (RHAPSODY's field)."""
+        return bool(self.attached_to)
 
     @property
     def is_running(self) -> bool:

@@ -130,3 +130,70 @@ def test_ai_task_needs_a_model_an_endpoint_or_a_backend():
     with pytest.raises(TaskValidationError, match="needs a prompt"):
         AITask(model="m")
     assert "_future" in AITask(prompt="p", model="m")._INTERNAL_ATTRS
+
+
+# -- plain dict tasks (point 3) -----------------------------------------------------------
+def _add(a, b):
+    return a + b
+
+
+async def test_submit_tasks_takes_plain_dicts_mixed_with_tasks_and_updates_them():
+    from rhapsody_lab.api import ComputeTask, Session
+    from rhapsody_lab.backends import ConcurrentExecutionBackend
+    obj = ComputeTask(executable="/bin/echo", arguments=["object"])
+    exe = {"uid": "dict_task_1", "executable": "/bin/echo", "arguments": ["Dict", "task"]}
+    fn = {"function": _add, "args": (2, 3)}  # no uid: one is given, written back
+    bad = {"uid": "dict_fail", "executable": "/bin/sh", "arguments": ["-c", "exit 4"]}
+    tasks = [obj, exe, fn, bad]
+    async with Session([ConcurrentExecutionBackend(max_workers=2)]) as session:
+        futures = await session.submit_tasks(tasks)
+        assert fn["uid"].startswith("task.") and exe["backend"] == "concurrent"
+        results = await session.wait_tasks(tasks)
+        assert results == tasks
+        assert await futures[1] is exe and await futures[0] is obj
+        with pytest.raises(rhapsody_lab.TaskExecutionError, match="exit code 4"):
+            await futures[3]
+        with pytest.raises(SessionError, match="already submitted"):
+            await session.submit_tasks([exe])  # the same dict again: it is DONE now
+        assert await session.cancel_task(exe) is False  # finished: nothing to cancel
+    assert (exe["state"], exe["stdout"], exe["exit_code"]) == ("DONE", "Dict task\n", 0)
+    assert (fn["state"], fn["return_value"], fn["stdout"]) == ("DONE", 5, "5")
+    assert (bad["state"], bad["exit_code"]) == ("FAILED", 4)
+    assert obj.state == "DONE" and type(exe) is dict
+
+
+async def test_a_bad_dict_refuses_the_whole_call_naming_the_problem():
+    from rhapsody_lab.api import ComputeTask, Session
+    from rhapsody_lab.api.errors import TaskValidationError
+    from rhapsody_lab.backends import ConcurrentExecutionBackend
+    good = ComputeTask(function=_add, args=(1, 1))
+    async with Session([ConcurrentExecutionBackend(max_workers=1)]) as session:
+        with pytest.raises(TaskValidationError, match="cannot tell the task type"):
+            await session.submit_tasks([good, {"uid": "x", "arguments": ["a"]}])
+        with pytest.raises(TaskValidationError, match="tasks\\[1\\] \\(a dict\\)"):
+            await session.submit_tasks([good, {"function": _add, "bogus": 1, 2: 3}])
+        with pytest.raises(SessionError, match="was not submitted"):
+            await session.wait_tasks([{"uid": "never", "executable": "/bin/true"}])
+        assert good.state == "NEW" and good.future is None
+
+
+# -- one session per backend (point 7) ----------------------------------------------------
+async def test_add_backend_refuses_a_backend_of_another_session():
+    from rhapsody_lab.api import ComputeTask, Session
+    from rhapsody_lab.backends import ConcurrentExecutionBackend
+    backend = ConcurrentExecutionBackend(max_workers=1)
+    assert backend.is_attached is False and backend.attached_to == []
+    first = Session([backend], uid="first")
+    first.add_backend(backend)  # the same session again: nothing happens
+    assert backend.is_attached and backend.attached_to == ["first"]
+    with pytest.raises(SessionError, match="already belongs to session first") as err:
+        Session([backend], uid="second")
+    assert "create a new backend" in str(err.value)
+    other = Session(uid="third")
+    with pytest.raises(SessionError, match="already belongs to session first"):
+        other.add_backend(backend)
+    assert other.backends == {}
+    async with first:  # the owner still works
+        t = ComputeTask(function=_add, args=(1, 2))
+        await first.submit_tasks([t])
+        assert (await t).return_value == 3

@@ -142,7 +142,7 @@ async def test_resubmission_and_duplicate_uids_are_refused():
         with pytest.raises(SessionError, match="list of tasks"):
             await session.submit_tasks(ComputeTask(function=hello))
         with pytest.raises(TaskValidationError, match="ComputeTask"):
-            await session.submit_tasks([{"function": hello}])
+            await session.submit_tasks(["hello"])  # (a plain dict is a task: test_parity)
         await session.wait_tasks([t])
 
 
