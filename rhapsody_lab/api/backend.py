@@ -39,6 +39,11 @@ class BaseBackend(TaskLifecycle, ABC):
     #: batches delivers them at once (statistics, journal, dashboards); fewer are left to
     #: the stream's 0.1 s timer, off the critical path of the next completions.
     flush_min: int = 1_000
+    #: Whether ``link_implicit_data_deps`` / ``link_explicit_data_deps`` are implemented
+    #: (RHAPSODY's capability flags, read by workflow engines such as AsyncFlow): none here.
+    supports_implicit_data_linking: bool = False
+    supports_explicit_data_linking: bool = False
+
     def __init__(self, name: str):
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
             raise SessionError(f"backend name must be a non-empty string without spaces, "

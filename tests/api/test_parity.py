@@ -197,3 +197,37 @@ async def test_add_backend_refuses_a_backend_of_another_session():
         t = ComputeTask(function=_add, args=(1, 2))
         await first.submit_tasks([t])
         assert (await t).return_value == 3
+
+
+# -- what RHAPSODY's own tests showed (point 8) ------------------------------------------
+async def test_task_state_manager_resolves_futures_from_backend_callbacks():
+    from rhapsody_lab.api import ComputeTask, TaskStateManager
+    from rhapsody_lab.api.errors import TaskExecutionError
+    from rhapsody_lab.backends import ConcurrentExecutionBackend
+    manager = TaskStateManager()
+    ok = ComputeTask(executable="/bin/echo", arguments=["hi"])
+    bad = ComputeTask(executable="/bin/sh", arguments=["-c", "exit 2"])
+    boom = ComputeTask(function=int, args=("x",))
+    async with ConcurrentExecutionBackend(max_workers=2) as backend:
+        backend.register_callback(manager.update_task)
+        futures = [manager.get_wait_future(t.uid, t) for t in (ok, bad, boom)]
+        await backend.submit_tasks([ok, bad, boom])
+        assert await futures[0] is ok and ok.stdout == "hi\n"
+        with pytest.raises(TaskExecutionError) as err:
+            await futures[1]
+        assert err.value.exit_code == 2
+        with pytest.raises(ValueError):
+            await futures[2]
+    done = manager.get_wait_future(ok.uid, ok)  # asked after the end: resolved at once
+    assert done.done() and done.result() is ok
+
+
+def test_task_states_enum_and_data_linking_flags():
+    from rhapsody_lab.api.states import STATES
+    from rhapsody_lab.backends import BaseBackend, ConcurrentExecutionBackend
+    from rhapsody_lab.backends.constants import TasksMainStates
+    assert [s.value for s in TasksMainStates] == list(STATES)
+    assert TasksMainStates.DONE == "DONE" and TasksMainStates("FAILED").name == "FAILED"
+    for cls in (BaseBackend, ConcurrentExecutionBackend):
+        assert cls.supports_implicit_data_linking is False
+        assert cls.supports_explicit_data_linking is False
