@@ -16,6 +16,7 @@ from typing import Any
 
 from . import gcfreeze
 from .backend import BaseBackend
+from .data import DataBackends, is_data_backend
 from .dict_tasks import future_of
 from .errors import SessionError
 from .events import EventStream, Subscriber
@@ -47,6 +48,7 @@ class Session(Submission):
             raise SessionError(f"work_dir must be a path, got {type(work_dir).__name__}")
         self.work_dir = _work_dir(work_dir) if work_dir is not None else os.getcwd()
         self.backends: dict[str, BaseBackend] = {}
+        self.data_backends = DataBackends()  # Redis, DDict...: no tasks (api.data)
         self.events = EventStream()
         self._stats = Statistics()
         self.events.subscribe(self._stats, inline=True, on_runs=self._stats.fold_items)
@@ -62,7 +64,7 @@ class Session(Submission):
         self._router: Any = None  # a policy's router (api.routing), set by from_policy
         self._dict_tasks: dict[str, tuple[dict, asyncio.Future]] = {}  # uid -> plain dict
         self.created = time.time()
-        if isinstance(backends, BaseBackend):
+        if isinstance(backends, BaseBackend) or is_data_backend(backends):
             backends = [backends]
         if backends is not None:
             if not isinstance(backends, Iterable) or isinstance(backends, str | dict):
@@ -91,6 +93,8 @@ class Session(Submission):
         """Register ``backend``; tasks reach it by ``task.backend = backend.name``."""
         if self._closed:
             raise SessionError(f"session {self.uid} is closed; create a new Session")
+        if is_data_backend(backend):  # a data backend (api.data): started and closed only
+            return self.data_backends.add(backend, self)
         if not isinstance(backend, BaseBackend):
             hint = " (did you pass the class? write ConcurrentExecutionBackend())" \
                 if isinstance(backend, type) else ""
@@ -159,8 +163,7 @@ class Session(Submission):
         self._check_open()
         self.events.bind(asyncio.get_running_loop())
         todo = [b.initialize() for b in self.backends.values() if not b.is_running]
-        if todo:
-            await asyncio.gather(*todo)
+        await asyncio.gather(*todo, self.data_backends.start_all())
         return self
 
     async def __aenter__(self) -> Session:
@@ -329,6 +332,7 @@ class Session(Submission):
             _unclaim(pending.claim)  # its job may be canceled before it ever ran
         results = await asyncio.gather(*(b.shutdown() for b in self.backends.values()),
                                        return_exceptions=True)
+        results += await self.data_backends.shutdown_all()  # after the tasks using them
         if self._services is not None:
             results.append(*(await asyncio.gather(self._services.stop_all(),
                                                   return_exceptions=True)))

@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from .errors import TaskValidationError
-from .states import NEW
+from .states import NEW, TERMINAL_STATES
 
 __all__ = ["AITask", "BaseTask", "ComputeTask"]
 
@@ -102,7 +102,7 @@ class BaseTask(dict):
 
     def done(self) -> bool:
         """True once the task reached DONE, FAILED or CANCELED."""
-        return self["state"] in ("DONE", "FAILED", "CANCELED")
+        return self["state"] in TERMINAL_STATES
 
     # -- serialisation -----------------------------------------------------------------
     def __reduce__(self):  # type: ignore[override]

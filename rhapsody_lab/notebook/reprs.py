@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from ..api import BaseBackend, BaseTask, Session
+from ..api.states import SHOWN_STATES
 
 __all__ = [
     "backend_html",
@@ -34,7 +35,7 @@ __all__ = [
 
 _COLORS = {"NEW": "#888", "SUBMITTED": "#888", "QUEUED": "#b8860b", "RUNNING": "#1f77b4",
            "DONE": "#2ca02c", "FAILED": "#d62728", "CANCELED": "#7f7f7f"}
-_STATES = ("SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED")
+_STATES = SHOWN_STATES
 _MAX_ROWS = 20
 _STYLE = "font-family: var(--jp-code-font-family, monospace); font-size: 12px"
 
