@@ -222,6 +222,13 @@ async def test_task_state_manager_resolves_futures_from_backend_callbacks():
     assert done.done() and done.result() is ok
 
 
+def test_inference_backends_at_rhapsody_paths():
+    from rhapsody_lab.backends import DragonVllmInferenceBackend
+    from rhapsody_lab.backends.ai import DragonVllmInferenceBackend as ViaAi
+    from rhapsody_lab.backends.ai.vllm import DragonVllmInferenceBackend as ViaModule
+    assert DragonVllmInferenceBackend is ViaAi is ViaModule
+
+
 def test_task_states_enum_and_data_linking_flags():
     from rhapsody_lab.api.states import STATES
     from rhapsody_lab.backends import BaseBackend, ConcurrentExecutionBackend
