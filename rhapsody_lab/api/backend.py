@@ -73,6 +73,11 @@ class BaseBackend(TaskLifecycle, ABC):
     def __await__(self):
         return self.initialize().__await__()
 
+    @classmethod
+    async def create(cls, *args: Any, **kwargs: Any) -> BaseBackend:
+        """Build and initialise a backend in one call (RHAPSODY's factory)."""
+        return await cls(*args, **kwargs).initialize()
+
     async def initialize(self) -> BaseBackend:
         """Start the runtime (idempotent); returns the backend."""
         if self._backend_state == "RUNNING":
@@ -182,6 +187,14 @@ class BaseBackend(TaskLifecycle, ABC):
         if not callable(func):
             raise SessionError(f"callback must be callable(task, state), got {func!r}")
         self._callbacks.append(func)
+
+    def link_explicit_data_deps(self, src_task: dict | None = None,
+                                dst_task: dict | None = None, file_name: str | None = None,
+                                file_path: str | None = None) -> None:
+        """No data linking here (``supports_explicit_data_linking`` is False): a no-op."""
+
+    def link_implicit_data_deps(self, src_task: dict, dst_task: dict) -> None:
+        """No data linking here (``supports_implicit_data_linking`` is False): a no-op."""
 
     def get_task_states_map(self) -> dict[str, str]:
         """State of every live task, by uid."""

@@ -26,11 +26,6 @@ class NoopExecutionBackend(BaseBackend):
     def __init__(self, name: str = "noop"):
         super().__init__(name)
 
-    @classmethod
-    async def create(cls, name: str = "noop") -> NoopExecutionBackend:
-        """An initialised backend (RHAPSODY's factory)."""
-        return await cls(name=name)
-
     async def _start(self) -> None:
         """Nothing to start."""
 

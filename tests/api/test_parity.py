@@ -230,6 +230,7 @@ def test_inference_backends_at_rhapsody_paths():
 
 
 def test_task_states_enum_and_data_linking_flags():
+    from rhapsody_lab.api import ComputeTask
     from rhapsody_lab.api.states import STATES
     from rhapsody_lab.backends import BaseBackend, ConcurrentExecutionBackend
     from rhapsody_lab.backends.constants import TasksMainStates
@@ -238,3 +239,19 @@ def test_task_states_enum_and_data_linking_flags():
     for cls in (BaseBackend, ConcurrentExecutionBackend):
         assert cls.supports_implicit_data_linking is False
         assert cls.supports_explicit_data_linking is False
+    src, dst = ComputeTask(function=len), ComputeTask(function=len)
+    before = (dict(src), dict(dst))
+    backend = ConcurrentExecutionBackend(max_workers=1)
+    assert backend.link_explicit_data_deps(src_task=src, dst_task=dst, file_name="x",
+                                           file_path="/tmp/x") is None
+    assert backend.link_implicit_data_deps(src, dst) is None
+    assert (dict(src), dict(dst)) == before
+
+
+async def test_every_backend_has_rhapsody_create_factory():
+    from rhapsody_lab.backends import ConcurrentExecutionBackend
+    backend = await ConcurrentExecutionBackend.create(max_workers=1, name="made")
+    try:
+        assert backend.name == "made" and await backend.state() == "RUNNING"
+    finally:
+        await backend.shutdown()
