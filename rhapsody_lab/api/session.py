@@ -21,12 +21,13 @@ from .dict_tasks import future_of
 from .errors import SessionError
 from .events import EventStream, Subscriber
 from .extensions import provider
+from .state_manager import TaskStateManager
 from .states import CANCELED, NEW
 from .statistics import Statistics
 from .submission import Submission, _HandOff, _unclaim
 from .task import BaseTask
 
-__all__ = ["Session"]
+__all__ = ["Session", "TaskStateManager"]  # the manager: RHAPSODY's path api.session
 
 _session_counter = itertools.count(0)
 _FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch
@@ -111,13 +112,11 @@ class Session(Submission):
                 f"backend '{backend.name}' already belongs to session {owners[-1]}: its "
                 "events, futures and shutdown are that session's; create a new backend for "
                 f"session {self.uid} (e.g. {type(backend).__name__}(name=...))")
-        if not owners:
-            owners.append(self.uid)
         self.backends[backend.name] = backend
         self._default_routes.clear()
         backend.attach(self.events.emit, functools.partial(self._flush_events,
                                                            backend.flush_min), self.work_dir,
-                       emit_run=self.events.emit_run)
+                       emit_run=self.events.emit_run, session_uid=self.uid)
 
     def _flush_events(self, least: int) -> None:
         """Backends call this after finishing a batch: observation keeps pace with dispatch.

@@ -1,9 +1,9 @@
-"""``TaskStateManager``: RHAPSODY's callback-driven waiting on tasks, for code that uses it.
+"""``TaskStateManager``: futures for tasks whose states arrive through a callback.
 
-A ``Session`` here does not need it (the backends' life cycle resolves each task's future);
-it is for code written against RHAPSODY that registers ``update_task`` as a backend
-callback and waits with ``get_wait_future``. A terminal state resolves the task's future:
-with the task, with its ``exception``, or with ``TaskExecutionError`` for a non-zero exit.
+RHAPSODY's public helper for code that drives a backend without a Session: register
+``manager.update_task`` with ``backend.register_callback``, then await
+``manager.get_wait_future(uid, task)``. A rhapsody_lab ``Session`` does not need it (its
+life cycle resolves each task's own future), but code written for RHAPSODY may use it.
 """
 
 from __future__ import annotations
@@ -18,55 +18,58 @@ from .states import TERMINAL_STATES
 __all__ = ["TaskStateManager"]
 
 
-class TaskStateManager:
-    """Futures by uid, resolved when ``update_task`` sees a terminal state (on the loop)."""
+def _settle(future: asyncio.Future, task: dict) -> None:
+    """Resolve ``future`` with ``task``, or fail it as the task failed."""
+    if future.done():
+        return
+    exc, code = task.get("exception"), task.get("exit_code")
+    if isinstance(exc, BaseException):
+        future.set_exception(exc)
+    elif code not in (None, 0):
+        future.set_exception(TaskExecutionError(task["uid"], task.get("stderr") or "", code))
+    else:
+        future.set_result(task)
 
-    def __init__(self) -> None:
+
+class TaskStateManager:
+    """Keeps one future per awaited task and settles it when the task ends."""
+
+    def __init__(self, terminal_states: Iterable[str] = TERMINAL_STATES):
         self._task_futures: dict[str, asyncio.Future] = {}
-        self._terminal_states: set[str] = set(TERMINAL_STATES)
+        self._terminal_states = set(terminal_states)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._telemetry_observer: Callable[[dict, str], None] | None = None
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Create futures on ``loop`` (by default: the running loop at the first call)."""
+        """The loop new futures belong to (by default the running one)."""
         self._loop = loop
 
     def set_terminal_states(self, states: Iterable[str]) -> None:
-        """The states that end a task (DONE, FAILED, CANCELED unless told otherwise)."""
+        """The states that end a task (a backend with states of its own sets them)."""
         self._terminal_states = set(states)
 
-    def update_task(self, task: dict, state: str, **_: object) -> None:
-        """A backend callback: record ``state`` on ``task``; a terminal one resolves it."""
+    def update_task(self, task: dict, state: str, **_details: Any) -> None:
+        """A backend callback, on the event loop: ``task`` is now in ``state``."""
         task["state"] = state
         if self._telemetry_observer is not None:
             self._telemetry_observer(task, state)
         if state in self._terminal_states:
-            fut = self._task_futures.pop(task["uid"], None)
-            if fut is not None and not fut.done():
-                _resolve(fut, task)
+            future = self._task_futures.pop(task["uid"], None)
+            if future is not None:
+                _settle(future, task)
 
     def get_wait_future(self, uid: str, task: dict) -> asyncio.Future:
-        """The future of ``uid`` (created once; already resolved if ``task`` has ended)."""
-        fut = self._task_futures.get(uid)
-        if fut is None:
+        """The future that settles when ``task`` ends (already settled if it has)."""
+        future = self._task_futures.get(uid)
+        if future is None:
             if self._loop is None:
                 try:
                     self._loop = asyncio.get_running_loop()
                 except RuntimeError:
-                    pass  # no loop yet: a plain future, as RHAPSODY does
-            fut = self._loop.create_future() if self._loop is not None else asyncio.Future()
-            self._task_futures[uid] = fut
+                    pass
+            future = self._loop.create_future() if self._loop else asyncio.Future()
             if task.get("state") in self._terminal_states:
-                _resolve(fut, task)
-        return fut
-
-
-def _resolve(fut: asyncio.Future, task: dict) -> None:
-    exc: Any = task.get("exception")
-    code = task.get("exit_code")
-    if isinstance(exc, BaseException):
-        fut.set_exception(exc)
-    elif code is not None and code != 0:
-        fut.set_exception(TaskExecutionError(task["uid"], task.get("stderr") or "", code))
-    else:
-        fut.set_result(task)
+                _settle(future, task)
+            else:
+                self._task_futures[uid] = future
+        return future

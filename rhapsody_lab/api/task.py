@@ -259,6 +259,23 @@ _COMPUTE_TEMPLATE = dict.fromkeys(("uid", "backend", *_RESULT_FIELDS, "function"
 _COMPUTE_TEMPLATE["state"] = NEW
 
 
+def complete_plain_task(task: dict) -> dict:
+    """Give a plain dict handed straight to a backend (as RADICAL AsyncFlow does) the
+    fields a task has, in place: the caller keeps reading its results from that dict."""
+    for name, value in _COMPUTE_TEMPLATE.items():
+        if task.get(name) is None and name != "backend":
+            task[name] = value
+    if task["uid"] is None:
+        task["uid"] = _next_uid()
+    if task["args"] is None:
+        task["args"] = ()
+    if task["kwargs"] is None:
+        task["kwargs"] = {}
+    if task["arguments"] is None:
+        task["arguments"] = []
+    return task
+
+
 class AITask(BaseTask):
     """An inference request: ``prompt`` (a str, or a list of str giving a list response)."""
 

@@ -5,21 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from ..api.backend import BaseBackend
-from .registry import BACKENDS, BackendRegistry, backend_class, discover_backends, get_backend
+from ..api.session import Session
+from ..api.state_map import StateMapper, TasksMainStates
+from .registry import (
+    BACKENDS,
+    CLASS_NAMES,
+    BackendRegistry,
+    backend_class,
+    discover_backends,
+    get_backend,
+)
 
-#: public class name -> its registered short name, for ``from rhapsody_lab.backends import X``
-CLASS_NAMES: dict[str, str] = {
-    "ConcurrentExecutionBackend": "concurrent",
-    "DaskExecutionBackend": "dask",
-    "DragonExecutionBackend": "dragon",
-    "DragonExecutionBackendV3": "dragon",
-    "NoopExecutionBackend": "noop",
-    "VllmInferenceBackend": "vllm",
-    "DragonVllmInferenceBackend": "dragon_vllm",
-}
-
-__all__ = ["BACKENDS", "BackendRegistry", "BaseBackend", "discover_backends", "get_backend",
-           *CLASS_NAMES]
+__all__ = ["BACKENDS", "BackendRegistry", "BaseBackend", "Session", "StateMapper",
+           "TasksMainStates", "discover_backends", "get_backend", *CLASS_NAMES]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""``BaseBackend`` at RHAPSODY's import path (``rhapsody.backends.base``); see ``api.backend``."""
+"""RHAPSODY's module path ``backends.base``: the backend contract (``api.backend``)."""
 
 from ..api.backend import BaseBackend
 

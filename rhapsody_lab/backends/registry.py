@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 
 from ..api.errors import SessionError
 
-__all__ = ["BACKENDS", "BackendRegistry", "backend_class", "discover_backends", "get_backend"]
+__all__ = ["BACKENDS", "CLASS_NAMES", "BackendRegistry", "backend_class", "discover_backends",
+           "get_backend"]
 
 _HERE = "rhapsody_lab.backends"
 
@@ -85,6 +86,17 @@ class BackendRegistry:
 
 #: the registry's table (``BackendRegistry._backends``), kept under its former name
 BACKENDS = BackendRegistry._backends
+
+#: public class name -> its registered short name, for ``from rhapsody_lab.backends import X``
+CLASS_NAMES: dict[str, str] = {
+    "ConcurrentExecutionBackend": "concurrent",
+    "DaskExecutionBackend": "dask",
+    "DragonExecutionBackend": "dragon",
+    "DragonExecutionBackendV3": "dragon",
+    "NoopExecutionBackend": "noop",
+    "VllmInferenceBackend": "vllm",
+    "DragonVllmInferenceBackend": "dragon_vllm",
+}
 
 
 def backend_class(name: str) -> type:

@@ -300,7 +300,7 @@ class Controller:
             todo = [t for t in self.tasks if not t.done()]
             unfinished = {t.uid for t in todo}
             for backend in session.backends.values():
-                unfinished.update(backend.get_task_states_map())
+                unfinished.update(backend.live_task_states())
             n = await session.cancel_tasks(todo)
             for backend in session.backends.values():
                 n += await backend.cancel_all_tasks()

@@ -209,7 +209,7 @@ def session_mimebundle(session: Session, include: Any = None, exclude: Any = Non
 # -- backends --------------------------------------------------------------------------
 def backend_text(backend: BaseBackend) -> str:
     state = getattr(backend, "_backend_state", "?")
-    live = len(backend.get_task_states_map())
+    live = len(backend.live_task_states())
     return (f"<{type(backend).__name__} {backend.name} {state} slots={_capacity(backend)} "
             f"live_tasks={live} runs={','.join(sorted(backend.task_kinds))}>")
 
@@ -217,7 +217,7 @@ def backend_text(backend: BaseBackend) -> str:
 def backend_html(backend: BaseBackend) -> str:
     rows = [("name", backend.name), ("state", getattr(backend, "_backend_state", "?")),
             ("slots", _capacity(backend)),
-            ("live tasks", str(len(backend.get_task_states_map()))),
+            ("live tasks", str(len(backend.live_task_states()))),
             ("runs", ", ".join(sorted(backend.task_kinds)))]
     body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>"
                    f"{escape(v)}</td></tr>" for k, v in rows)

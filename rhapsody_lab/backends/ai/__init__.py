@@ -1,7 +1,4 @@
-"""Inference backends at RHAPSODY's import path (``rhapsody.backends.ai``).
-
-The same classes as ``rhapsody_lab.backends.inference``, imported when first asked for.
-"""
+"""RHAPSODY's module path ``backends.ai``: the inference backends (``backends.inference``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``DragonVllmInferenceBackend`` at RHAPSODY's import path (``rhapsody.backends.ai.vllm``)."""
+"""RHAPSODY's module path ``backends.ai.vllm``."""
 
 from ..inference.vllm import DragonVllmInferenceBackend, VllmInferenceBackend
 

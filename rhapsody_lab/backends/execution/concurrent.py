@@ -1,4 +1,4 @@
-"""``ConcurrentExecutionBackend`` at ``rhapsody.backends.execution.concurrent``'s path."""
+"""RHAPSODY's module path ``backends.execution.concurrent``."""
 
 from ..concurrent import ConcurrentExecutionBackend
 

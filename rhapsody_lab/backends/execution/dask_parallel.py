@@ -1,4 +1,4 @@
-"""``DaskExecutionBackend`` at RHAPSODY's path (``rhapsody.backends.execution.dask_parallel``)."""
+"""RHAPSODY's module path ``backends.execution.dask_parallel``."""
 
 from ..dask import DaskExecutionBackend
 

@@ -1,4 +1,4 @@
-"""``DragonExecutionBackend`` at RHAPSODY's path (``rhapsody.backends.execution.dragon``)."""
+"""RHAPSODY's module path ``backends.execution.dragon``."""
 
 from ..dragon import DragonExecutionBackend, DragonExecutionBackendV3
 
