@@ -80,7 +80,8 @@ async def through_backend(endpoint: str, items: list[str], concurrency: int,
     b = VllmInferenceBackend(endpoint=endpoint, max_concurrency=concurrency,
                              max_batch_wait_ms=wait_ms)
     async with Session([b]) as s:
-        tasks = [AITask(prompt=p, temperature=0.0, max_tokens=max_tokens) for p in items]
+        tasks = [AITask(prompt=p, temperature=0.0, max_tokens=max_tokens, backend=b.name)
+                 for p in items]
         done_at: list[float] = []
         c0, t0 = cpu(), time.perf_counter()
         futs = await s.submit_tasks(tasks)

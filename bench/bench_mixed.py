@@ -126,7 +126,8 @@ def work(args, which: str) -> list:
                 for _ in range(args.n_exe)]
     if which == "fn":
         return [ComputeTask(function=nap, args=(args.d,)) for _ in range(args.n_fn)]
-    return [AITask(prompt=f"what is 2+2? ({i})", max_tokens=8) for i in range(args.n_ai)]
+    return [AITask(prompt=f"what is 2+2? ({i})", max_tokens=8, backend="llm")
+            for i in range(args.n_ai)]
 
 
 async def run(args, alloc: Allocation, which: list[str]) -> dict:
@@ -134,7 +135,8 @@ async def run(args, alloc: Allocation, which: list[str]) -> dict:
     only = which[0] if len(which) == 1 else None
     async with Session.from_policy(policy(args, only), alloc) as s:
         warm = [ComputeTask(function=null)] if "fn" in which else []
-        warm += [AITask(prompt="warm up", max_tokens=1)] if "llm" in which else []
+        warm += [AITask(prompt="warm up", max_tokens=1, backend="llm")] if "llm" in which \
+            else []
         if warm:  # first-call costs (pickling, connections) are not the steady state
             await s.submit_tasks(warm)
             await s.wait_tasks(warm)

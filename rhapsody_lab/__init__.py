@@ -2,7 +2,8 @@
 
 ``from rhapsody_lab import Session, ComputeTask``; backends live in
 ``rhapsody_lab.backends`` and are imported only when used, so this import stays light
-(``get_backend``, ``discover_backends`` and the IPython extension hooks load on first use).
+(``get_backend``, ``discover_backends``, ``BackendRegistry``, ``enable_logging`` and the
+IPython extension hooks load on first use).
 
 This top package also composes the layers: the engine (``rhapsody_lab.api``) reaches the
 policy, the dashboard and Dragon placement of services only through providers that those
@@ -39,6 +40,7 @@ except PackageNotFoundError:  # a source tree that is not installed
 __all__ = [
     "AITask",
     "BackendError",
+    "BackendRegistry",
     "BaseTask",
     "ComputeTask",
     "ResourceError",
@@ -49,6 +51,7 @@ __all__ = [
     "TaskValidationError",
     "__version__",
     "discover_backends",
+    "enable_logging",
     "get_backend",
     "load_ipython_extension",
     "unload_ipython_extension",
@@ -62,7 +65,9 @@ _PROVIDERS = {
 }
 #: lazy public name -> the module that defines it
 _LAZY = {
+    "BackendRegistry": "rhapsody_lab.backends.registry",
     "discover_backends": "rhapsody_lab.backends.registry",
+    "enable_logging": "rhapsody_lab.logger",
     "get_backend": "rhapsody_lab.backends.registry",
     "load_ipython_extension": "rhapsody_lab.notebook",
     "unload_ipython_extension": "rhapsody_lab.notebook",

@@ -76,6 +76,11 @@ class BaseBackend(TaskLifecycle, ABC):
     def __await__(self):
         return self.initialize().__await__()
 
+    @classmethod
+    async def create(cls, *args: Any, **kwargs: Any) -> BaseBackend:
+        """Build and initialise a backend in one call (RHAPSODY's factory)."""
+        return await cls(*args, **kwargs).initialize()
+
     async def initialize(self) -> BaseBackend:
         """Start the runtime (idempotent); returns the backend."""
         if self._backend_state == "RUNNING":

@@ -155,6 +155,11 @@ class TaskLifecycle:
         if state == CANCELED and reason and not task.get("stderr"):
             task["stderr"] = f"canceled: {reason}"
         self.emit((now, uid, state, self._name, slot))
+        if state == FAILED:  # stdout and stderr are str once FAILED (RHAPSODY's contract)
+            if task.get("stdout") is None:
+                task["stdout"] = ""
+            if task.get("stderr") is None:
+                task["stderr"] = ""
         fut = task._future if hasattr(task, "_future") else None
         if fut is not None and not fut.done():
             if state == FAILED:

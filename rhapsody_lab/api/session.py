@@ -17,6 +17,7 @@ from typing import Any
 from . import gcfreeze
 from .backend import BaseBackend
 from .data import DataBackends, is_data_backend
+from .dict_tasks import future_of
 from .errors import SessionError
 from .events import EventStream, Subscriber
 from .extensions import provider
@@ -62,6 +63,7 @@ class Session(Submission):
         self._future_factory: tuple[Any, Any] = (None, None)  # (loop, create a future)
         self._submitting = 0  # submit_tasks calls between validation and hand-off
         self._router: Any = None  # a policy's router (api.routing), set by from_policy
+        self._dict_tasks: dict[str, tuple[dict, asyncio.Future]] = {}  # uid -> plain dict
         self.created = time.time()
         if isinstance(backends, BaseBackend) or is_data_backend(backends):
             backends = [backends]
@@ -104,6 +106,12 @@ class Session(Submission):
                 return
             raise SessionError(f"a backend named '{backend.name}' is already registered; "
                                "give the second one another name=")
+        owners = backend.attached_to  # a backend serves one session (events, shutdown)
+        if owners and self.uid not in owners:
+            raise SessionError(
+                f"backend '{backend.name}' already belongs to session {owners[-1]}: its "
+                "events, futures and shutdown are that session's; create a new backend for "
+                f"session {self.uid} (e.g. {type(backend).__name__}(name=...))")
         self.backends[backend.name] = backend
         self._default_routes.clear()
         backend.attach(self.events.emit, functools.partial(self._flush_events,
@@ -186,7 +194,7 @@ class Session(Submission):
                 raise SessionError(f"wait_tasks: tasks[{i}] must be a task, got "
                                    f"{type(t).__name__} {t!r}; pass the tasks given to "
                                    "submit_tasks (not their uids)")
-            fut = t._future if isinstance(t, BaseTask) else None
+            fut = t._future if isinstance(t, BaseTask) else future_of(self._dict_tasks, t)
             if fut is None:
                 raise SessionError(f"task {t.get('uid')} was not submitted; "
                                    "submit it with session.submit_tasks([...]) first")
@@ -196,9 +204,9 @@ class Session(Submission):
             await _wait_all(futs, timeout, len(tasks))
         return tasks
 
-    async def cancel_task(self, task: BaseTask | str) -> bool:
+    async def cancel_task(self, task: BaseTask | dict | str) -> bool:
         """Cancel one task (or uid) wherever it runs; True if it will not complete."""
-        if isinstance(task, BaseTask):
+        if isinstance(task, BaseTask) or future_of(self._dict_tasks, task) is not None:
             uid = task["uid"]
         elif isinstance(task, str) and task:
             uid = task

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from itertools import repeat, starmap
 from typing import Any
 
-from . import bulk, gcfreeze
+from . import bulk, dict_tasks, gcfreeze
 from .backend import BaseBackend, _kind
 from .errors import SessionError, TaskValidationError
 from .states import NEW, SUBMITTED
@@ -153,12 +153,13 @@ class Submission:
             return None
         return backend
 
-    async def submit_tasks(self, tasks: Iterable[BaseTask]) -> list[asyncio.Future]:
+    async def submit_tasks(self, tasks: Iterable[BaseTask | dict]) -> list[asyncio.Future]:
         """Route and queue ``tasks``; return their futures (in order) once accepted.
 
         Everything is validated first: if any task is refused, none is submitted. The first
         tasks are handed to their backends before this returns, the rest right after, in
         chunks, while the caller goes on (a task is SUBMITTED until its backend has it).
+        A plain dict is a task description (``api.dict_tasks``), kept up to date in place.
         """
         self._check_open()
         if tasks.__class__ is not list:
@@ -168,13 +169,18 @@ class Submission:
             tasks = list(tasks)
         if not tasks:
             return []
+        adopted = None  # RHAPSODY's plain dict tasks (found in a pass at C speed):
+        if dict in map(type, tasks):
+            tasks, adopted = dict_tasks.adopt(tasks)
         loop = asyncio.get_running_loop()
         self.events.bind(loop)
         if len(tasks) >= _GC_FREEZE_MIN:
             self._hold_gc()
         self._submitting += 1
         try:
-            return await self._submit(tasks, loop)
+            futures = await self._submit(tasks, loop)
+            return dict_tasks.relay(loop, adopted, futures, self._dict_tasks) if adopted \
+                else futures
         finally:
             self._submitting -= 1
             if self._gc_held or self._gc_waves:

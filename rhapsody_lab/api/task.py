@@ -35,6 +35,8 @@ class BaseTask(dict):
 
     __slots__ = ("_future",)
     kind: str = "task"
+    #: Attributes kept on the object, never in the dict (RHAPSODY's name for them).
+    _INTERNAL_ATTRS: frozenset[str] = frozenset({"_future"})
 
     def __init__(self, uid: str | None = None, backend: str | None = None, **fields: Any):
         super().__init__()
@@ -165,7 +167,10 @@ class ComputeTask(BaseTask):
 
     Exactly one of ``function`` / ``executable``; ``args``/``kwargs`` go to the function,
     ``arguments`` to the executable; execution options (``cwd``, ``env``, ``shell``,
-    ``timeout``, resources) go in ``task_backend_specific_kwargs``.
+    ``timeout``, resources) go in ``task_backend_specific_kwargs``. ``capture_stdio=True``
+    sends an executable's output to ``<work_dir>/<uid>.stdout``/``.stderr`` (the session's
+    ``work_dir``); ``stdout``/``stderr`` then hold those paths. A function task ignores it,
+    as in RHAPSODY.
     """
 
     __slots__ = ()
@@ -204,14 +209,20 @@ class ComputeTask(BaseTask):
         super().validate()
         uid = self["uid"]
         fn, exe = self.get("function"), self.get("executable")
-        if fn is None and exe is None:
+        if fn is None and exe is None:  # RHAPSODY's wording, then ours
             raise TaskValidationError(
-                uid, "ComputeTask needs either function=<callable> or executable=<path>",
-                field="function")
+                uid, "ComputeTask requires either 'executable' or 'function' to be specified: "
+                "pass function=<callable> or executable=<path>", field="function")
         if fn is not None and exe is not None:
             raise TaskValidationError(
-                uid, "ComputeTask takes function= or executable=, not both; make two tasks",
+                uid, "ComputeTask cannot have both 'executable' and 'function' specified; "
+                "pass one of function= or executable= (make two tasks for both)",
                 field="executable")
+        capture = self.get("capture_stdio")
+        if capture is not None and not isinstance(capture, bool):
+            raise TaskValidationError(
+                uid, f"capture_stdio must be True or False, got {capture!r}",
+                field="capture_stdio")
         if fn is not None:
             if not callable(fn):
                 raise TaskValidationError(
@@ -287,8 +298,8 @@ class AITask(BaseTask):
         uid = self["uid"]
         prompt = self.get("prompt")
         if prompt is None:
-            raise TaskValidationError(uid, "AITask needs a prompt: AITask(prompt='your "
-                                      "question') (or a list of prompts)", field="prompt")
+            raise _MissingPromptError(uid, "AITask needs a prompt: AITask(prompt='your "
+                                 "question') (or a list of prompts)", field="prompt")
         if isinstance(prompt, str):
             if not prompt:
                 raise TaskValidationError(uid, "prompt is empty; give the text to send",
@@ -323,6 +334,15 @@ class AITask(BaseTask):
                 raise TaskValidationError(
                     uid, f"stop_sequences must be a list of non-empty strings, got {stops!r};"
                     " write stop_sequences=['\\n\\n']", field="stop_sequences")
+        if not (self.get("model") or self.get("inference_endpoint") or self.get("backend")):
+            raise TaskValidationError(  # RHAPSODY's rule and wording, then how to fix it
+                uid, "AITask requires either 'model', 'inference_endpoint', or 'backend' to be "
+                "specified: pass backend=<inference backend>.name (e.g. backend='vllm') or the "
+                "model=<name> to ask for", field="model")
+
+
+class _MissingPromptError(TaskValidationError, TypeError):
+    """No prompt: RHAPSODY's ``prompt`` is a required argument (a ``TypeError`` there)."""
 
 
 def _check_number(uid: str, name: str, value: Any, low: float, high: float,

@@ -7,10 +7,17 @@ from typing import Any
 from ..api.backend import BaseBackend
 from ..api.session import Session
 from ..api.state_map import StateMapper, TasksMainStates
-from .registry import BACKENDS, CLASS_NAMES, backend_class, discover_backends, get_backend
+from .registry import (
+    BACKENDS,
+    CLASS_NAMES,
+    BackendRegistry,
+    backend_class,
+    discover_backends,
+    get_backend,
+)
 
-__all__ = ["BaseBackend", "BACKENDS", "Session", "StateMapper", "TasksMainStates", "get_backend",
-           "discover_backends", *CLASS_NAMES]
+__all__ = ["BACKENDS", "BackendRegistry", "BaseBackend", "Session", "StateMapper",
+           "TasksMainStates", "discover_backends", "get_backend", *CLASS_NAMES]
 
 
 def __getattr__(name: str) -> Any:

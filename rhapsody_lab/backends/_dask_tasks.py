@@ -170,14 +170,18 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 def _run_exec(payload: tuple) -> tuple:
-    """Run one executable task on a worker: ``(state, stdout, stderr, exit_code, t0, t1, slot)``."""
-    uid, exe, arguments, opts = payload
+    """Run one executable task on a worker: ``(state, stdout, stderr, exit_code, t0, t1, slot)``.
+
+    With ``capture`` (a folder the workers can write: the session's work_dir) its output
+    goes to files there, as on the concurrent backend.
+    """
+    uid, exe, arguments, opts, capture = payload
     t0 = enter(uid)
     if t0 is None:  # canceled before it started: never start it
         return (CANCELED, "", "", None, None, time.time(), _slot())
     rec: dict[str, Any] = {"uid": uid, "executable": exe, "arguments": arguments}
     try:
-        state = run_executable(rec, opts, _worker_procs.register_for(uid))
+        state = run_executable(rec, opts, _worker_procs.register_for(uid), capture)
     except Exception as exc:  # never lose a task to an unexpected error
         rec.update(stdout="", stderr="".join(traceback.format_exception(exc)), exit_code=1)
         state = FAILED

@@ -16,7 +16,7 @@ from ..api.backend import result_text
 from ..api.errors import BackendError, TaskValidationError
 from ..api.states import CANCELED, DONE, FAILED, RUNNING
 from ._dask_tasks import _SAFE, _call, _dask_options, _pickle_error, _plain, _run_exec
-from ._subprocess import exec_options
+from ._subprocess import capture_dir, exec_options
 
 _TICK = 0.5             # collector watchdog period (s): scheduler loss, capacity refresh
 _GATHER_MAX = 2_000     # futures gathered in one call
@@ -93,7 +93,7 @@ class DaskThreads:
                     prefix = os.path.basename(str(task["executable"])) or "exec"
                     payloads.append((task["uid"], task["executable"],
                                      [str(a) for a in task["arguments"] or ()],
-                                     exec_options(task)))
+                                     exec_options(task), capture_dir(task, self._work_dir)))
                 prefix = _SAFE.sub("_", prefix).strip("_") or "rhapsody"
                 if not prefix[0].isalpha():
                     prefix = "rhapsody_" + prefix
@@ -305,6 +305,7 @@ class DaskThreads:
                     elif good:
                         task["return_value"] = value
                         task["stdout"] = result_text(value)
+                        task["stderr"] = ""
                         task["exit_code"] = 0
                         out((task, RUNNING, t0, slot))
                         out((task, DONE, t1, slot))

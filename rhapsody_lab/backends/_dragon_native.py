@@ -1,6 +1,6 @@
 """Native function mode of the Dragon backend: a feeder thread, worker processes, a watcher.
 
-Mixed into ``DragonExecutionBackendV3`` (which owns the attributes used here). The feeder
+Mixed into ``DragonExecutionBackend`` (which owns the attributes used here). The feeder
 packs queued tasks into chunks (about ``_CHUNK_SECONDS`` of work each by a running estimate,
 at most ``_CHUNK``), each function cloudpickled once, and queues them for the workers
 (``_dragon_pool.ChunkWorkers``); the result thread records a chunk's outcomes and wakes the
@@ -254,6 +254,7 @@ class NativePoolMixin:
             if ok:
                 task["return_value"] = value
                 task["stdout"] = "None" if value is None else result_text(value)
+                task["stderr"] = ""
                 task["exit_code"] = 0
                 done((task, DONE, t1, pid))
             else:
@@ -279,7 +280,8 @@ class NativePoolMixin:
         if not len(starts) == len(ends) == len(tasks):
             self._fail_short_chunk(tasks, min(len(starts), len(ends)), pid)
             return
-        for field, value in (("return_value", None), ("stdout", "None"), ("exit_code", 0)):
+        for field, value in (("return_value", None), ("stdout", "None"), ("stderr", ""),
+                             ("exit_code", 0)):
             for task in tasks:
                 task[field] = value
         self._done.append((tasks, DONE_RUN, (starts, ends), pid))  # one record, whole

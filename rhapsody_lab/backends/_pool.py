@@ -167,6 +167,7 @@ class PoolFeeder:
                     value = pickle.loads(payload)
                     task["return_value"] = value
                     task["stdout"] = result_text(value)
+                    task["stderr"] = ""
                     task["exit_code"] = 0
                 starts, ends = [o[1] for o in outcomes], [o[2] for o in outcomes]
                 self._report(batch, DONE_RUN, (starts, ends), pid)  # one record, whole
@@ -177,6 +178,7 @@ class PoolFeeder:
                     value = pickle.loads(payload)
                     task["return_value"] = value
                     task["stdout"] = result_text(value)
+                    task["stderr"] = ""
                     task["exit_code"] = 0
                     self._report(task, DONE, end, pid)
                 else:

@@ -19,7 +19,8 @@ from typing import Any
 from ..api.errors import TaskValidationError
 from ._exits import describe_exit
 
-__all__ = ["ExecOptions", "exec_options", "kill_group", "run_executable"]
+__all__ = ["ExecOptions", "capture_dir", "exec_options", "kill_group", "run_executable",
+           "spill_to_files"]
 
 _KNOWN = ("cwd", "env", "shell", "timeout")
 _TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
@@ -62,6 +63,33 @@ def exec_options(task: dict) -> ExecOptions:
     return ExecOptions((None if cwd is None else os.fspath(cwd), env, shell, timeout))
 
 
+def capture_dir(task: dict, work_dir: str | None) -> str | None:
+    """Where ``task``'s output files go if it asked for ``capture_stdio`` (else None)."""
+    capture = task.get("capture_stdio")
+    if not capture:
+        return None
+    if capture is not True:
+        raise TaskValidationError(task["uid"], f"capture_stdio must be True or False, got "
+                                  f"{capture!r}", field="capture_stdio")
+    return work_dir or os.getcwd()
+
+
+def spill_to_files(task: dict, folder: str | None) -> None:
+    """``capture_stdio`` for a backend whose output arrives as text (Dragon's pipes): write
+    ``stdout``/``stderr`` to ``<folder>/<uid>.stdout``/``.stderr`` and keep their paths."""
+    folder = capture_dir(task, folder)
+    if folder is None:
+        return
+    base = os.path.join(folder, str(task["uid"]))
+    paths = []
+    for field in ("stdout", "stderr"):
+        path = f"{base}.{field}"
+        with open(path, "w", encoding="utf-8", errors="replace") as f:
+            f.write(task.get(field) or "")
+        paths.append(path)
+    task["stdout"], task["stderr"] = paths
+
+
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     """Signal the process group of ``proc`` (its children included)."""
     try:
@@ -81,12 +109,37 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 
 def run_executable(task: dict, opts: ExecOptions,
-                   register: Callable[[subprocess.Popen | None], Any] | None = None) -> str:
+                   register: Callable[[subprocess.Popen | None], Any] | None = None,
+                   capture: str | None = None) -> str:
     """Run ``task``'s executable, fill stdout/stderr/exit_code; return DONE or FAILED.
 
     ``register(proc)`` is called once the child exists (so it can be cancelled) and
-    ``register(None)`` once it has ended.
+    ``register(None)`` once it has ended. With ``capture`` (a folder, see ``capture_dir``)
+    the output goes to ``<capture>/<uid>.stdout`` and ``.stderr``, whose paths become the
+    task's ``stdout`` and ``stderr`` (RHAPSODY's ``capture_stdio``).
     """
+    if capture is None:
+        return _run(task, opts, register, subprocess.PIPE, subprocess.PIPE)
+    base = os.path.join(capture, str(task["uid"]))
+    paths = (f"{base}.stdout", f"{base}.stderr")
+    try:
+        out = open(paths[0], "wb")  # noqa: SIM115 (closed below, after the child ends)
+    except OSError as exc:
+        return _spawn_failed(task, 126, f"capture_stdio: cannot write {paths[0]}: {exc}")
+    try:
+        with out, open(paths[1], "w+b") as err:
+            state = _run(task, opts, register, out, err)
+            note = task["stderr"].lstrip("\n")  # only our own words: the output is in files
+            if note:
+                end = err.seek(0, os.SEEK_END)  # past what the child wrote (a shared offset)
+                err.write((f"\n{note}" if end else note).encode())
+    except OSError as exc:
+        return _spawn_failed(task, 126, f"capture_stdio: cannot write {paths[1]}: {exc}")
+    task["stdout"], task["stderr"] = paths
+    return state
+
+
+def _run(task: dict, opts: ExecOptions, register: Any, out: Any, err: Any) -> str:
     cwd, env, shell, timeout = opts
     exe = task["executable"]
     args = [str(a) for a in task["arguments"]]
@@ -98,8 +151,7 @@ def run_executable(task: dict, opts: ExecOptions,
         env = {**os.environ, **env}
     try:
         proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
+                                stdout=out, stderr=err, start_new_session=True)
     except FileNotFoundError as exc:
         missing = cwd if (cwd and not os.path.isdir(cwd)) else exe
         what = "working directory" if missing == cwd else "executable"
@@ -120,8 +172,8 @@ def run_executable(task: dict, opts: ExecOptions,
     finally:
         if register is not None:
             register(None)
-    task["stdout"] = out.decode(errors="replace")
-    task["stderr"] = err.decode(errors="replace")
+    task["stdout"] = "" if out is None else out.decode(errors="replace")
+    task["stderr"] = "" if err is None else err.decode(errors="replace")  # None: to a file
     task["exit_code"] = proc.returncode
     if timed_out:
         from ..api.errors import TaskExecutionError

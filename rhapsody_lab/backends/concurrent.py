@@ -26,7 +26,7 @@ from ._options import check_keys
 from ._pool import PoolFeeder
 from ._pool_starts import StartListener
 from ._subprocess import _KNOWN as _EXEC_KEYS
-from ._subprocess import ProcessTable, exec_options, run_executable
+from ._subprocess import ProcessTable, capture_dir, exec_options, run_executable
 
 __all__ = ["ConcurrentExecutionBackend"]
 
@@ -176,7 +176,8 @@ class ConcurrentExecutionBackend(BaseBackend):
             else:
                 try:
                     state = run_executable(task, exec_options(task),
-                                           self._procs.register_for(uid))
+                                           self._procs.register_for(uid),
+                                           capture_dir(task, self._work_dir))
                 except Exception as exc:  # never lose a task to an unexpected error
                     state = record_failure(task, exc)
                 if self._procs.was_killed(uid):
@@ -230,5 +231,6 @@ def _run_function(task: dict, fn: Any) -> str:
         return record_failure(task, exc)
     task["return_value"] = value
     task["stdout"] = result_text(value)
+    task["stderr"] = ""  # always a str once DONE (RHAPSODY's result contract)
     task["exit_code"] = 0
     return DONE

@@ -1,4 +1,4 @@
-"""DragonExecutionBackendV3: the five execution modes of RHAPSODY on a Dragon runtime.
+"""DragonExecutionBackend: the five execution modes of RHAPSODY on a Dragon runtime.
 
 Mode by ``task_backend_specific_kwargs`` (see ``_dragon_spec``): a function with no
 template runs *native*, in worker processes fed chunks of tasks through Dragon queues
@@ -38,6 +38,7 @@ from ..api.errors import BackendError, SessionError
 from ..api.states import CANCELED, RUNNING
 from ._dragon_native import _CANCELED, NativePoolMixin
 from ._dragon_spec import NodeInfo, plan
+from ._subprocess import spill_to_files
 
 __all__ = ["DragonExecutionBackend", "DragonExecutionBackendV3"]
 
@@ -49,7 +50,7 @@ _NOT_UNDER_DRAGON = (
     "(single node) or `dragon script.py` inside an allocation, not with `python`")
 
 
-class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
+class DragonExecutionBackend(NativePoolMixin, BaseBackend):
     """Runs function and executable tasks on the Dragon runtime this script runs in.
 
     ``num_workers`` sizes the native-function pool (default: every CPU of the runtime's
@@ -219,6 +220,8 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
             if task.get("function") is not None:
                 blob = self._fid(task["function"])[1]
             state = run_plan(task, p, blob, ranks, on_running)
+            if task.get("capture_stdio") and blob is None:
+                spill_to_files(task, self._work_dir)  # executables only, as in RHAPSODY
         except Exception as exc:  # never lose a task to an unexpected error
             threading.Thread(target=_end_quietly, args=(ranks,), daemon=True).start()
             state = record_failure(task, exc)
@@ -229,7 +232,8 @@ class DragonExecutionBackendV3(NativePoolMixin, BaseBackend):
         self.report(task, state, time.time(), slot[0])
 
 
-DragonExecutionBackend = DragonExecutionBackendV3
+#: the backend's former name (RHAPSODY's registry still knows it as "dragon_v3")
+DragonExecutionBackendV3 = DragonExecutionBackend
 
 
 

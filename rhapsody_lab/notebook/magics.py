@@ -350,7 +350,10 @@ class RhapsodyMagics(Magics):
             if cell is not None:
                 self.shell.user_ns["_rhapsody_cell"] = cell
             return
-        task = AITask(prompt=prompt, backend=args.backend, model=args.model,
+        # an AITask names its target (RHAPSODY's rule): the session's first inference backend
+        backend = args.backend or next(n for n, b in session.backends.items()
+                                       if "ai" in b.task_kinds)
+        task = AITask(prompt=prompt, backend=backend, model=args.model,
                       max_tokens=args.max_tokens, temperature=args.temperature,
                       system_prompt=args.system_prompt, source=prompt)
         self.ctl.submit([task])

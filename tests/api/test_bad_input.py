@@ -50,7 +50,7 @@ def test_get_backend_unknown_argument_names_it_with_a_hint():
     assert "resources" in str(err.value)
     with pytest.raises(SessionError, match="did you mean 'max_workers'"):
         get_backend("concurrent", max_worker=2)
-    with pytest.raises(SessionError, match="unknown backend"):
+    with pytest.raises(SessionError, match="backend name must be a string"):
         get_backend(["dask"])
 
 
@@ -130,7 +130,7 @@ def test_dask_and_vllm_know_their_own_keys():
     from rhapsody_lab.backends import VllmInferenceBackend
     b = VllmInferenceBackend(endpoint="http://127.0.0.1:9/v1")
     with pytest.raises(TaskValidationError, match="known keys: none"):
-        b.check_task(AITask(prompt="hi", task_backend_specific_kwargs={"gpus": 1}))
+        b.check_task(AITask(prompt="hi", backend=b.name, task_backend_specific_kwargs={"gpus": 1}))
 
 
 def test_work_dir_is_created_or_refused_at_construction(tmp_path):

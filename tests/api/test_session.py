@@ -125,7 +125,7 @@ async def test_unknown_backend_refuses_the_whole_call():
 async def test_ai_task_without_inference_backend_is_refused():
     async with Session([ConcurrentExecutionBackend()]) as session:
         with pytest.raises(TaskValidationError, match="inference backend"):
-            await session.submit_tasks([AITask(prompt="2+2?")])
+            await session.submit_tasks([AITask(model="m", prompt="2+2?")])
         with pytest.raises(TaskValidationError, match="cannot run ai tasks"):
             await session.submit_tasks([AITask(prompt="2+2?", backend="concurrent")])
 
@@ -142,7 +142,7 @@ async def test_resubmission_and_duplicate_uids_are_refused():
         with pytest.raises(SessionError, match="list of tasks"):
             await session.submit_tasks(ComputeTask(function=hello))
         with pytest.raises(TaskValidationError, match="ComputeTask"):
-            await session.submit_tasks([{"function": hello}])
+            await session.submit_tasks(["hello"])  # (a plain dict is a task: test_parity)
         await session.wait_tasks([t])
 
 
@@ -295,7 +295,7 @@ def test_top_level_names_and_registry():
     backend = rhapsody_lab.get_backend("concurrent", name="viaregistry")
     assert isinstance(backend, ConcurrentExecutionBackend) and backend.name == "viaregistry"
     assert rhapsody_lab.discover_backends()["concurrent"] is True
-    with pytest.raises(SessionError, match="unknown backend"):
+    with pytest.raises(SessionError, match="Backend 'nope' not found"):
         rhapsody_lab.get_backend("nope")
 
 

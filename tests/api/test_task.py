@@ -50,7 +50,7 @@ def test_pickle_round_trip_keeps_fields_not_future():
 def test_from_dict_and_to_dict():
     t = BaseTask.from_dict({"executable": "/bin/true", "uid": "d1"})
     assert isinstance(t, ComputeTask) and t.kind == "executable"
-    a = BaseTask.from_dict({"prompt": "hi"})
+    a = BaseTask.from_dict({"prompt": "hi", "model": "m"})
     assert isinstance(a, AITask) and a.kind == "ai"
     assert ComputeTask.from_dict(t.to_dict()) == t
     with pytest.raises(TaskValidationError, match="cannot tell the task type"):
@@ -117,7 +117,7 @@ def test_ai_task_bad_input_names_the_field(kwargs, field):
 
 def test_ai_task_accepts_valid_sampling_values():
     t = AITask(prompt=["a", "b"], temperature=0.0, top_p=1.0, top_k=-1, max_tokens=8,
-               stop_sequences=["\n\n"], system_prompt="be brief")
+               stop_sequences=["\n\n"], system_prompt="be brief", model="m")
     assert t.kind == "ai" and t.prompt == ["a", "b"]
 
 

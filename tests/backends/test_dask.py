@@ -582,3 +582,20 @@ async def test_slurm_cluster_runs_tasks_inside_jobs(tmp_path):
             assert backend.capacity() == 2
     finally:
         await asyncio.to_thread(cluster.close)
+
+
+async def test_capture_stdio_and_str_results_on_workers(cluster, tmp_path):
+    """capture_stdio: the worker writes <work_dir>/<uid>.stdout/.stderr; functions give str
+    stdout/stderr once DONE or FAILED (RHAPSODY's result contract)."""
+    exe = ComputeTask(executable="/bin/sh", arguments=["-c", "echo hi; echo oops >&2"],
+                      capture_stdio=True)
+    fn = ComputeTask(function=abs, args=(-3,))
+    bad = ComputeTask(function=int, args=("x",))
+    async with Session([DaskExecutionBackend(cluster=cluster)], work_dir=tmp_path) as s:
+        await s.submit_tasks([exe, fn, bad])
+        await s.wait_tasks([exe, fn, bad], timeout=60)
+    assert exe.state == "DONE", exe.stderr
+    assert exe.stdout == str(tmp_path / f"{exe.uid}.stdout")
+    assert _read(exe.stdout) == "hi" and _read(exe.stderr) == "oops"
+    assert (fn.state, fn.stdout, fn.stderr) == ("DONE", "3", "")
+    assert bad.state == "FAILED" and bad.stdout == "" and "ValueError" in bad.stderr

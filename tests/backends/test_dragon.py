@@ -1,4 +1,4 @@
-"""DragonExecutionBackendV3 on a real Dragon runtime.
+"""DragonExecutionBackend (alias DragonExecutionBackendV3) on a real Dragon runtime.
 
 Each Dragon launch costs seconds, so one script (``dragon_scripts/modes.py``) runs every
 mode and check under ``dragon -s`` and prints one JSON line per check; the tests below
@@ -113,7 +113,7 @@ def modes(tmp_path_factory):
 
 def test_started_and_submit_returns_before_execution(modes):
     assert modes["started"]["capacity"] == 2
-    # 15 tasks including 30 s sleeps: submit must return long before any of them ends
+    # 16 tasks including 30 s sleeps: submit must return long before any of them ends
     assert modes["submit_returned"]["seconds"] < 5.0
 
 
@@ -149,6 +149,11 @@ def test_executable_process_and_default(modes):
     assert t["stdout"] == f"cwd={modes['_out']} var=hello\n" and t["stderr"] == "to-err\n"
     d = modes["exe_default"]
     assert d["state"] == "DONE" and d["stdout"].strip()
+    c = modes["exe_capture"]  # capture_stdio: the output in <work_dir>/<uid>.stdout/.stderr
+    assert c["state"] == "DONE", c
+    assert c["stdout"].endswith(f"{c['uid']}.stdout") and c["stderr"].endswith(".stderr")
+    with open(c["stdout"]) as out, open(c["stderr"]) as err:
+        assert (out.read(), err.read()) == ("cap-out\n", "cap-err\n")
 
 
 def test_executable_job_and_mpi_ranks(modes):

@@ -132,8 +132,9 @@ async def services():
         server_command=[sys.executable, FAKE, "--port", "{port}", "--model", "fake-model"],
         model_name="fake-model", port=0, max_batch_wait_ms=5, startup_timeout=30)
     async with Session([b]) as s:
-        ts = [AITask(prompt="What is 2+2?"), AITask(prompt=["a", "b 2+2"]),
-              AITask(prompt="hello", max_tokens=8)]
+        ts = [AITask(backend=b.name, prompt="What is 2+2?"),
+              AITask(backend=b.name, prompt=["a", "b 2+2"]),
+              AITask(backend=b.name, prompt="hello", max_tokens=8)]
         await s.submit_tasks(ts)
         await s.wait_tasks(ts, timeout=30)
         bsvc = b.service
@@ -172,8 +173,8 @@ async def real_vllm():
     t0 = time.monotonic()
     async with Session([b]) as s:
         ready = time.monotonic() - t0
-        t = AITask(prompt="What is 2+2? Answer with just the number.", temperature=0.0,
-                   max_tokens=16)
+        t = AITask(backend=b.name, prompt="What is 2+2? Answer with just the number.",
+                   temperature=0.0, max_tokens=16)
         await s.submit_tasks([t])
         await s.wait_tasks([t], timeout=60)
         svc = b.service

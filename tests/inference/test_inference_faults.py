@@ -31,8 +31,9 @@ def double(x):
 async def test_parameters_reach_the_server(fake_server):
     b = VllmInferenceBackend(endpoint=fake_server.endpoint, max_batch_wait_ms=5)
     async with Session([b]) as s:
-        t = AITask(prompt="What is 2+2?", system_prompt="Be terse.", temperature=0.3,
-                   max_tokens=7, top_p=0.5, top_k=11, stop_sequences=["\n\n", "END"])
+        t = AITask(backend=b.name, prompt="What is 2+2?", system_prompt="Be terse.",
+                   temperature=0.3, max_tokens=7, top_p=0.5, top_k=11,
+                   stop_sequences=["\n\n", "END"])
         await s.submit_tasks([t])
         await t
     assert t.state == "DONE" and t.response == "4" and t.return_value == "4"
@@ -65,7 +66,7 @@ async def test_http_4xx_fails_only_that_task(fake_server):
     b = VllmInferenceBackend(endpoint=fake_server.endpoint, max_batch_wait_ms=5)
     async with Session([b]) as s:
         bad = AITask(prompt="hi", model="no-such-model")
-        good = AITask(prompt="hi")
+        good = AITask(backend=b.name, prompt="hi")
         await s.submit_tasks([bad, good])
         await s.wait_tasks([bad, good])
     assert good.state == "DONE"
@@ -75,17 +76,17 @@ async def test_http_4xx_fails_only_that_task(fake_server):
 
 async def test_invalid_sampling_rejected_before_anything_is_sent(fake_server):
     b = await VllmInferenceBackend(endpoint=fake_server.endpoint, max_batch_wait_ms=5)
-    ok = AITask(prompt="fine")
-    bad = AITask(prompt="hot")
+    ok = AITask(backend=b.name, prompt="fine")
+    bad = AITask(backend=b.name, prompt="hot")
     bad["temperature"] = 7.5  # bypasses the constructor's check
     with pytest.raises(TaskValidationError, match="temperature") as err:
         await b.submit_tasks([ok, bad])
     assert err.value.field == "temperature"
-    bad2 = AITask(prompt="x")
+    bad2 = AITask(backend=b.name, prompt="x")
     bad2["top_k"] = 0
     async with Session([b]) as s:  # through a session: refused before anything is queued
         with pytest.raises(TaskValidationError, match="top_k") as err:
-            await s.submit_tasks([AITask(prompt="fine"), bad2])
+            await s.submit_tasks([AITask(backend=b.name, prompt="fine"), bad2])
         assert err.value.field == "top_k"
     assert bad2.state == "NEW" and bad2.future is None
     assert ok.state == "NEW" and not b.is_live(ok.uid)
@@ -114,7 +115,7 @@ async def test_batches_released_by_size_or_wait(slow_fake_server):
     # size: 8 tasks with max_batch_size=4 go out at once despite a 60 s wait
     b = VllmInferenceBackend(endpoint=ep, max_batch_size=4, max_batch_wait_ms=60_000)
     async with Session([b]) as s:
-        ts = [AITask(prompt=f"p{i}") for i in range(8)]
+        ts = [AITask(backend=b.name, prompt=f"p{i}") for i in range(8)]
         t0 = time.monotonic()
         await s.submit_tasks(ts)
         await s.wait_tasks(ts, timeout=30)
@@ -123,7 +124,7 @@ async def test_batches_released_by_size_or_wait(slow_fake_server):
     # wait: 3 tasks in a batch of 100 wait ~0.5 s before anything is sent
     b = VllmInferenceBackend(endpoint=ep, max_batch_size=100, max_batch_wait_ms=500)
     async with Session([b]) as s:
-        ts = [AITask(prompt=f"q{i}") for i in range(3)]
+        ts = [AITask(backend=b.name, prompt=f"q{i}") for i in range(3)]
         await s.submit_tasks(ts)
         await asyncio.sleep(0.3)
         assert all(t.state == "QUEUED" for t in ts) and b.batches_sent == 0
@@ -134,7 +135,7 @@ async def test_batches_released_by_size_or_wait(slow_fake_server):
 async def test_cancel_queued_task(fake_server):
     b = VllmInferenceBackend(endpoint=fake_server.endpoint, max_batch_wait_ms=300)
     async with Session([b]) as s:
-        a, c = AITask(prompt="keep"), AITask(prompt="drop")
+        a, c = AITask(backend=b.name, prompt="keep"), AITask(backend=b.name, prompt="drop")
         await s.submit_tasks([a, c])
         assert await s.cancel_task(c) is True
         await s.wait_tasks([a, c], timeout=20)
@@ -156,7 +157,7 @@ async def test_endpoint_lost_fails_pending_tasks_session_stays_usable(slow_fake_
     b = VllmInferenceBackend(endpoint=ep, max_batch_wait_ms=5, request_timeout=30)
     cb = ConcurrentExecutionBackend(max_workers=2)
     async with Session([cb, b]) as s:
-        ts = [AITask(prompt=f"p{i}") for i in range(3)]
+        ts = [AITask(backend=b.name, prompt=f"p{i}") for i in range(3)]
         await s.submit_tasks(ts)
         await asyncio.sleep(0.5)  # the requests are in flight (the server takes 3 s)
         slow_fake_server.kill()
@@ -164,7 +165,8 @@ async def test_endpoint_lost_fails_pending_tasks_session_stays_usable(slow_fake_
         for t in ts:
             assert t.state == "FAILED", t
             assert isinstance(t.exception, BackendError) and ep in str(t.exception)
-        later = AITask(prompt="again")  # the server is gone: fails fast, nothing restarts
+        # the server is gone: fails fast, nothing restarts
+        later = AITask(backend=b.name, prompt="again")
         await s.submit_tasks([later])
         await s.wait_tasks([later], timeout=20)
         assert later.state == "FAILED" and ep in str(later.exception)
@@ -183,7 +185,7 @@ async def test_managed_server_dies_fails_tasks_restarts_nothing():
         svc = b.service
         assert b.managed and svc.state == "READY" and b.endpoint.endswith("/v1")
         pid = svc.pid
-        ts = [AITask(prompt=f"p{i}") for i in range(4)]
+        ts = [AITask(backend=b.name, prompt=f"p{i}") for i in range(4)]
         await s.submit_tasks(ts)
         await asyncio.sleep(0.5)
         svc.kill()

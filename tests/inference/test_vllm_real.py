@@ -38,8 +38,8 @@ def test_managed_server_answers_a_fact(vllm):
     events = []
     b.emit = events.append
     try:
-        t = AITask(prompt="What is 2+2? Answer with just the number.", temperature=0.0,
-                   max_tokens=16)
+        t = AITask(backend=b.name, prompt="What is 2+2? Answer with just the number.",
+                   temperature=0.0, max_tokens=16)
         vllm.run(_run_direct(b, [t]))
     finally:
         b.emit = lambda e: None
@@ -54,10 +54,10 @@ def test_managed_server_answers_a_fact(vllm):
 
 
 def test_list_prompt_and_sampling_parameters(vllm):
-    t = AITask(prompt=["Name a fruit.", "Name a color.", "Name an animal."],
+    t = AITask(backend="vllm", prompt=["Name a fruit.", "Name a color.", "Name an animal."],
                system_prompt="Answer in one word.", temperature=0.7, top_p=0.9, top_k=20,
                max_tokens=5, stop_sequences=["\n\n"])
-    short = AITask(prompt="Count from 1 to 50.", max_tokens=3, temperature=0.0)
+    short = AITask(backend="vllm", prompt="Count from 1 to 50.", max_tokens=3, temperature=0.0)
     vllm.run(_run_direct(vllm.backend, [t, short]))
     assert t.state == "DONE" and short.state == "DONE"
     assert isinstance(t.response, list) and len(t.response) == 3
@@ -67,7 +67,7 @@ def test_list_prompt_and_sampling_parameters(vllm):
 
 
 def test_many_prompts_batched_concurrently(vllm):
-    ts = [AITask(prompt=f"Say the number {i}.", max_tokens=8, temperature=0.0)
+    ts = [AITask(backend="vllm", prompt=f"Say the number {i}.", max_tokens=8, temperature=0.0)
           for i in range(24)]
     before = vllm.backend.batches_sent
     t0 = time.monotonic()
@@ -82,7 +82,7 @@ async def test_attach_mode_discovers_the_model(vllm):
     b = VllmInferenceBackend(endpoint=vllm.endpoint, name="attached", max_batch_wait_ms=10)
     async with Session([b]) as s:
         assert not b.managed and b.served_model_name == vllm.model
-        t = AITask(prompt="What is 2+2?", max_tokens=16, temperature=0.0)
+        t = AITask(backend=b.name, prompt="What is 2+2?", max_tokens=16, temperature=0.0)
         await s.submit_tasks([t])
         await t
         assert t.state == "DONE" and "4" in t.response
@@ -94,8 +94,8 @@ async def test_task_state_shows_running_while_generating(vllm):
     """A user polling ``t.state`` sees RUNNING while the server generates."""
     b = VllmInferenceBackend(endpoint=vllm.endpoint, name="polled", max_batch_wait_ms=5)
     async with Session([b]) as s:
-        t = AITask(prompt="Count from 1 to 200, one number per line.", max_tokens=160,
-                   temperature=0.0)
+        t = AITask(backend=b.name, prompt="Count from 1 to 200, one number per line.",
+                   max_tokens=160, temperature=0.0)
         await s.submit_tasks([t])
         seen = {t.state}
         while t.state not in ("DONE", "FAILED", "CANCELED"):

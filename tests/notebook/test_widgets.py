@@ -112,7 +112,7 @@ def test_reprs_html_and_text():
     assert "3 tasks" in reprs.statistics_html(stats) and "p95" in reprs.statistics_html(stats)
     assert reprs.statistics_text(stats).startswith("tasks 3 (DONE 2, FAILED 1)")
     assert "(closed)" in reprs.session_html(session)
-    ai = AITask(prompt="hello")
+    ai = AITask(model="m", prompt="hello")
     assert "prompt hello" in reprs.task_text(ai)
     assert reprs.task_mimebundle(ai).keys() == {"text/html", "text/plain"}
 

@@ -103,7 +103,7 @@ async def test_oversized_requests_raise_resource_error_at_submit():
             assert info.value.task_uid == task.uid
             assert fine.state == "NEW" and task.state == "NEW"  # nothing of the call sent
         with pytest.raises(TaskValidationError, match="no backend of the policy runs ai"):
-            await s.submit_tasks([AITask(prompt="hi")])
+            await s.submit_tasks([AITask(model="m", prompt="hi")])
         with pytest.raises(TaskValidationError, match="cores must be an integer"):
             await s.submit_tasks([ComputeTask(function=null, cores="many")])
         with pytest.raises(SessionError, match="Backend 'nope' requested by task"):
@@ -193,7 +193,7 @@ async def test_inference_service_beside_compute(tmp_path):
     }
     async with Session.from_policy(policy, TWO) as s:
         assert s.backends["cpu"].capacity() == 2  # the inference server takes no cores
-        ai = [AITask(prompt="what is 2+2?") for _ in range(5)]
+        ai = [AITask(model="fake-model", prompt="what is 2+2?") for _ in range(5)]
         fn = [ComputeTask(function=null) for _ in range(5)]
         await s.submit_tasks(ai + fn)
         await s.wait_tasks(ai + fn, timeout=60)

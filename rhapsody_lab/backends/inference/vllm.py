@@ -242,7 +242,8 @@ class VllmInferenceBackend(ManagedServer, BaseBackend):
         if isinstance(task, BaseTask):
             task.validate()  # ranges of temperature, top_p, top_k, max_tokens, stops
         else:
-            AITask(**{k: task[k] for k in ("prompt", "uid", *_SAMPLING) if k in task})
+            fields = {k: task[k] for k in ("prompt", "uid", *_SAMPLING) if k in task}
+            AITask(**fields, backend=self.name)  # a dict handed straight to this backend
 
     async def submit_tasks(self, tasks: Sequence[dict]) -> None:
         self._ensure_running()

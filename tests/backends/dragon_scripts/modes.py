@@ -111,6 +111,8 @@ async def main():
                 "-c", "echo rank=$RHAPSODY_RANK of $RHAPSODY_NRANKS"],
                 task_backend_specific_kwargs={"process_templates": [(2, {}), (2, {})]}),
             "exe_default": ComputeTask(executable="hostname"),
+            "exe_capture": ComputeTask(executable="/bin/bash", arguments=[
+                "-c", "echo cap-out; echo cap-err >&2"], capture_stdio=True),
             "mpi_ranks": ComputeTask(executable=sys.executable, arguments=["-c", MPI_CODE],
                                      task_backend_specific_kwargs={"type": "mpi", "ranks": 3})
             if HAVE_MPI else

@@ -1,0 +1,5 @@
+"""``NoopExecutionBackend`` at RHAPSODY's import path (``rhapsody.backends.execution.noop``)."""
+
+from ..noop import NoopExecutionBackend
+
+__all__ = ["NoopExecutionBackend"]
