@@ -23,6 +23,7 @@ from .states import CANCELED, NEW
 from .statistics import Statistics
 from .submission import Submission, _HandOff, _unclaim
 from .task import BaseTask
+from .telemetry_hooks import TelemetryHooks
 
 __all__ = ["Session"]
 
@@ -31,7 +32,7 @@ _FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch
 _FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callback)
 
 
-class Session(Submission):
+class Session(Submission, TelemetryHooks):
     """Connects tasks to backends; ``async with Session([backend]) as s: ...``.
 
     ``work_dir`` (default: the current folder) is created if missing, like ``mkdir -p``.
@@ -324,6 +325,7 @@ class Session(Submission):
                                                   return_exceptions=True)))
         while self.events.flush(limit=_FLUSH_LIMIT):
             await asyncio.sleep(0)  # deliver the backlog without blocking the loop
+        await self._stop_telemetry()  # after the backlog: the CANCELED tasks are in it
         self.events.close()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
