@@ -69,6 +69,7 @@ class TelemetryManager(Summaries):
         self._extra = (list(span_processors or ()), list(metric_readers or ()), resource)
         self.resource_poll_interval = float(resource_poll_interval)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue = self._inbox  # RHAPSODY's name (its tests look at it)
         self._subscribers: list[Callable[[ev.BaseEvent], Any]] = []
         self._adapters: list[Any] = []
         self._running = False
@@ -167,6 +168,17 @@ class TelemetryManager(Summaries):
     def _take(self, items: list) -> None:
         """The stream's inline subscriber: queue the batch (O(1), on the loop)."""
         self._inbox.put(("I", items))
+
+    def _on_task_state_change(self, task: dict, state: str) -> None:
+        """RHAPSODY's observer hook: ``task`` reached ``state`` now (any thread); the same
+        path as the session's events."""
+        if not self._running:
+            return
+        uid = task["uid"]
+        if self._index is None:
+            self._index = self._fold.index = {}
+        self._index[uid] = task
+        self._inbox.put(("I", [(time.time(), uid, state, task.get("backend") or "", None)]))
 
     def emit(self, event: ev.BaseEvent) -> None:
         """Add an event (any thread, never blocks); ignored once stopped."""
