@@ -62,8 +62,17 @@ __all__ = [
 
 async def start_for_session(session: Any, **options: Any) -> TelemetryManager:
     """The ``"telemetry"`` provider: a started manager fed by ``session``'s events."""
+    from .adapters import ConcurrentTelemetryAdapter, adapter_for
     manager = TelemetryManager(session.uid, **options)
     manager._bind(session)
+    local = False  # one poller for this node, however many local backends
+    for backend in session.backends.values():
+        adapter = adapter_for(backend, session.uid, manager.resource_poll_interval)
+        if isinstance(adapter, ConcurrentTelemetryAdapter):
+            if local:
+                continue
+            local = True
+        manager.register_adapter(adapter)
     await manager.start()
     return manager
 

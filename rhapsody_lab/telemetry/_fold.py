@@ -17,7 +17,7 @@ from ..api.events import expand
 from . import events as ev
 from ._otel import COUNTERS, Otel, new_span_id
 
-__all__ = ["Fold"]
+__all__ = ["MAX_ROWS", "Fold", "describe", "resource_row"]
 
 _TERMINAL = {"DONE": ev.TaskCompleted, "FAILED": ev.TaskFailed, "CANCELED": ev.TaskCanceled}
 _LIVE = {"QUEUED": ev.TaskQueued, "RUNNING": ev.TaskStarted}
@@ -28,6 +28,16 @@ _STATE_OF = {"TaskCreated": "CREATED", "TaskSubmitted": "SUBMITTED", "TaskQueued
 _COUNTED = {state: name for name, state in COUNTERS.items()}
 # a live task's record: [t_created, t_queued, t_running, span id, (executable, task type)]
 _T0, _TQ, _TR, _SPAN, _DESC = range(5)
+
+
+MAX_ROWS = 100_000  # resource readings kept in memory (the journal keeps them all)
+
+
+def resource_row(event: ev.ResourceUpdate) -> dict[str, Any]:
+    """A reading as a flat row: t, node, backend, cpu, memory, gpu_id, gpu (percent)."""
+    return {"t": event.event_time, "node": event.node_id or "", "backend": event.backend,
+            "cpu": event.cpu_percent, "memory": event.memory_percent,
+            "gpu_id": event.gpu_id, "gpu": event.gpu_percent}
 
 
 def describe(task: Any) -> tuple[str, str]:
@@ -56,6 +66,8 @@ class Fold:
         self.live: dict[str, list] = {}
         self.enrichers: list[Any] = []
         self.resources: dict[str, dict] = {}  # "backend/node" -> its latest reading
+        self.rows: list[dict] = []  # every reading, flat (see ``resource_row``), in order
+        self.rows_dropped = 0  # the oldest rows let go beyond ``MAX_ROWS``
         self.folded = 0
 
     # -- input -------------------------------------------------------------------------
@@ -198,6 +210,10 @@ class Fold:
 
     def _resource(self, event: ev.ResourceUpdate) -> None:
         self.otel.resource_update(event)
+        self.rows.append(resource_row(event))
+        if len(self.rows) > MAX_ROWS:
+            del self.rows[:MAX_ROWS // 10]
+            self.rows_dropped += MAX_ROWS // 10
         key = f"{event.backend}/{event.node_id}"
         if event.gpu_id is not None:
             self.resources.setdefault(key, {}).setdefault("gpus", {})[event.gpu_id] = \

@@ -83,6 +83,7 @@ class TelemetryManager(Summaries):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stream: Any = None  # the session's EventStream, once bound
         self._index: dict | None = None
+        self._session: Any = None  # a weak reference to the session, once bound
         self._final_metrics: Any = None
         self._enrichers: list[Callable[[ev.BaseEvent], dict]] = []
 
@@ -98,8 +99,10 @@ class TelemetryManager(Summaries):
     # -- life cycle --------------------------------------------------------------------
     def _bind(self, session: Any) -> None:
         """Take ``session``'s events from now on (called by ``session.start_telemetry``)."""
+        import weakref
         self._stream = session.events
         self._index = session.task_index()
+        self._session = weakref.ref(session)
 
     async def start(self) -> None:
         """Set up the SDK, the checkpoint and the thread; emit ``SessionStarted``."""
@@ -225,6 +228,8 @@ class TelemetryManager(Summaries):
                 self._fold_items(item)
             elif kind == "E":
                 self._deliver(self._fold_one(item))
+                if item.event_type == "ResourceUpdate":
+                    self._to_journals(item)
             elif kind == "S":
                 item.set()
             elif kind == "X":
@@ -253,6 +258,29 @@ class TelemetryManager(Summaries):
         except Exception:
             log.exception("telemetry: folding %s failed", event.event_type)
         return out
+
+    def _to_journals(self, event: ev.BaseEvent) -> None:
+        """Append a reading to the journals of the session (``observe.journal``)."""
+        if self._session is None:
+            return
+        try:
+            from ..observe.journal import journals_of
+            from ._fold import resource_row
+            for journal in journals_of(self._session()):
+                journal.write_resources([resource_row(event)])
+        except Exception:
+            log.debug("telemetry: journaling a resource reading failed", exc_info=True)
+
+    def resource_rows(self, since: int = 0) -> tuple[int, list[dict]]:
+        """Resource readings from number ``since`` on: ``(next since, rows)``; a row is
+        ``{t, node, backend, cpu, memory, gpu_id, gpu}`` (GPU rows: ``gpu_id`` set)."""
+        fold = self._fold
+        if fold is None:
+            return since, []
+        rows, dropped = fold.rows, fold.rows_dropped
+        start = max(0, since - dropped)
+        out = rows[start:]
+        return dropped + start + len(out), out
 
     def _wants_events(self) -> bool:
         return bool(self._subscribers) or self._checkpoint_file is not None
