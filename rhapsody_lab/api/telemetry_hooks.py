@@ -77,6 +77,12 @@ class TelemetryHooks:
             self._task_index = {}
         return self._task_index
 
+    def _telemetry_stopped(self, manager: Any) -> None:
+        """``manager.stop()`` was called (by hand, or by ``close``): forget it."""
+        if self._telemetry is manager:
+            self._telemetry = None
+            self._task_index = None
+
     async def _stop_telemetry(self) -> None:
         manager, self._telemetry = self._telemetry, None
         if manager is not None:

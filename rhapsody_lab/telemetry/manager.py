@@ -28,7 +28,8 @@ __all__ = ["TelemetryManager"]
 
 log = logging.getLogger(__name__)
 _SLICE = 256  # events folded between two looks at the GIL share
-_PAUSE = 1.0  # while busy, sleep this many times the time just spent folding
+_PAUSE = 9.0  # while batches keep coming, sleep 9x the time just spent folding (10% duty)
+_MAX_PAUSE = 0.25  # seconds, at most, between two slices
 _SYNC_TIMEOUT = 60.0
 
 
@@ -144,6 +145,9 @@ class TelemetryManager(Summaries):
             if self._on_loop():
                 self._stream.flush(limit=None)
             self._stream.unsubscribe(self._take)
+        session = self._session() if self._session is not None else None
+        if session is not None:
+            session._telemetry_stopped(self)  # stopped by hand: the session lets go too
         end = time.time()
         self.emit(ev.make_event(ev.SessionEnded, session_id=self._session_id,
                                 backend="rhapsody_lab", event_time=end,
@@ -249,7 +253,8 @@ class TelemetryManager(Summaries):
             if out:
                 self._deliver(out)
             if not self._hurry.is_set() and not self._inbox.empty():
-                time.sleep((time.perf_counter() - began) * _PAUSE)  # give the loop the GIL
+                # give the loop the GIL; a reader waiting (sync, stop) ends the pause
+                self._hurry.wait(min(_MAX_PAUSE, (time.perf_counter() - began) * _PAUSE))
 
     def _fold_one(self, event: ev.BaseEvent) -> list:
         out: list = []

@@ -238,6 +238,23 @@ async def test_close_stops_telemetry_and_bad_input_is_refused(tmp_path):
     assert tm.session_duration() > 0
 
 
+async def test_stopping_by_hand_releases_the_session(tmp_path):
+    async with Session([ConcurrentExecutionBackend(max_workers=1)], work_dir=tmp_path) as s:
+        tm = await s.start_telemetry()
+        task = ComputeTask(function=square, args=(3,))
+        await s.submit_tasks([task])
+        await s.wait_tasks([task])
+        await tm.stop()
+        assert s._task_index is None and tm.task_count()["completed"] == 1
+        with pytest.raises(TelemetryError):
+            s.get_telemetry()
+        again = await s.start_telemetry()  # a new one may start
+        late = ComputeTask(function=square, args=(4,))
+        await s.submit_tasks([late])
+        await s.wait_tasks([late])
+        assert again.task_count()["completed"] == 1
+
+
 async def test_custom_events_are_delivered_and_standalone_manager(tmp_path):
     Checked = define_event("myapp.Checked", score=float, label=(str, "none"))  # noqa: N806 (a class)
     with pytest.raises(ValueError, match="namespaced"):
