@@ -80,19 +80,20 @@ class Fold:
         self._count(counts)
         self.folded += len(items)
 
-    def fold_event(self, event: ev.BaseEvent, out: list | None) -> None:
-        """An event emitted by hand (``TelemetryManager.emit``)."""
-        state = _STATE_OF.get(event.event_type)
-        if state is not None and event.task_id is not None:
-            counts: Counter = Counter()
-            self._step(event.event_time, event.task_id, state, event.backend or "", counts,
-                       out, event)
-            self._count(counts)
-            return
-        if isinstance(event, ev.ResourceUpdate):
-            self._resource(event)
-        if out is not None:
-            out.append((event, self.span_of(event)))
+    def fold_events(self, events: Sequence[ev.BaseEvent], out: list | None) -> None:
+        """Events emitted by hand (``TelemetryManager.emit``), counted once per batch."""
+        counts: Counter = Counter()
+        for event in events:
+            state = _STATE_OF.get(event.event_type)
+            if state is not None and event.task_id is not None:
+                self._step(event.event_time, event.task_id, state, event.backend or "",
+                           counts, out, event)
+                continue
+            if isinstance(event, ev.ResourceUpdate):
+                self._resource(event)
+            if out is not None:
+                out.append((event, self.span_of(event)))
+        self._count(counts)
 
     def span_of(self, event: ev.BaseEvent) -> int | None:
         """The span an event belongs to: its live task's, else the session's."""

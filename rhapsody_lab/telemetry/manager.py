@@ -218,27 +218,54 @@ class TelemetryManager(Summaries):
 
     # -- the thread --------------------------------------------------------------------
     def _work(self) -> None:
-        get, interval = self._inbox.get, self._checkpoint_interval
+        get, get_now, interval = self._inbox.get, self._inbox.get_nowait, \
+            self._checkpoint_interval
         due = time.monotonic() + interval if interval else None
+        held: tuple | None = None  # an item taken while gathering emitted events
         while True:
-            try:
-                kind, item = get(timeout=max(0.0, due - time.monotonic()) if due else None)
-            except queue.Empty:
-                kind, item = "T", None
+            if held is not None:
+                (kind, item), held = held, None
+            else:
+                try:
+                    kind, item = get(timeout=max(0.0, due - time.monotonic()) if due
+                                     else None)
+                except queue.Empty:
+                    kind, item = "T", None
             if due is not None and time.monotonic() >= due:
                 self._snapshot()
                 due = time.monotonic() + interval
             if kind == "I":
                 self._fold_items(item)
             elif kind == "E":
-                self._deliver(self._fold_one(item))
-                if item.event_type == "ResourceUpdate":
-                    self._to_journals(item)
+                batch = [item]
+                while len(batch) < _SLICE:  # emitted events: fold what is there at once
+                    try:
+                        nxt = get_now()
+                    except queue.Empty:
+                        break
+                    if nxt[0] != "E":
+                        held = nxt
+                        break
+                    batch.append(nxt[1])
+                self._fold_emitted(batch)
             elif kind == "S":
                 item.set()
             elif kind == "X":
                 self._finish()
                 return
+
+    def _fold_emitted(self, batch: list) -> None:
+        began = time.perf_counter()
+        out: list = []
+        try:
+            self._fold.fold_events(batch, out)
+        except Exception:
+            log.exception("telemetry: folding emitted events failed; they are skipped")
+        self._deliver(out)
+        for event in batch:
+            if event.event_type == "ResourceUpdate":
+                self._to_journals(event)
+        self._pause(began)
 
     def _fold_items(self, items: list) -> None:
         from ..api.events import expand
@@ -252,17 +279,13 @@ class TelemetryManager(Summaries):
                 log.exception("telemetry: folding a batch failed; it is skipped")
             if out:
                 self._deliver(out)
-            if not self._hurry.is_set() and not self._inbox.empty():
-                # give the loop the GIL; a reader waiting (sync, stop) ends the pause
-                self._hurry.wait(min(_MAX_PAUSE, (time.perf_counter() - began) * _PAUSE))
+            self._pause(began)
 
-    def _fold_one(self, event: ev.BaseEvent) -> list:
-        out: list = []
-        try:
-            self._fold.fold_event(event, out)
-        except Exception:
-            log.exception("telemetry: folding %s failed", event.event_type)
-        return out
+    def _pause(self, began: float) -> None:
+        """While more is queued, give the loop the GIL for ``_PAUSE`` times the folding
+        just done; a reader waiting (``sync``, ``stop``) ends the pause at once."""
+        if not self._hurry.is_set() and not self._inbox.empty():
+            self._hurry.wait(min(_MAX_PAUSE, (time.perf_counter() - began) * _PAUSE))
 
     def _to_journals(self, event: ev.BaseEvent) -> None:
         """Append a reading to the journals of the session (``observe.journal``)."""

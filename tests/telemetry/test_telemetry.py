@@ -157,8 +157,10 @@ async def test_checkpoint_is_readable_while_the_session_runs(tmp_path):
         while True:  # no sync call: the file alone shows the run so far
             rows = _rows(path)
             started = [r for r in rows if r.get("event_type") == "TaskStarted"]
-            if len(started) == 6 and any(r["section"] == "metric" for r in rows) and \
-                    any(r["section"] == "span" for r in rows):
+            metrics = [r for r in rows if r["section"] == "metric"]
+            spans = [r for r in rows if r["section"] == "span" and r["name"] == "task"]
+            if len(started) == 6 and metrics and metrics[-1].get("tasks_completed") == 5 \
+                    and len(spans) == 5:
                 break
             assert time.monotonic() < deadline, rows[-3:]
             await asyncio.sleep(0.1)
@@ -173,8 +175,7 @@ async def test_checkpoint_is_readable_while_the_session_runs(tmp_path):
                      and r["name"] == "task"}
         assert span_rows[quick[0]["uid"]]["span_id"] == one[0]["span_id"]
         assert span_rows[quick[0]["uid"]]["status_code"] == "OK"
-        metric = [r for r in rows if r["section"] == "metric"][-1]
-        assert metric["tasks_completed"] == 5
+        assert metrics[-1]["tasks_running"] == 1
     rows = _rows(path)
     assert [r for r in rows if r["section"] == "event"][-1]["event_type"] == "SessionEnded"
     spans = [r for r in rows if r["section"] == "span"]
