@@ -134,7 +134,9 @@ class TelemetryManager(Summaries):
             raise
         self.emit(ev.make_event(ev.SessionStarted, session_id=self._session_id,
                                 backend="rhapsody_lab", event_time=self._started))
-        if self._stream is not None:
+        if self._stream is not None:  # events emitted from now on (earlier ones delivered)
+            if self._on_loop():
+                self._stream.flush(limit=None)
             self._stream.subscribe(self._take, inline=True, on_runs=self._take)
 
     async def stop(self) -> None:
