@@ -118,6 +118,29 @@ def m_asyncio_true(n: int) -> dict:
     return {"rate": rates[best], "best_limit": best}
 
 
+def m_threads_true(n: int) -> dict:
+    """/bin/true from WORKERS plain threads, each a loop of capturing ``subprocess.run``
+    in its own session (the spawn limit issue 25 measures against)."""
+    import threading
+    left = iter(range(n))
+    lock = threading.Lock()
+
+    def loop() -> None:
+        while True:
+            with lock:
+                if next(left, None) is None:
+                    return
+            subprocess.run(["/bin/true"], capture_output=True, stdin=subprocess.DEVNULL,
+                           start_new_session=True)
+    threads = [threading.Thread(target=loop) for _ in range(WORKERS)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"rate": n / (time.perf_counter() - t0)}
+
+
 def m_round_trip_plain(n: int) -> dict:
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -325,8 +348,8 @@ def main() -> int:
     reps = 1 if args.quick else args.reps
     plan = {"plain_threads": n, "ours_threads": n, "rhapsody060_threads": n,
             "plain_processes": n, "ours_processes": n, "asyncio_true": 1000,
-            "ours_true": 1000, "round_trip_plain": 2000, "round_trip_plain_async": 2000,
-            "round_trip_ours": 2000}
+            "ours_true": 1000, "threads_true": 1000, "round_trip_plain": 2000,
+            "round_trip_plain_async": 2000, "round_trip_ours": 2000}
     res: dict[str, list[dict]] = {k: [] for k in plan}
     for rep in range(reps):
         for name, size in plan.items():
@@ -349,7 +372,7 @@ def main() -> int:
     ours_t, plain_t, rh_t = rate("ours_threads"), rate("plain_threads"), \
         rate("rhapsody060_threads")
     ours_p, plain_p = rate("ours_processes"), rate("plain_processes")
-    ours_x, asy_x = rate("ours_true"), rate("asyncio_true")
+    ours_x, asy_x, thr_x = rate("ours_true"), rate("asyncio_true"), rate("threads_true")
     rt_ours, rt_plain = _median(res["round_trip_ours"], "latency"), \
         _median(res["round_trip_plain"], "latency")
     rt_async = _median(res["round_trip_plain_async"], "latency")
@@ -367,6 +390,8 @@ def main() -> int:
         ("/bin/true x1000 vs best bounded asyncio subprocess", ours_x / asy_x, ">= 0.8",
          f"{ours_x:,.0f}/s vs {asy_x:,.0f}/s (limit "
          f"{res['asyncio_true'][0].get('best_limit')})"),
+        ("/bin/true x1000 vs 2 threads of subprocess.run", ours_x / thr_x, ">= 0.9",
+         f"{ours_x:,.0f}/s vs {thr_x:,.0f}/s (issue 25's spawn limit)"),
         ("submit_tasks(N) time / time until all done", submit_frac, "<= 0.10",
          f"{submit_frac:.3f}"),
         ("one-task round trip vs plain thread pool", rt_ours / rt_plain, "<= 2",

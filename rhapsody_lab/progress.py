@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-_TERMINAL = frozenset(("DONE", "FAILED", "CANCELED"))
+from .api.states import DONE, TERMINAL_STATES
 
 
 class TerminalProgress:
@@ -24,9 +24,9 @@ class TerminalProgress:
 
     def __call__(self, batch: Sequence[tuple]) -> None:
         for _t, _uid, state, _b, _s in batch:
-            if state in _TERMINAL:
+            if state in TERMINAL_STATES:
                 self.done += 1
-                if state != "DONE":
+                if state != DONE:
                     self.failed += 1
         now = time.monotonic()
         if now - self._last > 0.1 or self.done >= self.total:

@@ -2,7 +2,9 @@
  * rhapsody_lab for JupyterLab 4: a sidebar listing the kernels' live sessions (backends,
  * task counts, refreshed every second from `<base_url>rhapsody-lab/sessions`), and one
  * main-area panel per dashboard plot (an iframe of the session's Bokeh app, proxied by
- * the `rhapsody_lab.server` extension under the Jupyter server's base URL).
+ * the `rhapsody_lab.server` extension under the Jupyter server's base URL). Open plot
+ * panels are restored after a page reload (the layout restorer re-runs the open command
+ * with the arguments each panel keeps in its dataset), as dask-labextension does.
  */
 import {
   ILayoutRestorer,
@@ -66,6 +68,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
         widget.addClass('rh-lab-plot');
         widget.node.dataset.sessionKey = key;
         widget.node.dataset.plot = plot;
+        widget.node.dataset.uid = uid;
+        widget.node.dataset.url = url;
         widget.title.label = `${plot} · ${uid}`;
         widget.title.caption = `rhapsody_lab ${plot} of session ${uid}`;
         widget.title.icon = rhapsodyIcon;
@@ -83,6 +87,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
     app.shell.add(panel, 'left', { rank: 400 });
     if (restorer) {
       restorer.add(panel, panel.id);
+      void restorer.restore(tracker, {
+        command: CommandIDs.openPlot,
+        args: widget => ({
+          key: widget.node.dataset.sessionKey ?? '',
+          uid: widget.node.dataset.uid ?? '',
+          plot: widget.node.dataset.plot ?? '',
+          url: widget.node.dataset.url ?? ''
+        }),
+        name: widget => widget.id
+      });
     }
 
     app.commands.addCommand(CommandIDs.showSessions, {

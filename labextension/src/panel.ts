@@ -33,7 +33,11 @@ export interface ISessionInfo {
 
 export type OpenPlot = (key: string, uid: string, plot: string, url: string) => void;
 
-const STATE_ORDER = ['NEW', 'SUBMITTED', 'QUEUED', 'RUNNING', 'DONE', 'FAILED', 'CANCELED'];
+/** What `GET rhapsody-lab/sessions` answers: the sessions and the engine's state order. */
+export interface ISessionsReply {
+  sessions: ISessionInfo[];
+  states: string[];
+}
 
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -50,14 +54,14 @@ function el<K extends keyof HTMLElementTagNameMap>(
 
 export async function fetchSessions(
   settings: ServerConnection.ISettings
-): Promise<ISessionInfo[]> {
+): Promise<ISessionsReply> {
   const url = URLExt.join(settings.baseUrl, 'rhapsody-lab', 'sessions');
   const response = await ServerConnection.makeRequest(url, {}, settings);
   if (!response.ok) {
     throw new ServerConnection.ResponseError(response);
   }
   const data = await response.json();
-  return data.sessions as ISessionInfo[];
+  return { sessions: data.sessions ?? [], states: data.states ?? [] } as ISessionsReply;
 }
 
 class SessionCard {
@@ -73,7 +77,7 @@ class SessionCard {
     this.node.append(this._title, this._path, this._backends, this._counts, this._plots);
   }
 
-  update(s: ISessionInfo): void {
+  update(s: ISessionInfo, order: string[]): void {
     this.node.dataset.sessionKey = s.key;
     this.node.dataset.uid = s.uid;
     this._title.textContent = s.uid;
@@ -82,9 +86,11 @@ class SessionCard {
     this._backends.textContent = Object.entries(s.backends)
       .map(([name, b]) => (b.capacity ? `${name} (${b.capacity} slots)` : name))
       .join(', ');
-    const states = Object.keys(s.counts).sort(
-      (a, b) => STATE_ORDER.indexOf(a) - STATE_ORDER.indexOf(b)
-    );
+    const rank = (state: string) => {
+      const i = order.indexOf(state);
+      return i < 0 ? order.length : i; // a state the server did not list goes last
+    };
+    const states = Object.keys(s.counts).sort((a, b) => rank(a) - rank(b));
     this._counts.replaceChildren(
       ...states.map(state => {
         const chip = el('span', `rh-lab-count rh-lab-state-${state.toLowerCase()}`);
@@ -157,9 +163,9 @@ export class SessionsPanel extends Widget {
     }
     this._busy = true;
     try {
-      const sessions = await fetchSessions(this._settings);
+      const reply = await fetchSessions(this._settings);
       this._status.textContent = '';
-      this.render(sessions);
+      this.render(reply.sessions, reply.states);
     } catch (err) {
       this._status.textContent = `cannot list sessions: ${err}`;
     } finally {
@@ -167,7 +173,7 @@ export class SessionsPanel extends Widget {
     }
   }
 
-  render(sessions: ISessionInfo[]): void {
+  render(sessions: ISessionInfo[], states: string[]): void {
     const seen = new Set<string>();
     for (const s of sessions) {
       seen.add(s.key);
@@ -176,7 +182,7 @@ export class SessionsPanel extends Widget {
         card = new SessionCard(this._open);
         this._cards.set(s.key, card);
       }
-      card.update(s);
+      card.update(s, states);
       if (card.node.parentNode !== this._list) {
         this._list.append(card.node); // new cards go last (the server sorts by start)
       }

@@ -11,6 +11,7 @@ from .errors import (
 )
 from .events import Event, EventStream
 from .session import Session
+from .state_manager import TaskStateManager
 from .states import CANCELED, DONE, FAILED, NEW, QUEUED, RUNNING, STATES, SUBMITTED, TERMINAL_STATES
 from .task import AITask, BaseTask, ComputeTask
 
@@ -36,5 +37,6 @@ __all__ = [
     "Session",
     "SessionError",
     "TaskExecutionError",
+    "TaskStateManager",
     "TaskValidationError",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -21,6 +22,7 @@ from typing import Any
 
 from .errors import BackendError, SessionError, TaskExecutionError
 from .lifecycle import DONE_RUN, TaskLifecycle
+from .state_map import StateMapper
 from .states import CANCELED, FAILED, SUBMITTED
 
 __all__ = ["CANCELED_CLAIM", "DONE_RUN", "BaseBackend", "record_failure", "result_text"]
@@ -39,6 +41,13 @@ class BaseBackend(TaskLifecycle, ABC):
     #: batches delivers them at once (statistics, journal, dashboards); fewer are left to
     #: the stream's 0.1 s timer, off the critical path of the next completions.
     flush_min: int = 1_000
+    #: Tools built on RHAPSODY's backends (RADICAL AsyncFlow) read these: a backend on a
+    #: shared filesystem has no data to link between tasks.
+    supports_implicit_data_linking: bool = False
+    supports_explicit_data_linking: bool = False
+    #: Task states are the engine's own (``get_task_states_map()`` is the identity).
+    speaks_main_states: bool = True
+
     def __init__(self, name: str):
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
             raise SessionError(f"backend name must be a non-empty string without spaces, "
@@ -54,7 +63,9 @@ class BaseBackend(TaskLifecycle, ABC):
         self._init_lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_session: Callable[[], None] | None = None
-        self._work_dir: str | None = None
+        self._work_dir: str = os.getcwd()  # where capture_stdio files go; set on attach
+        self.is_attached = False  # RHAPSODY's names: registered with a session or engine
+        self.attached_to: list[str] = []  # uids of the sessions/engines it served, in order
 
     # -- identity and life cycle -------------------------------------------------------
     @property
@@ -125,15 +136,19 @@ class BaseBackend(TaskLifecycle, ABC):
 
     # -- what the session uses ---------------------------------------------------------
     def attach(self, emit: Callable[[tuple], None], wake: Callable[[], None] | None = None,
-               work_dir: str | None = None, emit_run: Callable[..., None] | None = None
-               ) -> None:
+               work_dir: str | None = None, emit_run: Callable[..., None] | None = None,
+               session_uid: str | None = None) -> None:
         """Send this backend's events to ``emit`` (the session's event stream) and runs of
         them to ``emit_run`` (``EventStream.emit_run``; by default through ``emit``)."""
+        if session_uid is not None:
+            self.is_attached = True
+            self.attached_to.append(session_uid)
         self.emit = emit
         self._attached_emit = emit
         self._stream_run = emit_run
         self._wake_session = wake
-        self._work_dir = work_dir
+        if work_dir is not None:
+            self._work_dir = work_dir
 
     def can_run(self, task: dict) -> bool:
         """Whether this backend runs tasks of this kind."""
@@ -170,9 +185,32 @@ class BaseBackend(TaskLifecycle, ABC):
             raise SessionError(f"callback must be callable(task, state), got {func!r}")
         self._callbacks.append(func)
 
-    def get_task_states_map(self) -> dict[str, str]:
+    def get_task_states_map(self) -> StateMapper:
+        """RHAPSODY's state vocabulary of this backend (``mapper.DONE``,
+        ``mapper.terminal_states``): the engine's states, mapped as themselves."""
+        return StateMapper(self)
+
+    def live_task_states(self) -> dict[str, str]:
         """State of every live task, by uid."""
         return {uid: t["state"] for uid, t in self._live.items()}
+
+    def task_state_cb(self, task: dict, state: str) -> None:
+        """Call the registered callbacks with ``(task, state)`` (RHAPSODY's hook)."""
+        for cb in list(self._callbacks):
+            cb(task, state)
+
+    def build_task(self, task: dict) -> None:
+        """Check that this backend can run ``task`` (RHAPSODY's hook; raises if not)."""
+        self.check_task(task)
+
+    def link_implicit_data_deps(self, src_task: dict, dst_task: dict) -> None:
+        """Nothing to link: tasks share the filesystem (``supports_*_data_linking``)."""
+
+    def link_explicit_data_deps(self, src_task: dict | None = None,
+                                dst_task: dict | None = None, file_name: str | None = None,
+                                file_path: str | None = None) -> dict | None:
+        """Nothing to stage on a shared filesystem; returns None."""
+        return None
 
     # -- helpers for implementations ---------------------------------------------------
     def _ensure_running(self) -> None:

@@ -30,6 +30,7 @@ from . import bulk
 from .errors import BackendError, TaskExecutionError
 from .events import run_events
 from .states import CANCELED, DONE, FAILED, QUEUED, RUNNING, STATES, TERMINAL_STATES, state_rank
+from .task import complete_plain_task
 
 __all__ = ["DONE_RUN", "TaskLifecycle", "may_move"]
 
@@ -200,6 +201,8 @@ class TaskLifecycle:
         """Record ``tasks`` as live and QUEUED here."""
         live = self._live
         for task in tasks:
+            if task.__class__ is dict:  # not a ComputeTask/AITask: a caller's own dict
+                complete_plain_task(task)
             live[task["uid"]] = task
         self.move_all(tasks, QUEUED, time.time())
 

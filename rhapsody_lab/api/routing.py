@@ -28,12 +28,11 @@ from typing import Any
 
 from .backend import BaseBackend, _kind
 from .errors import ResourceError, SessionError, TaskValidationError
-from .states import CANCELED, DONE, FAILED, NEW, SUBMITTED
+from .states import CANCELED, NEW, SUBMITTED, TERMINAL_STATES
 from .task import BaseTask
 
 __all__ = ["LimitedBackend", "PolicyRouter", "task_request"]
 
-_TERMINAL = (DONE, FAILED, CANCELED)
 _EMPTY: frozenset[str] = frozenset()
 
 
@@ -302,7 +301,7 @@ class LimitedBackend:
             self.backend._refuse(batch, exc)
 
     def _on_state(self, task: dict, state: str) -> None:
-        if state in _TERMINAL:
+        if state in TERMINAL_STATES:
             self.inflight.discard(task["uid"])
             if self.held and not self._scheduled and len(self.inflight) < self.limit:
                 self._scheduled = True

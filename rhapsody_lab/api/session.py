@@ -16,16 +16,18 @@ from typing import Any
 
 from . import gcfreeze
 from .backend import BaseBackend
+from .data import DataBackends, is_data_backend
 from .errors import SessionError
 from .events import EventStream, Subscriber
 from .extensions import provider
+from .state_manager import TaskStateManager
 from .states import CANCELED, NEW
 from .statistics import Statistics
 from .submission import Submission, _HandOff, _unclaim
 from .task import BaseTask
 from .telemetry_hooks import TelemetryHooks
 
-__all__ = ["Session"]
+__all__ = ["Session", "TaskStateManager"]  # the manager: RHAPSODY's path api.session
 
 _session_counter = itertools.count(0)
 _FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch
@@ -47,6 +49,7 @@ class Session(Submission, TelemetryHooks):
             raise SessionError(f"work_dir must be a path, got {type(work_dir).__name__}")
         self.work_dir = _work_dir(work_dir) if work_dir is not None else os.getcwd()
         self.backends: dict[str, BaseBackend] = {}
+        self.data_backends = DataBackends()  # Redis, DDict...: no tasks (api.data)
         self.events = EventStream()
         self._stats = Statistics()
         self.events.subscribe(self._stats, inline=True, on_runs=self._stats.fold_items)
@@ -61,7 +64,7 @@ class Session(Submission, TelemetryHooks):
         self._submitting = 0  # submit_tasks calls between validation and hand-off
         self._router: Any = None  # a policy's router (api.routing), set by from_policy
         self.created = time.time()
-        if isinstance(backends, BaseBackend):
+        if isinstance(backends, BaseBackend) or is_data_backend(backends):
             backends = [backends]
         if backends is not None:
             if not isinstance(backends, Iterable) or isinstance(backends, str | dict):
@@ -90,6 +93,8 @@ class Session(Submission, TelemetryHooks):
         """Register ``backend``; tasks reach it by ``task.backend = backend.name``."""
         if self._closed:
             raise SessionError(f"session {self.uid} is closed; create a new Session")
+        if is_data_backend(backend):  # a data backend (api.data): started and closed only
+            return self.data_backends.add(backend, self)
         if not isinstance(backend, BaseBackend):
             hint = " (did you pass the class? write ConcurrentExecutionBackend())" \
                 if isinstance(backend, type) else ""
@@ -104,7 +109,7 @@ class Session(Submission, TelemetryHooks):
         self._default_routes.clear()
         backend.attach(self.events.emit, functools.partial(self._flush_events,
                                                            backend.flush_min), self.work_dir,
-                       emit_run=self.events.emit_run)
+                       emit_run=self.events.emit_run, session_uid=self.uid)
 
     def _flush_events(self, least: int) -> None:
         """Backends call this after finishing a batch: observation keeps pace with dispatch.
@@ -150,8 +155,7 @@ class Session(Submission, TelemetryHooks):
         self._check_open()
         self.events.bind(asyncio.get_running_loop())
         todo = [b.initialize() for b in self.backends.values() if not b.is_running]
-        if todo:
-            await asyncio.gather(*todo)
+        await asyncio.gather(*todo, self.data_backends.start_all())
         return self
 
     async def __aenter__(self) -> Session:
@@ -320,6 +324,7 @@ class Session(Submission, TelemetryHooks):
             _unclaim(pending.claim)  # its job may be canceled before it ever ran
         results = await asyncio.gather(*(b.shutdown() for b in self.backends.values()),
                                        return_exceptions=True)
+        results += await self.data_backends.shutdown_all()  # after the tasks using them
         if self._services is not None:
             results.append(*(await asyncio.gather(self._services.stop_all(),
                                                   return_exceptions=True)))

@@ -13,6 +13,7 @@ __all__ = [
     "NEW",
     "QUEUED",
     "RUNNING",
+    "SHOWN_STATES",
     "STATES",
     "SUBMITTED",
     "TERMINAL_STATES",
@@ -29,6 +30,8 @@ CANCELED = "CANCELED"
 
 STATES: tuple[str, ...] = (NEW, SUBMITTED, QUEUED, RUNNING, DONE, FAILED, CANCELED)
 TERMINAL_STATES: frozenset[str] = frozenset({DONE, FAILED, CANCELED})
+#: The states a submitted task is seen in, in display order (widgets, plots, tables).
+SHOWN_STATES: tuple[str, ...] = STATES[1:]
 _RANK = {s: i for i, s in enumerate(STATES[:5])} | {FAILED: 4, CANCELED: 4}
 
 

@@ -18,20 +18,19 @@ from operator import itemgetter, sub
 from typing import Any
 
 from .events import run_events
+from .states import STATES, TERMINAL_STATES
 
 __all__ = ["LatencyHistogram", "Statistics"]
 
 _TOP = 3 if sys.byteorder == "little" else 0  # the 16-bit word of a double holding its top
-_TERMINAL = frozenset(("DONE", "FAILED", "CANCELED"))
 _STAMP = {"QUEUED": 2, "RUNNING": 3}  # where a live record keeps the time of that state
 _STATE_OF, _T0, _TQ, _TS = (itemgetter(i) for i in range(4))  # of a live record
 _UNSET = object()  # no backend seen yet in a batch (None is a backend name here too)
-_STATES = ("NEW", "SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED")
 
 
 def _zero_counts() -> dict[str, int]:
     """A plain dict with every state at 0 (faster than Counter on the hot path)."""
-    return dict.fromkeys(_STATES, 0)
+    return dict.fromkeys(STATES, 0)
 
 
 class LatencyHistogram:
@@ -208,7 +207,7 @@ class Statistics:
                 rec[3] = t
             elif state == "QUEUED":
                 rec[2] = t
-            elif state in _TERMINAL:
+            elif state in TERMINAL_STATES:
                 del live[uid]
                 done((rec[1], rec[2], rec[3], t))
         if new:
@@ -273,7 +272,7 @@ class Statistics:
         prev = recs[0][0]
         if prev == state or list(map(_STATE_OF, recs)).count(prev) != n:
             return False
-        if state in _TERMINAL:
+        if state in TERMINAL_STATES:
             before = len(live)
             for uid in uids:
                 live.pop(uid, None)

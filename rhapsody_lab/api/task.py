@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from .errors import TaskValidationError
-from .states import NEW
+from .states import NEW, TERMINAL_STATES
 
 __all__ = ["AITask", "BaseTask", "ComputeTask"]
 
@@ -100,7 +100,7 @@ class BaseTask(dict):
 
     def done(self) -> bool:
         """True once the task reached DONE, FAILED or CANCELED."""
-        return self["state"] in ("DONE", "FAILED", "CANCELED")
+        return self["state"] in TERMINAL_STATES
 
     # -- serialisation -----------------------------------------------------------------
     def __reduce__(self):  # type: ignore[override]
@@ -246,6 +246,23 @@ _COMPUTE_TEMPLATE = dict.fromkeys(("uid", "backend", *_RESULT_FIELDS, "function"
                                    "executable", "args", "kwargs", "arguments",
                                    "task_backend_specific_kwargs"))
 _COMPUTE_TEMPLATE["state"] = NEW
+
+
+def complete_plain_task(task: dict) -> dict:
+    """Give a plain dict handed straight to a backend (as RADICAL AsyncFlow does) the
+    fields a task has, in place: the caller keeps reading its results from that dict."""
+    for name, value in _COMPUTE_TEMPLATE.items():
+        if task.get(name) is None and name != "backend":
+            task[name] = value
+    if task["uid"] is None:
+        task["uid"] = _next_uid()
+    if task["args"] is None:
+        task["args"] = ()
+    if task["kwargs"] is None:
+        task["kwargs"] = {}
+    if task["arguments"] is None:
+        task["arguments"] = []
+    return task
 
 
 class AITask(BaseTask):

@@ -66,8 +66,8 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
     #: A task's start is seen twice: by the look at what workers hold, then with its result
     starts_may_repeat = True
 
-    def __init__(self, resources: dict | None = None, cluster: Any = None, client: Any = None,
-                 name: str = "dask"):
+    def __init__(self, resources: dict | None = None, name: str = "dask", cluster: Any = None,
+                 client: Any = None):
         super().__init__(name)
         self._cluster_kwargs = _validate_cluster_resources(resources)
         if cluster is not None and client is not None:

@@ -16,6 +16,7 @@ from bokeh.plotting import figure
 from bokeh.transform import factor_cmap
 
 from ..api.errors import SessionError
+from ..api.states import SHOWN_STATES
 from ..observe import HIST_BINS, HIST_LOW, HIST_PER_DECADE
 from ..observe.metrics import STATES, Metrics, attach_metrics, hist_range
 from ..observe.process import RemoteMetrics
@@ -37,7 +38,7 @@ __all__ = [
 STATE_COLORS = {"SUBMITTED": "#9e9e9e", "QUEUED": "#f2b134", "RUNNING": "#1f77b4",
                 "DONE": "#2ca02c", "FAILED": "#d62728", "CANCELED": "#9467bd",
                 "NEW": "#cccccc"}
-_SHOWN = ("SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED")
+_SHOWN = SHOWN_STATES
 _FIG = {"sizing_mode": "stretch_width", "height": 260, "toolbar_location": "above",
         "tools": "pan,wheel_zoom,box_zoom,reset,save"}
 

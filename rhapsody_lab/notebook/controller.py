@@ -16,6 +16,7 @@ from typing import Any
 
 from ..api import BaseTask, Session
 from ..api.errors import SessionError
+from ..api.states import CANCELED, DONE, FAILED
 from .loop import Host, Pending
 
 __all__ = ["BACKEND_KINDS", "Controller", "Tracker", "make_backend"]
@@ -27,7 +28,7 @@ BACKEND_KINDS = {
     "processes": "a process pool (ConcurrentExecutionBackend(ProcessPoolExecutor))",
     "dask": "a Dask LocalCluster (DaskExecutionBackend)",
 }
-_TERMINAL = ("DONE", "FAILED", "CANCELED")
+_TERMINAL = (DONE, FAILED, CANCELED)  # in the order the widget shows them
 _PROGRESS_AFTER = 0.3  # a wait shorter than this shows no progress bar
 
 
@@ -299,7 +300,7 @@ class Controller:
             todo = [t for t in self.tasks if not t.done()]
             unfinished = {t.uid for t in todo}
             for backend in session.backends.values():
-                unfinished.update(backend.get_task_states_map())
+                unfinished.update(backend.live_task_states())
             n = await session.cancel_tasks(todo)
             for backend in session.backends.values():
                 n += await backend.cancel_all_tasks()

@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from ..api import BaseBackend, BaseTask, Session
+from ..api.states import SHOWN_STATES
 
 __all__ = [
     "backend_html",
@@ -34,7 +35,7 @@ __all__ = [
 
 _COLORS = {"NEW": "#888", "SUBMITTED": "#888", "QUEUED": "#b8860b", "RUNNING": "#1f77b4",
            "DONE": "#2ca02c", "FAILED": "#d62728", "CANCELED": "#7f7f7f"}
-_STATES = ("SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED")
+_STATES = SHOWN_STATES
 _MAX_ROWS = 20
 _STYLE = "font-family: var(--jp-code-font-family, monospace); font-size: 12px"
 
@@ -208,7 +209,7 @@ def session_mimebundle(session: Session, include: Any = None, exclude: Any = Non
 # -- backends --------------------------------------------------------------------------
 def backend_text(backend: BaseBackend) -> str:
     state = getattr(backend, "_backend_state", "?")
-    live = len(backend.get_task_states_map())
+    live = len(backend.live_task_states())
     return (f"<{type(backend).__name__} {backend.name} {state} slots={_capacity(backend)} "
             f"live_tasks={live} runs={','.join(sorted(backend.task_kinds))}>")
 
@@ -216,7 +217,7 @@ def backend_text(backend: BaseBackend) -> str:
 def backend_html(backend: BaseBackend) -> str:
     rows = [("name", backend.name), ("state", getattr(backend, "_backend_state", "?")),
             ("slots", _capacity(backend)),
-            ("live tasks", str(len(backend.get_task_states_map()))),
+            ("live tasks", str(len(backend.live_task_states()))),
             ("runs", ", ".join(sorted(backend.task_kinds)))]
     body = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>"
                    f"{escape(v)}</td></tr>" for k, v in rows)

@@ -16,6 +16,7 @@ from typing import Any
 import ipywidgets as w
 
 from ..api import Session
+from ..api.states import SHOWN_STATES
 from .controller import Controller
 from .reprs import _state, session_html, session_text
 
@@ -117,7 +118,7 @@ class SessionPanel:
             counts = stats["counts"]
             self.counts.value = " ".join(
                 f"{_state(s)}&nbsp;{counts.get(s, 0)}"
-                for s in ("SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED"))
+                for s in SHOWN_STATES)
             total = stats["summary"]["total_tasks"]
             finished = stats["summary"].get("finished_tasks", 0)
             self.bar.max = max(total, 1)

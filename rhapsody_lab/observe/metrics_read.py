@@ -10,13 +10,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..api.errors import SessionError
+from ..api.states import NEW, SHOWN_STATES, TERMINAL_STATES
 
 __all__ = ["HIST_BINS", "HIST_LOW", "HIST_PER_DECADE", "STATES", "MetricsReaders",
            "hist_range"]
 
 #: States in display order; index 7 collects anything unknown.
-STATES: tuple[str, ...] = ("SUBMITTED", "QUEUED", "RUNNING", "DONE", "FAILED", "CANCELED",
-                           "NEW")
+STATES: tuple[str, ...] = (*SHOWN_STATES, NEW)
 _NS = 8
 #: Latency histograms: log-scale buckets from 10**HIST_LOW s, HIST_PER_DECADE per decade.
 HIST_LOW, HIST_PER_DECADE, HIST_BINS = -6, 10, 110  # 1 µs .. 1e5 s
@@ -197,7 +197,7 @@ class MetricsReaders:
         for key in ("queue", "execution"):
             out[f"{key}_p50"] = _quantile(lat["right"], lat[key], 0.5)
             out[f"{key}_p95"] = _quantile(lat["right"], lat[key], 0.95)
-        done = sum(out["counts"].get(s, 0) for s in ("DONE", "FAILED", "CANCELED"))
+        done = sum(out["counts"].get(s, 0) for s in TERMINAL_STATES)
         out["throughput"] = done / span if span > 0 else 0.0
         return out
 

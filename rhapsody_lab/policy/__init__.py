@@ -23,11 +23,11 @@ Standard library only: PyYAML is imported only to read a ``.yaml``/``.yml`` file
 from __future__ import annotations
 
 from ..api import extensions
-from .build import build_backends, session_parts
+from .build import build_backends, node_workers, session_parts
 from .load import load_policy
 from .model import BACKEND_TYPES, BackendShare, Policy, PolicyError, Rule
 
 __all__ = ["BACKEND_TYPES", "BackendShare", "Policy", "PolicyError", "Rule",
-           "build_backends", "load_policy", "session_parts"]
+           "build_backends", "load_policy", "node_workers", "session_parts"]
 
 extensions.register_provider("policy", session_parts)

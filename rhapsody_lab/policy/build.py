@@ -4,14 +4,45 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..api.errors import SessionError
 from ..api.routing import PolicyRouter
 from ..resources import Allocation
 from .load import load_policy
-from .model import Policy, PolicyError
+from .model import BackendShare, Policy, PolicyError
 
-__all__ = ["build_backends", "session_parts"]
+if TYPE_CHECKING:
+    from ..backends.dask_nodes import WorkerSpec
+
+__all__ = ["build_backends", "node_workers", "session_parts"]
+
+
+def _spread(total: int, caps: list[int]) -> list[int]:
+    """``total`` split as evenly as ``caps`` (each node's own amount) allow."""
+    out = [0] * len(caps)
+    left = total
+    while left > 0:
+        open_ = [i for i, c in enumerate(caps) if out[i] < c]
+        if not open_:
+            break
+        each = max(1, left // len(open_))
+        for i in open_:
+            add = min(each, caps[i] - out[i], left)
+            out[i] += add
+            left -= add
+    return out
+
+
+def node_workers(share: BackendShare, allocation: Allocation) -> list[WorkerSpec]:
+    """One Dask worker per node of ``share``: its cores (threads) and GPUs spread over them."""
+    from ..backends.dask_nodes import WorkerSpec
+
+    index = {n: i for i, n in enumerate(allocation.nodes)}
+    cores = _spread(share.cores, [allocation.cores_per_node[index[n]] for n in share.nodes])
+    gpus = _spread(share.gpus, [allocation.gpus_per_node[index[n]] for n in share.nodes])
+    return [WorkerSpec(n, c, {"GPU": g} if g else {})
+            for n, c, g in zip(share.nodes, cores, gpus, strict=True) if c > 0]
 
 
 def build_backends(policy: Policy) -> list:
@@ -32,6 +63,11 @@ def build_backends(policy: Policy) -> list:
                 cls = backend_class("concurrent")
                 n = opts.pop("max_workers", max(1, b.cores))
                 backend = cls(ProcessPoolExecutor(n), name=b.name, **opts)
+            elif b.type == "dask" and b.nodes and (
+                    policy.allocation.source != "local" or "launcher" in opts):
+                from ..backends.dask_nodes import DaskNodesBackend
+                backend = DaskNodesBackend(node_workers(b, policy.allocation), name=b.name,
+                                           **opts)
             elif b.type == "dask":
                 cls = backend_class("dask")
                 res = {"n_workers": max(1, b.cores), "threads_per_worker": 1,

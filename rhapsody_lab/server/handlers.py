@@ -29,6 +29,7 @@ from tornado.simple_httpclient import SimpleAsyncHTTPClient
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, websocket_connect
 
 from ..api.errors import SessionError
+from ..api.states import STATES
 from .registry import (
     ENV_BASE_URL,
     ENV_DIR,
@@ -83,7 +84,11 @@ def _plots(entry: dict[str, Any], base_url: str) -> tuple[dict[str, str], str | 
 
 
 class SessionsHandler(APIHandler):
-    """``GET <base_url>rhapsody-lab/sessions``: the live sessions of this user's kernels."""
+    """``GET <base_url>rhapsody-lab/sessions``: the live sessions of this user's kernels.
+
+    The answer also carries ``states``, the task states in life-cycle order, so the lab
+    panel orders its counts by the engine's one list instead of a copy of it.
+    """
 
     auth_resource = "rhapsody_lab"  # for custom Authorizers: read access to sessions
 
@@ -111,7 +116,7 @@ class SessionsHandler(APIHandler):
                 "dashboard_error": refused or e.get("dashboard_error"),
             })
         sessions.sort(key=lambda s: (s["started"] or 0, s["key"]))
-        self.finish(json.dumps({"sessions": sessions}))
+        self.finish(json.dumps({"sessions": sessions, "states": list(STATES)}))
 
     async def _notebook_paths(self) -> dict[str, str]:
         manager = self.settings.get("session_manager")

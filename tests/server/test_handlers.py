@@ -33,6 +33,13 @@ async def _sessions(jp_fetch) -> list[dict]:
     return json.loads(response.body)["sessions"]
 
 
+async def test_sessions_reply_carries_the_engines_state_order(jp_fetch):
+    from rhapsody_lab.api.states import STATES
+
+    response = await jp_fetch("rhapsody-lab", "sessions")
+    assert json.loads(response.body)["states"] == list(STATES)
+
+
 async def _wait_for(predicate, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while True:

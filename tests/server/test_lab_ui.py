@@ -1,5 +1,6 @@
 """JupyterLab in a real browser: a notebook starts a session with the magic, the sidebar
-lists it with live counts, a button opens a dashboard plot panel that renders and updates.
+lists it with live counts, a button opens a dashboard plot panel that renders and updates
+and comes back after a page reload.
 
 Drives Debian's Chromium (``/usr/bin/chromium``) with Playwright against a real
 ``jupyter lab`` started here on a free port with a token; screenshots go to
@@ -111,7 +112,7 @@ def lab(tmp_path):
                                          + (tmp_path / "lab.log").read_text()) from None
                 time.sleep(0.3)
         yield {"base": base, "token": token, "registry": tmp_path / "registry",
-               "log": tmp_path / "lab.log"}
+               "log": tmp_path / "lab.log", "workspaces": tmp_path / "workspaces"}
     finally:
         try:  # shuts its kernels down too
             req = urllib.request.Request(f"{base}api/shutdown", method="POST",
@@ -192,6 +193,37 @@ def test_sidebar_lists_the_session_and_opens_a_live_plot(lab):
                 time.sleep(0.3)
             assert len(seen) >= 3 and seen == sorted(seen), seen  # the plot updates live
             page.screenshot(path=str(ARTIFACTS / "lab-dashboard-panel.png"))
+
+            # the count chips follow the engine's state order, sent by the server
+            from rhapsody_lab.api.states import STATES
+            shown = card.locator(".rh-lab-count").evaluate_all(
+                "chips => chips.map(c => c.dataset.state)")
+            assert shown == [s for s in STATES if s in shown], shown
+
+            # after a page reload the plot panel comes back (the layout restorer)
+            workspaces = Path(lab["workspaces"])
+            deadline = time.monotonic() + 20
+            while not any("rhapsody-lab-plots" in f.read_text()
+                          for f in workspaces.glob("*.jupyterlab-workspace")):
+                assert time.monotonic() < deadline, "the workspace never saved the panel"
+                time.sleep(0.3)
+            page.reload()
+            restored = page.locator(".rh-lab-plot[data-plot='task-states']")
+            expect(restored).to_be_visible()
+            frame = page.frame_locator(".rh-lab-plot[data-plot='task-states'] iframe")
+            expect(frame.locator("canvas").first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "lab-panel-restored.png"))
+            sidebar = page.locator("#rhapsody-lab-sessions")
+            card = sidebar.locator(".rh-lab-session[data-uid='ui-demo']")
+            if not card.is_visible():
+                page.locator('li.lm-TabBar-tab[data-id="rhapsody-lab-sessions"]').click()
+            expect(card).to_be_visible()
+            cells = page.locator(".jp-Notebook .jp-CodeCell")
+            expect(cells).to_have_count(len(CELLS))  # the unsaved empty cell is gone
+            cells.nth(len(CELLS) - 1).locator(".jp-InputArea-editor").click()
+            page.keyboard.press("Escape")
+            page.keyboard.press("b")  # a new cell below, for the stop
+            expect(cells).to_have_count(len(CELLS) + 1)
 
             # the kernel announced itself (pid, kernel id) in the server's registry
             entries = [json.loads(f.read_text()) for f in lab["registry"].glob("*.json")]

@@ -1,0 +1,5 @@
+"""RHAPSODY's module path ``backends.base``: the backend contract (``api.backend``)."""
+
+from ..api.backend import BaseBackend
+
+__all__ = ["BaseBackend"]

@@ -1,0 +1,5 @@
+"""RHAPSODY's module path ``backends.execution.concurrent``."""
+
+from ..concurrent import ConcurrentExecutionBackend
+
+__all__ = ["ConcurrentExecutionBackend"]
