@@ -110,6 +110,7 @@ class Session(Submission, TelemetryHooks):
         backend.attach(self.events.emit, functools.partial(self._flush_events,
                                                            backend.flush_min), self.work_dir,
                        emit_run=self.events.emit_run, session_uid=self.uid)
+        self._telemetry_backend_added(backend)
 
     def _flush_events(self, least: int) -> None:
         """Backends call this after finishing a batch: observation keeps pace with dispatch.
@@ -330,8 +331,7 @@ class Session(Submission, TelemetryHooks):
                                                   return_exceptions=True)))
         while self.events.flush(limit=_FLUSH_LIMIT):
             await asyncio.sleep(0)  # deliver the backlog without blocking the loop
-        await self._stop_telemetry()  # after the backlog: the CANCELED tasks are in it
-        self.events.close()
+        await self._stop_telemetry(then_close=self.events)  # after the backlog: CANCELED in
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]

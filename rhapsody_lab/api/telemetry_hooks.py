@@ -83,10 +83,18 @@ class TelemetryHooks:
             self._telemetry = None
             self._task_index = None
 
-    async def _stop_telemetry(self) -> None:
+    def _telemetry_backend_added(self, backend: Any) -> None:
+        """``add_backend``: the running telemetry polls its resources too."""
+        if self._telemetry is not None:
+            self._telemetry.backend_added(backend)
+
+    async def _stop_telemetry(self, then_close: Any = None) -> None:
+        """Stop the telemetry (``close``), then close ``then_close`` (the event stream)."""
         manager, self._telemetry = self._telemetry, None
-        if manager is not None:
-            try:
+        try:
+            if manager is not None:
                 await manager.stop()
-            finally:
-                self._task_index = None
+        finally:
+            self._task_index = None
+            if then_close is not None:
+                then_close.close()

@@ -61,18 +61,12 @@ __all__ = [
 
 
 async def start_for_session(session: Any, **options: Any) -> TelemetryManager:
-    """The ``"telemetry"`` provider: a started manager fed by ``session``'s events."""
-    from .adapters import ConcurrentTelemetryAdapter, adapter_for
+    """The ``"telemetry"`` provider: a started manager fed by ``session``'s events, with a
+    resource poller for each backend (one for this node, however many run here)."""
     manager = TelemetryManager(session.uid, **options)
     manager._bind(session)
-    local = False  # one poller for this node, however many local backends
     for backend in session.backends.values():
-        adapter = adapter_for(backend, session.uid, manager.resource_poll_interval)
-        if isinstance(adapter, ConcurrentTelemetryAdapter):
-            if local:
-                continue
-            local = True
-        manager.register_adapter(adapter)
+        manager.backend_added(backend)
     await manager.start()
     return manager
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..api.errors import SessionError
 from . import events as ev
+from ._feeds import ResourceFeeds
 from .summary import Summaries
 
 __all__ = ["TelemetryManager"]
@@ -41,7 +42,7 @@ def _positive(name: str, value: Any, none_ok: bool) -> None:
                            f"{' or None' if none_ok else ''}, got {value!r}")
 
 
-class TelemetryManager(Summaries):
+class TelemetryManager(ResourceFeeds, Summaries):
     """Events, OpenTelemetry metrics and spans, and a JSONL checkpoint of one session."""
 
     def __init__(self, session_id: str, checkpoint_interval: float | None = None,
@@ -206,14 +207,6 @@ class TelemetryManager(Summaries):
                                f"{callback!r}")
         self._subscribers.append(callback)
 
-    def register_adapter(self, adapter: Any) -> None:
-        """An object with ``start()`` and ``stop()`` (e.g. a resource poller) that emits
-        through this manager; started with it (at once if already running)."""
-        adapter._manager = self
-        self._adapters.append(adapter)
-        if self._running:
-            adapter.start()
-
     def register_span_enricher(self, func: Callable[[ev.BaseEvent], dict]) -> None:
         """``func(terminal_event) -> dict`` of extra attributes for each task span."""
         self._enrichers.append(func)
@@ -288,29 +281,6 @@ class TelemetryManager(Summaries):
         just done; a reader waiting (``sync``, ``stop``) ends the pause at once."""
         if not self._hurry.is_set() and not self._inbox.empty():
             self._hurry.wait(min(_MAX_PAUSE, (time.perf_counter() - began) * _PAUSE))
-
-    def _to_journals(self, event: ev.BaseEvent) -> None:
-        """Append a reading to the journals of the session (``observe.journal``)."""
-        if self._session is None:
-            return
-        try:
-            from ..observe.journal import journals_of
-            from ._fold import resource_row
-            for journal in journals_of(self._session()):
-                journal.write_resources([resource_row(event)])
-        except Exception:
-            log.debug("telemetry: journaling a resource reading failed", exc_info=True)
-
-    def resource_rows(self, since: int = 0) -> tuple[int, list[dict]]:
-        """Resource readings from number ``since`` on: ``(next since, rows)``; a row is
-        ``{t, node, backend, cpu, memory, gpu_id, gpu}`` (GPU rows: ``gpu_id`` set)."""
-        fold = self._fold
-        if fold is None:
-            return since, []
-        rows, dropped = fold.rows, fold.rows_dropped
-        start = max(0, since - dropped)
-        out = rows[start:]
-        return dropped + start + len(out), out
 
     def _wants_events(self) -> bool:
         return bool(self._subscribers) or self._checkpoint_file is not None

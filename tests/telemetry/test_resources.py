@@ -41,6 +41,8 @@ async def test_readings_reach_metrics_summary_and_journal(tmp_path, process):
         journal = attach_journal(s, process=process)
         tm = await s.start_telemetry(resource_poll_interval=0.1)
         assert len(tm._adapters) == 1  # one poller for this node, not one per backend
+        s.add_backend(ConcurrentExecutionBackend(max_workers=1, name="late"))
+        assert len(tm._adapters) == 1
         got: list[ResourceUpdate] = []
         tm.subscribe(lambda e: got.append(e) if isinstance(e, ResourceUpdate) else None)
         tasks = [ComputeTask(function=square, args=(i,)) for i in range(50)]
