@@ -88,6 +88,8 @@ class TelemetryManager(ResourceFeeds, Summaries):
         self._session: Any = None  # a weak reference to the session, once bound
         self._final_metrics: Any = None
         self._enrichers: list[Callable[[ev.BaseEvent], dict]] = []
+        self._greeted: set[int] | None = None  # subscribers SessionStarted went to
+        self._greeted_with: Any = None  # that event
 
     @property
     def session_id(self) -> str:
@@ -127,14 +129,14 @@ class TelemetryManager(ResourceFeeds, Summaries):
         self._thread = threading.Thread(target=self._work, daemon=True,
                                         name=f"rhapsody-telemetry-{self._session_id}")
         self._thread.start()
+        self.emit(ev.make_event(ev.SessionStarted, session_id=self._session_id,
+                                backend="rhapsody_lab", event_time=self._started))
         try:
             for adapter in self._adapters:
                 adapter.start()
         except BaseException:
             await self._shut(None)
             raise
-        self.emit(ev.make_event(ev.SessionStarted, session_id=self._session_id,
-                                backend="rhapsody_lab", event_time=self._started))
         if self._stream is not None:  # events emitted from now on (earlier ones delivered)
             if self._on_loop():
                 self._stream.flush(limit=None)
@@ -206,6 +208,8 @@ class TelemetryManager(ResourceFeeds, Summaries):
             raise SessionError(f"subscribe: callback must be callable taking one event, got "
                                f"{callback!r}")
         self._subscribers.append(callback)
+        if self._running:  # it gets SessionStarted even if that went out just before
+            self._inbox.put(("R", callback))
 
     def register_span_enricher(self, func: Callable[[ev.BaseEvent], dict]) -> None:
         """``func(terminal_event) -> dict`` of extra attributes for each task span."""
@@ -245,6 +249,9 @@ class TelemetryManager(ResourceFeeds, Summaries):
                 self._fold_emitted(batch)
             elif kind == "S":
                 item.set()
+            elif kind == "R" and self._greeted is not None and id(item) not in self._greeted:
+                self._greeted.add(id(item))
+                self._call([item], [(self._greeted_with, None)])
             elif kind == "X":
                 self._finish()
                 return
@@ -288,9 +295,13 @@ class TelemetryManager(ResourceFeeds, Summaries):
     def _deliver(self, pairs: list) -> None:
         if self._checkpoint_file is not None:
             self._checkpoint_file.events(pairs, self._otel.trace_id)
-        subs = self._subscribers
-        if not subs:
-            return
+        subs = list(self._subscribers)  # one view: subscribe() may append meanwhile
+        if pairs and self._greeted is None and pairs[0][0].event_type == "SessionStarted":
+            self._greeted, self._greeted_with = {id(sub) for sub in subs}, pairs[0][0]
+        if subs:
+            self._call(subs, pairs)
+
+    def _call(self, subs: list, pairs: list) -> None:
         later = []
         for event, _span in pairs:
             for sub in subs:
@@ -386,4 +397,10 @@ def _spawn(later: list) -> None:
             log.debug("telemetry subscriber %r failed", sub, exc_info=True)
             continue
         _SPAWNED.add(task)
-        task.add_done_callback(_SPAWNED.discard)
+        task.add_done_callback(_ended)
+
+
+def _ended(task: asyncio.Future) -> None:
+    _SPAWNED.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("async telemetry subscriber failed", exc_info=task.exception())

@@ -286,3 +286,23 @@ def test_importing_the_telemetry_does_not_import_opentelemetry():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_without_opentelemetry_start_telemetry_names_the_extra(tmp_path):
+    code = """
+import asyncio, sys
+sys.modules["opentelemetry"] = None  # as if the telemetry extra were not installed
+from rhapsody_lab import Session, SessionError
+async def main():
+    s = Session(work_dir=sys.argv[1])
+    try:
+        await s.start_telemetry()
+    except SessionError as exc:
+        print("refused:", exc)
+    s.get_statistics()  # the session works on
+    await s.close()
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert "refused:" in out and "rhapsody-lab[telemetry]" in out
