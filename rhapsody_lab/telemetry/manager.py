@@ -22,6 +22,7 @@ from typing import Any
 
 from ..api.errors import SessionError
 from . import events as ev
+from ._delivery import call_subscribers
 from ._feeds import ResourceFeeds
 from .summary import Summaries
 
@@ -251,7 +252,7 @@ class TelemetryManager(ResourceFeeds, Summaries):
                 item.set()
             elif kind == "R" and self._greeted is not None and id(item) not in self._greeted:
                 self._greeted.add(id(item))
-                self._call([item], [(self._greeted_with, None)])
+                call_subscribers([item], [(self._greeted_with, None)], self._loop)
             elif kind == "X":
                 self._finish()
                 return
@@ -299,24 +300,7 @@ class TelemetryManager(ResourceFeeds, Summaries):
         if pairs and self._greeted is None and pairs[0][0].event_type == "SessionStarted":
             self._greeted, self._greeted_with = {id(sub) for sub in subs}, pairs[0][0]
         if subs:
-            self._call(subs, pairs)
-
-    def _call(self, subs: list, pairs: list) -> None:
-        later = []
-        for event, _span in pairs:
-            for sub in subs:
-                if asyncio.iscoroutinefunction(sub):
-                    later.append((sub, event))
-                    continue
-                try:
-                    sub(event)
-                except Exception:
-                    log.debug("telemetry subscriber %r failed", sub, exc_info=True)
-        if later and self._loop is not None and not self._loop.is_closed():
-            try:
-                self._loop.call_soon_threadsafe(_spawn, later)
-            except RuntimeError:
-                pass
+            call_subscribers(subs, pairs, self._loop)
 
     def _snapshot(self) -> None:
         if self._checkpoint_file is not None:
@@ -384,23 +368,3 @@ class TelemetryManager(ResourceFeeds, Summaries):
         from .otlp import spans_to_otlp
         resource = dict(self._otel.resource.attributes) if self._otel is not None else {}
         return spans_to_otlp(self.read_traces(), resource, self._session_id, path)
-
-
-_SPAWNED: set[asyncio.Future] = set()  # async subscribers' tasks, held until they end
-
-
-def _spawn(later: list) -> None:
-    for sub, event in later:
-        try:
-            task = asyncio.ensure_future(sub(event))
-        except Exception:
-            log.debug("telemetry subscriber %r failed", sub, exc_info=True)
-            continue
-        _SPAWNED.add(task)
-        task.add_done_callback(_ended)
-
-
-def _ended(task: asyncio.Future) -> None:
-    _SPAWNED.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("async telemetry subscriber failed", exc_info=task.exception())
