@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # labextension/src is newer than rhapsody_lab/labextension; npm downloads are cached here
 export npm_config_cache ?= $(HOME)/.cache/npm
 LABEXT_SRC := labextension/package.json $(wildcard labextension/src/*.ts labextension/src/style/*)
-EXTRAS ?= test,dask,dashboard,notebook,dragon,inference,asyncflow,telemetry
+EXTRAS ?= test,dask,dashboard,notebook,dragon,inference,asyncflow,flux,telemetry
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench venv clean flux
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python bench/bench_concurrent.py
+
+# flux-core 0.88.0 for the Flux backend, built once into ~/.cache/rhapsody_lab (as CI does)
+flux:
+	bash .ci/setup.d/45-flux.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check rhapsody_lab tests bench

@@ -22,7 +22,9 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     if inspect.iscoroutinefunction(pyfuncitem.obj):
         names = pyfuncitem._fixtureinfo.argnames
         kwargs = {n: pyfuncitem.funcargs[n] for n in names}
-        asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=240))
+        marker = pyfuncitem.get_closest_marker("timeout")  # pytest-timeout's, if longer
+        bound = max(240, marker.args[0] - 10) if marker and marker.args else 240
+        asyncio.run(asyncio.wait_for(pyfuncitem.obj(**kwargs), timeout=bound))
         return True
     return None
 

@@ -16,6 +16,7 @@ BACKENDS: dict[str, str] = {
     "concurrent": "concurrent:ConcurrentExecutionBackend",
     "dask": "dask:DaskExecutionBackend",
     "dragon": "dragon:DragonExecutionBackendV3",
+    "flux": "flux:FluxExecutionBackend",
     "vllm": "inference.vllm:VllmInferenceBackend",
     "dragon_vllm": "inference.vllm:DragonVllmInferenceBackend",
 }
@@ -26,6 +27,7 @@ CLASS_NAMES: dict[str, str] = {
     "DaskExecutionBackend": "dask",
     "DragonExecutionBackendV3": "dragon",
     "DragonExecutionBackend": "dragon",
+    "FluxExecutionBackend": "flux",
     "VllmInferenceBackend": "vllm",
     "DragonVllmInferenceBackend": "dragon_vllm",
 }

@@ -27,6 +27,8 @@ BACKEND_KINDS = {
     "threads": "a thread pool (ConcurrentExecutionBackend), named 'threads'",
     "processes": "a process pool (ConcurrentExecutionBackend(ProcessPoolExecutor))",
     "dask": "a Dask LocalCluster (DaskExecutionBackend)",
+    "flux": "a Flux instance (FluxExecutionBackend): $FLUX_URI's, else `flux start "
+            "--test-size=N` (N = --workers, default 1)",
 }
 _TERMINAL = (DONE, FAILED, CANCELED)  # in the order the widget shows them
 _PROGRESS_AFTER = 0.3  # a wait shorter than this shows no progress bar
@@ -49,6 +51,9 @@ def make_backend(kind: str, workers: int | None) -> Any:
         return DaskExecutionBackend(resources={"n_workers": workers or 2,
                                                "threads_per_worker": 1,
                                                "dashboard_address": ":0"})
+    if kind == "flux":
+        from ..backends.flux import FluxExecutionBackend
+        return FluxExecutionBackend(test_size=workers or 1)
     raise SessionError(f"unknown backend {kind!r}; choose from {sorted(BACKEND_KINDS)}")
 
 

@@ -85,6 +85,8 @@ def build_backends(policy: Policy) -> list:
                 cls = backend_class("dragon")
                 opts.setdefault("num_workers", max(1, b.cores))
                 backend = cls(name=b.name, **opts)
+            elif b.type == "flux":  # its own instance or $FLUX_URI's; Flux places the jobs
+                backend = backend_class("flux")(name=b.name, **opts)
             else:  # vllm, dragon-vllm
                 cls = backend_class("vllm" if b.type == "vllm" else "dragon_vllm")
                 if "base_url" in opts:

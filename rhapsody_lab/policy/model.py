@@ -16,6 +16,7 @@ BACKEND_TYPES: dict[str, frozenset[str]] = {
     "dask": frozenset({"function", "executable"}),
     "dask-slurm": frozenset({"function", "executable"}),
     "dragon": frozenset({"function", "executable"}),
+    "flux": frozenset({"function", "executable"}),
     "vllm": frozenset({"ai"}),
     "dragon-vllm": frozenset({"ai"}),
 }

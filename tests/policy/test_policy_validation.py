@@ -35,7 +35,7 @@ def error(policy, alloc=TWO) -> PolicyError:
 
 
 @pytest.mark.parametrize("policy, key, words", [
-    (ok(sim={"type": "flux", "cores": 1}), "backends.sim.type", "unknown backend type 'flux'"),
+    (ok(sim={"type": "fluxx", "cores": 1}), "backends.sim.type", "unknown backend type 'fluxx'"),
     (ok(sim={"cores": 1}), "backends.sim.type", "unknown backend type None"),
     (ok(sim={"type": "concurrent", "cores": 12}), "backends.sim.cores",
      "12 exceeds the allocation's 2 cores"),
