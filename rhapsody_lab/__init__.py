@@ -62,6 +62,7 @@ _PROVIDERS = {
     "policy": "rhapsody_lab.policy",
     "dashboard": "rhapsody_lab.dashboard",
     "services.dragon": "rhapsody_lab.backends._dragon_launch",
+    "telemetry": "rhapsody_lab.telemetry",
 }
 #: lazy public name -> the module that defines it
 _LAZY = {

@@ -10,7 +10,9 @@ So the import is triggered by the session but always made from above, never by t
 - ``"policy"``: ``(policy, allocation) -> (backends, router)``, by ``rhapsody_lab.policy``;
 - ``"dashboard"``: ``(session, plots, interval) -> widget``, by ``rhapsody_lab.dashboard``;
 - ``"services.dragon"``: the Dragon launcher of ``api.services`` (see ``Service``), by
-  ``rhapsody_lab.backends._dragon_launch``.
+  ``rhapsody_lab.backends._dragon_launch``;
+- ``"telemetry"``: ``async (session, **options) -> TelemetryManager``, by
+  ``rhapsody_lab.telemetry`` (``Session.start_telemetry``).
 """
 
 from __future__ import annotations

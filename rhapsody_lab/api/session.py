@@ -26,6 +26,7 @@ from .states import CANCELED, NEW
 from .statistics import Statistics
 from .submission import Submission, _HandOff, _unclaim
 from .task import BaseTask
+from .telemetry_hooks import TelemetryHooks
 
 __all__ = ["Session", "TaskStateManager"]  # the manager: RHAPSODY's path api.session
 
@@ -34,7 +35,7 @@ _FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch
 _FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callback)
 
 
-class Session(Submission):
+class Session(Submission, TelemetryHooks):
     """Connects tasks to backends; ``async with Session([backend]) as s: ...``.
 
     ``work_dir`` (default: the current folder) is created if missing, like ``mkdir -p``.
@@ -117,6 +118,7 @@ class Session(Submission):
         backend.attach(self.events.emit, functools.partial(self._flush_events,
                                                            backend.flush_min), self.work_dir,
                        emit_run=self.events.emit_run, session_uid=self.uid)
+        self._telemetry_backend_added(backend)
 
     def _flush_events(self, least: int) -> None:
         """Backends call this after finishing a batch: observation keeps pace with dispatch.
@@ -337,7 +339,7 @@ class Session(Submission):
                                                   return_exceptions=True)))
         while self.events.flush(limit=_FLUSH_LIMIT):
             await asyncio.sleep(0)  # deliver the backlog without blocking the loop
-        self.events.close()
+        await self._stop_telemetry(then_close=self.events)  # after the backlog: CANCELED in
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]

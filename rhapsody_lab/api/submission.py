@@ -208,13 +208,14 @@ class Submission:
                 await asyncio.sleep(0)  # a huge call must not freeze the loop (or a notebook)
                 last_yield = time.perf_counter()
                 yielded = True
-        for backend in used:
-            if not backend.is_running:
-                await backend.initialize()
-                yielded = True
+        for backend in (b for b in used if not b.is_running):
+            await backend.initialize()
+            yielded = True
         for task, backend in to_check:  # a running backend knows its resources
             backend.check_task(task)
         claim = self._claim(tasks, uids, used, yielded)
+        if self._task_index is not None:  # uid -> task for the telemetry (telemetry_hooks)
+            self._task_index.update(zip(map(_UID, tasks), tasks, strict=True))
         try:
             return await self._bind_and_hand_off(tasks, routed, claim, loop, last_yield)
         finally:

@@ -44,6 +44,11 @@ class _Observer:
         j.close()
         return j.events_written
 
+    def write_resources(self, path: str, rows: list) -> None:
+        j = self.journals.get(path)
+        if j is not None:
+            j.write_resources(rows)
+
     def attr(self, name: str) -> Any:
         value = getattr(self.metrics, name)
         return list(value) if isinstance(value, list) else value

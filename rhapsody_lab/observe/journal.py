@@ -34,10 +34,11 @@ from typing import Any
 
 from ..api.errors import SessionError
 from .columns import Columns, columns
+from .journal_resources import RESOURCE_KEYS, journals_of, read_resources, track
 from .metrics import Metrics
 
-__all__ = ["COLUMNS", "FORMAT", "Journal", "attach_journal", "load", "load_dataframe",
-           "read_events"]
+__all__ = ["COLUMNS", "FORMAT", "RESOURCE_KEYS", "Journal", "attach_journal", "journals_of",
+           "load", "load_dataframe", "read_events", "read_resources"]
 
 FORMAT = "rhapsody_lab.journal"
 VERSION = 2
@@ -164,6 +165,13 @@ class Journal:
         self._write(head + encode_columns(cols))
         self.events_written += len(cols.uids)
 
+    def write_resources(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append resource readings (``RESOURCE_KEYS`` rows) as one columnar line."""
+        if self._fd is not None and rows:
+            line = {"meta": "resources", **{k: [r.get(k) for r in rows]
+                                            for k in RESOURCE_KEYS}}
+            self._write((_encode(line) + "\n").encode())
+
     def _capacity_lines(self, names: set[str]) -> bytes:
         cap: Mapping[str, int] = {}
         if self._capacity_fn is not None:
@@ -192,6 +200,10 @@ class Journal:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+    @property
+    def open(self) -> bool:
+        return self._fd is not None
 
     def __repr__(self) -> str:
         return f"<Journal {self.path} events={self.events_written}>"
@@ -232,17 +244,17 @@ def attach_journal(session: Any, path: str | os.PathLike | None = None, *,
             observer = None
         if observer is not None:
             observer.request("open_journal", path, session.uid, capacity(), fsync)
-            return RemoteJournal(observer, path)
+            return track(session, RemoteJournal(observer, path))
     journal = Journal(path, session_uid=session.uid, capacity=capacity, fsync=fsync)
     events.subscribe(journal.write_items, runs=True)  # runs stay columns
-    return journal
+    return track(session, journal)
 
 
 # -- reading --------------------------------------------------------------------------
 class _Loaded:
     """A journal read back: event columns, session metadata, capacity."""
 
-    __slots__ = ("capacity", "columns", "meta", "skipped")
+    __slots__ = ("capacity", "columns", "meta", "resources", "skipped")
 
     def __init__(self, path: str | os.PathLike):
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
@@ -254,6 +266,7 @@ class _Loaded:
             text = f.read()
         self.meta: dict[str, Any] = {}
         self.capacity: dict[str, int] = {}
+        self.resources: list[dict[str, Any]] = []
         cols: dict[str, list] = {k: [] for k in _KEYS}
         self.skipped = 0  # damaged lines left out: torn, not JSON, wrong shapes or types
         loads = json.loads
@@ -276,6 +289,13 @@ class _Loaded:
                     continue
                 self.meta = obj
                 self.capacity.update((k, v) for k, v in cap.items() if _is_int(v))
+            elif kind == "resources":
+                parts = [obj.get(k) for k in RESOURCE_KEYS]
+                if not all(isinstance(p, list) and len(p) == len(parts[0]) for p in parts):
+                    self.skipped += 1
+                    continue
+                self.resources += [dict(zip(RESOURCE_KEYS, row, strict=True))
+                                   for row in zip(*parts, strict=True)]
             elif kind == "capacity":
                 if _is_int(obj.get("slots")) and isinstance(obj.get("backend"), str):
                     self.capacity[obj["backend"]] = obj["slots"]

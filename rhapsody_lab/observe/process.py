@@ -283,6 +283,15 @@ class RemoteJournal:
         self.path = path
         self.events_written: int | None = None
 
+    @property
+    def open(self) -> bool:
+        return self.events_written is None and self.observer.alive
+
+    def write_resources(self, rows: list) -> None:
+        """Append resource readings (after every event sent so far)."""
+        if self.open:
+            self.observer.request("write_resources", self.path, list(rows))
+
     def close(self) -> None:
         """Stop journaling (everything received so far is written first)."""
         if self.events_written is not None:

@@ -12,6 +12,7 @@ loaders), or the violations.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,9 +21,10 @@ import sys
 ENGINE = ("rhapsody_lab.api",)
 UPPER = ("rhapsody_lab.backends", "rhapsody_lab.policy", "rhapsody_lab.dashboard",
          "rhapsody_lab.notebook", "rhapsody_lab.observe", "rhapsody_lab.server",
-         "rhapsody_lab.services")
+         "rhapsody_lab.services", "rhapsody_lab.telemetry")
 RUNTIMES = {"bokeh", "jupyter_bokeh", "IPython", "ipywidgets", "jupyter_server",
-            "jupyter_client", "dask", "distributed", "dragon", "numpy", "yaml"}
+            "jupyter_client", "dask", "distributed", "dragon", "numpy", "yaml",
+            "opentelemetry", "psutil", "pynvml"}
 violations: list[str] = []
 first_importer: dict[str, str] = {}
 
@@ -56,6 +58,7 @@ from rhapsody_lab.api import ComputeTask, Session, extensions  # noqa: E402
 from rhapsody_lab.api.backend import BaseBackend  # noqa: E402
 from rhapsody_lab.resources import Allocation  # noqa: E402
 
+HAVE_OTEL = importlib.util.find_spec("opentelemetry") is not None
 loaded = sorted(m for m in sys.modules if m.startswith(UPPER))
 assert not loaded, f"importing the engine loaded {loaded}"
 
@@ -143,6 +146,13 @@ async def main(work_dir: str) -> dict:
             del os.environ["DRAGON_MY_PUID"], os.environ["DRAGON_INF_PD"]
         out["placed"] = placed.placement.split(" (")[0]
 
+        if HAVE_OTEL:  # start_telemetry reaches rhapsody_lab.telemetry through its provider
+            telemetry = await s.start_telemetry()
+            more = [ComputeTask(function=null) for _ in range(3)]
+            await s.submit_tasks(more)
+            await s.wait_tasks(more, timeout=30)
+            out["telemetry_completed"] = telemetry.task_count()["completed"]
+
         widget = s.dashboard(plots=["task-states"])
         out["dashboard"] = type(widget).__name__
         widget.stop()
@@ -155,5 +165,6 @@ if __name__ == "__main__":
     result = asyncio.run(main(sys.argv[1]))
     result["importers"] = {m: first_importer.get(m) for m in (
         "rhapsody_lab.policy", "rhapsody_lab.dashboard",
-        "rhapsody_lab.backends._dragon_launch")}
+        "rhapsody_lab.backends._dragon_launch",
+        *(["rhapsody_lab.telemetry"] if HAVE_OTEL else []))}
     print(json.dumps(violations or ["OK", result]))

@@ -106,6 +106,7 @@ def test_session_reaches_policy_services_and_dashboard_through_registration(tmp_
     assert result["dragon_launcher"] == "rhapsody_lab.backends._dragon_launch"
     assert result["launcher_calls"] == ["start", "stop", "kill_tagged fake-node"]
     assert result["dashboard"] == "DashboardWidget"
+    assert result.get("telemetry_completed", 3) == 3
     assert result["after_close"] == ["STOPPED", "STOPPED", False, False]
     assert set(result["importers"].values()) == {"rhapsody_lab"}, result["importers"]
 
