@@ -37,6 +37,7 @@ from typing import Any
 from ..api.backend import BaseBackend
 from ..api.errors import BackendError, ResourceError, SessionError
 from ..api.states import CANCELED, FAILED, RUNNING
+from ._dask_chunks import ChunkFeeder
 from ._dask_gate import claim
 from ._dask_tasks import (
     _TASK_KEYS,
@@ -60,15 +61,20 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
     ``distributed.Client`` or an address) use an existing one, which is left running at
     shutdown. Per task, ``task_backend_specific_kwargs`` may carry Dask ``resources``
     (e.g. ``{"GPU": 1}``), ``retries``, ``priority``, ``workers``, and for executables
-    ``cwd``, ``env``, ``shell``, ``timeout``.
+    ``cwd``, ``env``, ``shell``, ``timeout``. ``chunks=True`` (the default) sends small
+    function tasks submitted together in chunks (``_dask_chunks``); False: one Dask task
+    each.
     """
 
     #: A task's start is seen twice: by the look at what workers hold, then with its result
     starts_may_repeat = True
 
     def __init__(self, resources: dict | None = None, cluster: Any = None, client: Any = None,
-                 name: str = "dask"):
+                 name: str = "dask", chunks: bool = True):
         super().__init__(name)
+        if not isinstance(chunks, bool):
+            raise SessionError(f"chunks must be True (small function tasks travel in "
+                               f"chunks) or False (one Dask task each), got {chunks!r}")
         self._cluster_kwargs = _validate_cluster_resources(resources)
         if cluster is not None and client is not None:
             raise SessionError("pass either cluster= or client=, not both")
@@ -102,6 +108,7 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
         self._started_tracker = False
         self._held: list = []                 # gathered futures not yet released
         self._held_bytes = 0
+        self._chunks = ChunkFeeder(self) if chunks else None
 
     # -- life cycle --------------------------------------------------------------------
     def capacity(self) -> int:
@@ -172,7 +179,7 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
         self._signal.set()
         client = self.client
         if client is not None:
-            futs = list(self._futs.values())
+            futs = list({id(f): f for f in self._futs.values()}.values())
             execs = [uid for uid, t in self._live.items() if t.get("executable") is not None]
             await asyncio.to_thread(self._close, futs, execs)
         for t in self._threads:
@@ -263,6 +270,9 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
             return False
         fut = self._futs.pop(uid, None)
         self._finish(task, CANCELED, time.time(), reason="canceled by request")
+        if fut is not None and fut._rhapsody_task.__class__ is list and any(
+                t["uid"] in self._live for t in fut._rhapsody_task):
+            fut = None  # its chunk runs others: the gate skips this one
         if fut is not None:
             await asyncio.to_thread(self._cancel_remote, [fut], [uid] if is_exec else [])
         return True
