@@ -94,12 +94,13 @@ class ChunkFeeder:
 
     # -- collector thread ------------------------------------------------------------
     def measure(self, fn: Any, seconds: float, k: int) -> bool:
-        """Record that ``k`` tasks of ``fn`` took ``seconds`` in all; True if some tasks
-        wait for it (the caller then wakes the submitter)."""
+        """Record that tasks of ``fn`` took ``seconds`` each (the median of a chunk of
+        ``k``: a load that preempts the worker now and then does not shrink chunks); True
+        if some tasks wait for it (the caller then wakes the submitter)."""
         plan = self._plans.get(id(fn))
         if plan is None or plan.fn is not fn:
             return False
-        per = max(seconds, 0.0) / k
+        per = max(seconds, 0.0)
         plan.est = per if plan.est is None else (1 - _ALPHA) * plan.est + _ALPHA * per
         if k > plan.kseen:
             plan.kseen = k
@@ -211,7 +212,8 @@ def chunk_payload(fn: Any, tasks: list) -> tuple:
 
 # -- on the worker ---------------------------------------------------------------------
 def _run_chunk(payload: tuple) -> tuple:
-    """Run a chunk's tasks in turn: ``(slot, begin, end, starts, ends, values, errors)``.
+    """Run a chunk's tasks in turn: ``(slot, typical, seconds, starts, ends, values,
+    errors)``: ``typical`` is the median time of a task, ``seconds`` the chunk's.
 
     ``errors`` maps a task's index to ``(exception, traceback)``, or to None when a cancel
     got to the gate first (that task never ran); it is None when there are none.
@@ -246,14 +248,16 @@ def _run_chunk(payload: tuple) -> tuple:
                 errors = {}
             errors[i] = (value, tb)
             values.append(None)
-    return (slot, begin, time.time(), starts, ends, values, errors)
+    ran = sorted(e - s for s, e in zip(starts, ends, strict=True) if s is not None)
+    typical = ran[len(ran) // 2] if ran else 0.0  # median: a preempted task counts once
+    return (slot, typical, time.time() - begin, starts, ends, values, errors)
 
 
 # -- in the collector ------------------------------------------------------------------
 def collect_chunk(live: dict, tasks: list, res: tuple, out: Any) -> float:
     """Fill in the tasks of a finished chunk and queue their outcome records with ``out``;
-    returns the chunk's work time. All DONE: one ``DONE_RUN`` record for the chunk."""
-    slot, begin, end, starts, ends, values, errors = res
+    returns the median time of its tasks. All DONE: one ``DONE_RUN`` record for it."""
+    slot, typical, _seconds, starts, ends, values, errors = res
     if errors is None and all(t["uid"] in live for t in tasks):
         none_text = "None"
         for task, value in zip(tasks, values, strict=True):
@@ -261,7 +265,7 @@ def collect_chunk(live: dict, tasks: list, res: tuple, out: Any) -> float:
             task["stdout"] = none_text if value is None else result_text(value)
             task["exit_code"] = 0
         out((tasks, DONE_RUN, (starts, ends), slot))
-        return end - begin
+        return typical
     errors = errors or {}
     for i, task in enumerate(tasks):
         if task["uid"] not in live:
@@ -283,4 +287,4 @@ def collect_chunk(live: dict, tasks: list, res: tuple, out: Any) -> float:
             state = DONE
         out((task, RUNNING, starts[i], slot))
         out((task, state, ends[i], slot))
-    return end - begin
+    return typical

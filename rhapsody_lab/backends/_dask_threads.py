@@ -322,8 +322,8 @@ class DaskThreads:
                     continue
                 if task.__class__ is list:  # a chunk
                     size += sys.getsizeof(res[5])
-                    seconds = collect_chunk(live, task, res, out)
-                    wake |= feeder.measure(task[0]["function"], seconds, len(task))
+                    typical = collect_chunk(live, task, res, out)
+                    wake |= feeder.measure(task[0]["function"], typical, len(task))
                 elif task.get("function") is not None:
                     good, value, tb, t0, t1, slot = res
                     size += sys.getsizeof(value)
