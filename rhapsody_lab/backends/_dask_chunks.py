@@ -12,13 +12,14 @@ rhapsody_lab / raw ``client.map`` 0.95x -> 4.9x, N=10,000 0.95x -> 8.6x; 100 ms 
 on 4 workers) 0.99x (unchunked path).
 
 How ``k`` is found (``ChunkFeeder``, on the submitter thread): a function never measured
-sends ``2 x slots`` tasks alone as a probe and holds the rest back; each result measures
-its time per task (the collector calls ``measure``). The held tasks then go in chunks of
-at most ``RAMP`` times the largest size measured so far (a function that was tiny on its
-first calls cannot hold a worker for long), with at most ``2 x slots`` chunks in flight,
-until the size wanted is reached: then everything held goes at once, in chunks no larger
-than a fair share per slot. A probe with no result within ``PROBE_WAIT`` means long
-tasks: they go unchunked. Later submits of a measured function go at once.
+keeps up to ``2 x slots`` tasks alone in flight as a probe and holds the rest back; each
+result measures its time per task (the collector calls ``measure``). The held tasks then
+go in chunks of at most ``RAMP`` times the largest size measured so far (a function that
+was tiny on its first calls cannot hold a worker for long), with at most ``2 x slots``
+chunks in flight, until the size wanted is reached: then everything held goes at once,
+in chunks no larger than a fair share per slot. A probe with no result within
+``PROBE_WAIT`` means long tasks: they go unchunked. Later submits of a measured function
+go at once.
 
 Each task keeps its own life: the runner passes the cancel gate per task (a task canceled
 before its turn is skipped, CANCELED), catches each task's exception (a failing task
@@ -151,12 +152,15 @@ class ChunkFeeder:
 
     def _release_group(self, g: _Group, plan: _Plan, slots: int, now: float) -> None:
         q = g.backlog
-        if plan.est is None:
+        if plan.est is None:  # probing: up to 2 x slots tasks alone in flight
             if plan.probe_at is None:
                 plan.probe_at = now
-                g.futs.extend(self._send(g, self._take(q, 2 * slots), 1))
             elif now - plan.probe_at > PROBE_WAIT:
                 self._send(g, self._take(q, len(q)), 1)  # no result yet: long tasks
+                return
+            free = 2 * slots - g.inflight()
+            if free > 0:
+                g.futs.extend(self._send(g, self._take(q, free), 1))
             return
         want = min(K_MAX, max(1, int(CHUNK_SECONDS / max(plan.est, 1e-9))))
         if want <= 1:

@@ -217,3 +217,16 @@ async def test_a_chunk_started_by_dask_skips_tasks_canceled_meanwhile(cluster, t
 def test_chunks_option_is_checked():
     with pytest.raises(SessionError, match="chunks must be True"):
         DaskExecutionBackend(chunks="yes")
+
+
+async def test_tasks_of_a_new_function_submitted_apart_start_at_once(cluster):
+    async with Session(backends=[DaskExecutionBackend(cluster=cluster)]) as session:
+        t0 = time.monotonic()
+        first = ComputeTask(function=nap, args=(2.0,))
+        await session.submit_tasks([first])
+        await asyncio.sleep(0.1)
+        second = ComputeTask(function=nap, args=(2.0,))  # not held for the first's result
+        await session.submit_tasks([second])
+        await session.wait_tasks([first, second], timeout=30)
+        assert [first.state, second.state] == ["DONE", "DONE"]
+        assert time.monotonic() - t0 < 3.0  # both ran at once on the 2 workers
