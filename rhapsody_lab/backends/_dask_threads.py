@@ -321,7 +321,7 @@ class DaskThreads:
                 if res is None:
                     continue
                 if task.__class__ is list:  # a chunk
-                    size += sys.getsizeof(res[5])
+                    size += sum(map(sys.getsizeof, res[5]))
                     typical = collect_chunk(live, task, res, out)
                     wake |= feeder.measure(task[0]["function"], typical, len(task))
                 elif task.get("function") is not None:

@@ -7,7 +7,9 @@ this backend adds as little as it can around them and never on the event loop:
   hands everything queued so far to Dask in bulk (one ``client.map`` per group of tasks
   sharing Dask options). Keys are ``<function-name>-<backend token>-<n>``: a common prefix
   and ``-`` separators keep Dask's TaskGroups few (a dotted uid makes each task its own
-  group and the scheduler slows down with their number).
+  group and the scheduler slows down with their number). Small function tasks go in
+  *chunks*, many to one Dask task, each keeping its own states and outcome: the Dask
+  chunks fast path (``_dask_chunks``, its gain measured there).
 - Each Dask future reports completion into a deque; a *collector* thread gathers results
   of whatever finished in one ``client.gather`` per batch, fills the task dicts and wakes
   the event loop once per batch (``BaseBackend.report``); the one drain moves each task to
@@ -60,7 +62,8 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
     ``cluster=`` (any Dask cluster object, or a scheduler address) or ``client=`` (a
     ``distributed.Client`` or an address) use an existing one, which is left running at
     shutdown. Per task, ``task_backend_specific_kwargs`` may carry Dask ``resources``
-    (e.g. ``{"GPU": 1}``), ``retries``, ``priority``, ``workers``, and for executables
+    (e.g. ``{"GPU": 1}``), ``retries`` (a function that raises runs again, in its worker,
+    up to that many times), ``priority``, ``workers``, and for executables
     ``cwd``, ``env``, ``shell``, ``timeout``. ``chunks=True`` (the default) sends small
     function tasks submitted together in chunks (``_dask_chunks``); False: one Dask task
     each.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,6 +18,14 @@ from distributed import LocalCluster
 from rhapsody_lab.api import ComputeTask, Session
 from rhapsody_lab.api.errors import SessionError
 from rhapsody_lab.backends import DaskExecutionBackend
+from rhapsody_lab.backends._dask_chunks import (
+    CHUNK_SECONDS,
+    K_MAX,
+    PROBE_WAIT,
+    RAMP,
+    ChunkFeeder,
+    _Plan,
+)
 
 
 # -- task functions (module level: workers import them) --------------------------------
@@ -230,3 +239,72 @@ async def test_tasks_of_a_new_function_submitted_apart_start_at_once(cluster):
         await session.wait_tasks([first, second], timeout=30)
         assert [first.state, second.state] == ["DONE", "DONE"]
         assert time.monotonic() - t0 < 3.0  # both ran at once on the 2 workers
+
+
+# -- the sizing rules, beside the real runs above (no runtime: a recorder takes the sends)
+class _Fut:
+    def __init__(self) -> None:
+        self.status = "pending"
+
+
+class _Recorder(ChunkFeeder):
+    """A ``ChunkFeeder`` whose sends are recorded as (tasks, k) instead of reaching Dask."""
+
+    def __init__(self, slots: int) -> None:
+        super().__init__(SimpleNamespace(_nthreads=slots, _live={}))
+        self.sent: list[tuple[int, int]] = []
+        self.made: list[_Fut] = []
+
+    def finish_all(self) -> None:
+        for fut in self.made:
+            fut.status = "finished"
+
+    def submit(self, tasks: list) -> None:
+        for task in tasks:
+            self._backend._live[task["uid"]] = task
+        self.add(tasks, ())
+        self.release()
+
+    def _send(self, g, tasks, k):
+        self.sent.append((len(tasks), k))
+        futs = [_Fut() for _ in range(-(-len(tasks) // k))]
+        self.made.extend(futs)
+        return futs
+
+
+def test_a_new_tiny_function_is_probed_then_ramped_then_sent_whole():
+    feeder = _Recorder(slots=2)
+    feeder.submit([ComputeTask(function=square, args=(i,)) for i in range(10_000)])
+    assert feeder.sent == [(4, 1)]  # the probe: 2 x slots alone, the rest held
+    for k in (1, RAMP, RAMP * RAMP):
+        feeder.release()  # nothing more while 2 x slots are in flight
+        feeder.finish_all()
+        feeder.measure(square, 2e-6, k)
+        feeder.release()
+    assert feeder.sent == [(4, 1), (4 * RAMP, RAMP), (4 * RAMP * RAMP, RAMP * RAMP),
+                           (10_000 - 4 - 4 * RAMP - 4 * RAMP * RAMP, K_MAX)]
+    assert not feeder._groups  # the rest went at once
+
+
+def test_a_measured_function_goes_at_once_in_fair_shares_and_long_ones_alone():
+    feeder = _Recorder(slots=4)
+    feeder._plans[id(square)] = plan = _Plan(square)
+    plan.est, plan.kseen = 1e-6, K_MAX
+    feeder.submit([ComputeTask(function=square, args=(i,)) for i in range(100)])
+    assert feeder.sent == [(100, 13)]  # ceil(100 / (2 x 4)): every slot gets work
+    plan.est = 2 * CHUNK_SECONDS  # long tasks: one Dask task each
+    feeder.submit([ComputeTask(function=square, args=(i,)) for i in range(100)])
+    assert feeder.sent[-1] == (100, 1)
+    plan.est = CHUNK_SECONDS / 10.5  # chunks of about CHUNK_SECONDS of work
+    feeder.submit([ComputeTask(function=square, args=(i,)) for i in range(1000)])
+    assert feeder.sent[-1] == (1000, 10)
+
+
+def test_a_probe_without_results_sends_the_rest_alone():
+    feeder = _Recorder(slots=1)
+    feeder.submit([ComputeTask(function=nap, args=(1,)) for _ in range(10)])
+    assert feeder.sent == [(2, 1)]
+    assert feeder.wait_time() <= PROBE_WAIT
+    feeder._plans[id(nap)].probe_at -= PROBE_WAIT + 0.1
+    feeder.release()
+    assert feeder.sent[-1] == (8, 1) and not feeder._groups
