@@ -1,21 +1,28 @@
 """Dask backend benchmark: rhapsody_lab vs a raw distributed.Client vs RHAPSODY 0.6.0.
 
-All systems share one LocalCluster (2 worker processes x 1 thread, like the anchors) and
-run in the same process, alternating, so the ratios printed at the end are comparable:
+All systems share a LocalCluster and run in the same process, alternating, so the ratios
+printed at the end (of medians over ``--reps``) are comparable:
 
-- null function tasks (N=10,000): raw ``client.map`` + ``client.gather`` (bulk) vs
-  ``Session.submit_tasks`` + ``wait_tasks`` through ``DaskExecutionBackend``;
-- ``/bin/true`` x 1,000: raw ``client.map`` of a capturing subprocess.run vs executable tasks;
-- RHAPSODY 0.6.0's DaskExecutionBackend on the null tasks, capped by ``--cap`` seconds
-  (it is known to take minutes; tasks done per second are reported);
-- utilisation of 200 x 50 ms sleeps on the 2 workers (busy time / (slots x makespan)).
+- null function tasks (``--sizes``, default 2,000 and 10,000) on 2 worker processes x 1
+  thread: raw ``client.map`` + ``client.gather`` (bulk) vs ``Session.submit_tasks`` +
+  ``wait_tasks`` through ``DaskExecutionBackend`` (small tasks go in chunks,
+  ``backends/_dask_chunks.py``); ``--before`` adds the unchunked path (``chunks=False``);
+- 100 ms tasks (``--n-long`` 200) on 4 worker processes x 1 thread, the same three ways;
+- ``/bin/true`` x ``--n-exec``: raw ``client.map`` of a capturing subprocess.run vs
+  executable tasks; utilisation of 200 x 50 ms sleeps on the 2 workers;
+- RHAPSODY 0.6.0's DaskExecutionBackend (``pip install 'rhapsody-lab[bench]'``) on
+  ``--rh-n`` null tasks and on the 100 ms tasks, capped by ``--cap`` seconds.
 
-Usage: python bench/bench_dask.py [--n 10000] [--n-exec 1000] [--reps 3] [--cap 60]
+Usage: python bench/bench_dask.py [--sizes 2000,10000] [--n-long 200] [--before]
+       [--reps 3] [--n-exec 1000] [--rh-n 2000] [--no-rhapsody] [--no-util]
 
-Measured on the 2-core machine (load ~2, 3 reps, medians): null fn 570/s vs raw 610/s
-(0.93x; 0.98x vs raw that also releases its keys), /bin/true 480/s vs 489/s (0.98x),
-RHAPSODY 0.6.0 144/s (rhapsody_lab 4.0x), utilisation 0.953 (raw Dask 0.968). Under a
-load of ~18 the same run gave 0.89x, 0.95x, 2.3x and 0.955: read ratios, not rates.
+Measured on the shared 2-core machine under a load of 5-12 (raw Dask 80-300 null tasks/s;
+read ratios, not rates), medians of 3 reps per run, three runs each of ``--sizes 2000``,
+``--sizes 10000 --reps 1`` and ``--n-long 200``, with ``--before``:
+null N=2,000 lab/raw 22.5x and 31.3x (unchunked 0.70x, 0.80x); N=10,000 67x and 34x
+(unchunked ~1.0x); 100 ms x 200 on 4 workers 0.99x and 1.01x (unchunked 0.99x, 0.99x);
+RHAPSODY 0.6.0 on Dask: rhapsody_lab 37-43x faster on null tasks (N=1,000), 1.0-1.4x on
+100 ms tasks. Runs that hit the 115 s cap under a load spike are left out.
 """
 
 from __future__ import annotations
