@@ -17,12 +17,12 @@ Usage: python bench/bench_dask.py [--sizes 2000,10000] [--n-long 200] [--before]
        [--reps 3] [--n-exec 1000] [--rh-n 2000] [--no-rhapsody] [--no-util]
 
 Measured on the shared 2-core machine under a load of 5-12 (raw Dask 80-300 null tasks/s;
-read ratios, not rates), medians of 3 reps per run, three runs each of ``--sizes 2000``,
-``--sizes 10000 --reps 1`` and ``--n-long 200``, with ``--before``:
-null N=2,000 lab/raw 22.5x and 31.3x (unchunked 0.70x, 0.80x); N=10,000 67x and 34x
-(unchunked ~1.0x); 100 ms x 200 on 4 workers 0.99x and 1.01x (unchunked 0.99x, 0.99x);
-RHAPSODY 0.6.0 on Dask: rhapsody_lab 37-43x faster on null tasks (N=1,000), 1.0-1.4x on
-100 ms tasks. Runs that hit the 115 s cap under a load spike are left out.
+read ratios, not rates), with ``--before``, ratios of medians of 3 reps: null N=2,000
+lab/raw 22.5x and 31.3x (unchunked 0.70x, 0.80x) in two runs; N=10,000 67x and 34x in two
+runs of 1 rep (unchunked 1.03x in a third); 100 ms x 200 on 4 workers 0.99x and 1.01x
+(unchunked 0.99x, 0.99x) in two runs; RHAPSODY 0.6.0 on Dask: rhapsody_lab 37-43x faster
+on null tasks (N=1,000), 1.0-1.4x on the 100 ms tasks. Runs cut by a 115 s cap during
+load spikes are left out.
 """
 
 from __future__ import annotations
