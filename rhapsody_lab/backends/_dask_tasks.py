@@ -127,13 +127,22 @@ def _plain(args: Any, kwargs: Any) -> bool:
         type(v) in _PLAIN for v in (kwargs or {}).values())
 
 
-def _pickle_error(obj: Any) -> str | None:
+def _pickle_error(obj: Any) -> tuple[str | None, int]:
+    """Why ``obj`` cannot be pickled (None if it can), and its pickled size in bytes."""
     import cloudpickle
     try:
-        cloudpickle.dumps(obj)
+        return None, len(cloudpickle.dumps(obj))
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return f"{type(exc).__name__}: {exc}", 0
+
+
+def _plain_bytes(args: Any, kwargs: Any) -> int:
+    """About the size of plain arguments: their strings' and bytes' lengths."""
+    n = 0
+    for a in (*(args or ()), *(kwargs or {}).values()):
+        if type(a) in (str, bytes):
+            n += len(a)
+    return n
 
 
 # -- what runs on the workers ----------------------------------------------------------

@@ -23,6 +23,7 @@ from ._dask_tasks import (
     _map_options,
     _pickle_error,
     _plain,
+    _plain_bytes,
     _retries,
     _run_exec,
 )
@@ -45,6 +46,7 @@ _POLL_MAX = 0.05
 _HOLD_KEYS = 20_000
 _HOLD_BYTES = 256 * 2**20
 _LOST = "scheduler-lost"
+_CHUNK_ARG_BYTES = 64 * 2**10  # a task with larger arguments goes alone, never in a chunk
 _RUNNING_POLL = 1.0       # seconds between two looks at what the workers hold
 
 
@@ -100,11 +102,14 @@ class DaskThreads:
             if kind == "f":
                 # Dask serialises on its I/O thread and only logs a failure there (the
                 # futures would never finish): refuse unpicklable tasks here, one by one.
-                tasks = [task for task in tasks if not self._unpicklable(task)]
-                if not tasks:
-                    continue
+                sized = [(t, n) for t in tasks if (n := self._args_bytes(t)) is not None]
+                tasks = [t for t, _ in sized]
                 if feeder is not None:  # alone or in chunks, as the feeder decides
-                    feeder.add(tasks, opts)
+                    small = [t for t, n in sized if n <= _CHUNK_ARG_BYTES]
+                    if small:
+                        feeder.add(small, opts)
+                    tasks = [t for t, n in sized if n > _CHUNK_ARG_BYTES]  # large: alone
+                if not tasks:
                     continue
             self._map_tasks(kind, opts, tasks)
         if feeder is not None:
@@ -138,26 +143,32 @@ class DaskThreads:
         self._track(tasks, futs)
         return futs
 
-    def _unpicklable(self, task: dict) -> bool:
-        """Fail ``task`` if its function or arguments cannot be pickled; True if so."""
+    def _args_bytes(self, task: dict) -> int | None:
+        """About the pickled size of ``task``'s arguments; None (and the task failed) if
+        its function or arguments cannot be pickled."""
         fn = task["function"]
         cache = self._pickle_ok
         field, err = "function", cache.get(id(fn), (None, None))[1]
         if id(fn) not in cache:
-            err = _pickle_error(fn)
+            err = _pickle_error(fn)[0]
             if len(cache) > 4096:
                 cache.clear()
             cache[id(fn)] = (fn, err)  # holding fn keeps its id from being reused
-        if err is None and not _plain(task["args"], task["kwargs"]):
-            field, err = "args", _pickle_error((task["args"], task["kwargs"]))
+        size = 0
         if err is None:
-            return False
+            if _plain(task["args"], task["kwargs"]):
+                size = _plain_bytes(task["args"], task["kwargs"])
+            else:
+                field = "args"
+                err, size = _pickle_error((task["args"], task["kwargs"]))
+        if err is None:
+            return size
         what = getattr(fn, "__qualname__", repr(fn)) if field == "function" else "its arguments"
         msg = (f"not sent to Dask: {what} cannot be pickled "
                f"({err}); define functions at module level (or in the notebook) and do not "
                "capture locks, open files, sockets or clients")
         self._report_failure(task, TaskValidationError(task["uid"], msg, field=field), msg)
-        return True
+        return None
 
     def _track(self, tasks: list, futs: list, chunks: bool = False) -> None:
         """Remember which task (``chunks``: which list of tasks) each future runs."""

@@ -85,6 +85,13 @@ def cluster():
         yield c
 
 
+def _measured_tiny(backend: DaskExecutionBackend, fn) -> None:
+    """Make the backend take ``fn`` for a function measured tiny (a load spike on the
+    machine could make its first measured calls look long, and unchunked)."""
+    backend._chunks._plans[id(fn)] = plan = _Plan(fn)
+    plan.est, plan.kseen = 1e-6, K_MAX
+
+
 def _mixed_batch(tmp) -> list[ComputeTask]:
     """Many small tasks with failures, coroutines and retries among them."""
     tasks = []
@@ -176,13 +183,9 @@ async def test_long_tasks_go_one_per_dask_task(cluster):
 async def test_cancel_in_a_chunk_and_running_while_its_chunk_runs(cluster, tmp_path):
     backend = DaskExecutionBackend(cluster=cluster)
     async with Session(backends=[backend]) as session:
-        warm = [ComputeTask(function=mark_nap, args=(str(tmp_path / "w"), 0))
-                for _ in range(300)]  # mark_nap is measured tiny: chunks of it follow
-        await session.submit_tasks(warm)
-        await session.wait_tasks(warm, timeout=60)
-        sent = backend._chunks.chunks_sent
+        _measured_tiny(backend, mark_nap)  # so the next tasks go in chunks, at once
         marks = [tmp_path / f"m{i}" for i in range(40)]
-        tasks = [ComputeTask(function=mark_nap, args=(str(m), 0.1)) for m in marks]
+        tasks = [ComputeTask(function=mark_nap, args=(str(m), 0.2)) for m in marks]
         await session.submit_tasks(tasks)
         last = tasks[-1]
         assert await session.cancel_task(last.uid) is True
@@ -191,25 +194,22 @@ async def test_cancel_in_a_chunk_and_running_while_its_chunk_runs(cluster, tmp_p
             assert time.monotonic() < deadline, "the first chunk never started"
             await asyncio.sleep(0.01)
         assert await session.cancel_task(tasks[0].uid) is False  # started: runs to its end
-        deadline = time.monotonic() + 3  # a running chunk shows its tasks RUNNING
+        deadline = time.monotonic() + 6  # a running chunk shows its tasks RUNNING
         while not any(t.state == "RUNNING" and not m.exists()  # before their own start
                       for t, m in zip(tasks, marks, strict=True)):
             assert time.monotonic() < deadline, "no task of a running chunk is RUNNING"
             await asyncio.sleep(0.02)
         await session.wait_tasks(tasks, timeout=60)
-    assert backend._chunks.chunks_sent > sent  # the 0.1 s tasks went in chunks
+    assert backend._chunks.chunks_sent == 4  # chunks of 10, a fair share per slot
     assert last.state == "CANCELED" and not marks[-1].exists()  # it never ran
     assert [t.state for t in tasks[:-1]] == ["DONE"] * 39
-    assert tasks[0].return_value == 0.1
+    assert tasks[0].return_value == 0.2
 
 
 async def test_a_chunk_started_by_dask_skips_tasks_canceled_meanwhile(cluster, tmp_path):
     backend = DaskExecutionBackend(cluster=cluster)
     async with Session(backends=[backend]) as session:
-        warm = [ComputeTask(function=mark_nap, args=(str(tmp_path / "w"), 0))
-                for _ in range(300)]
-        await session.submit_tasks(warm)
-        await session.wait_tasks(warm, timeout=60)
+        _measured_tiny(backend, mark_nap)
         marks = [tmp_path / f"m{i}" for i in range(8)]
         tasks = [ComputeTask(function=mark_nap, args=(str(m), 0.2)) for m in marks]
         await session.submit_tasks(tasks)  # chunks of 2: each worker runs one, then one
@@ -219,6 +219,7 @@ async def test_a_chunk_started_by_dask_skips_tasks_canceled_meanwhile(cluster, t
             await asyncio.sleep(0.01)
         assert await session.cancel_task(tasks[1].uid) is True  # its chunk is running
         await session.wait_tasks(tasks, timeout=60)
+    assert backend._chunks.chunks_sent == 4  # chunks of 2
     assert tasks[1].state == "CANCELED" and not marks[1].exists()
     assert [t.state for i, t in enumerate(tasks) if i != 1] == ["DONE"] * 7
 
@@ -311,3 +312,15 @@ def test_a_probe_without_results_sends_the_rest_alone():
     feeder._plans[id(nap)].probe_at -= PROBE_WAIT + 0.1
     feeder.release()
     assert feeder.sent[-1] == (8, 1) and not feeder._groups
+
+
+async def test_tasks_with_large_arguments_travel_alone(cluster):
+    backend = DaskExecutionBackend(cluster=cluster)
+    async with Session(backends=[backend]) as session:
+        blob = b"x" * 200_000
+        tasks = [ComputeTask(function=len, args=(blob,)) for _ in range(30)]
+        tasks += [ComputeTask(function=len, args=([1] * 50_000,)) for _ in range(30)]
+        await session.submit_tasks(tasks)
+        await session.wait_tasks(tasks, timeout=60)
+    assert [t.return_value for t in tasks] == [200_000] * 30 + [50_000] * 30
+    assert backend._chunks.tasks_chunked == 0
