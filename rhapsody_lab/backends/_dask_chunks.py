@@ -109,11 +109,6 @@ class ChunkFeeder:
             plan.kseen = k
         return bool(self._groups)
 
-    def planned(self, fn: Any) -> bool:
-        """Whether the collector should measure results of ``fn``."""
-        plan = self._plans.get(id(fn))
-        return plan is not None and plan.fn is fn
-
     # -- submitter thread ------------------------------------------------------------
     def add(self, tasks: list, opts: tuple) -> None:
         """Hold ``tasks`` (function tasks sharing Dask options) until ``release``."""
