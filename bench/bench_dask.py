@@ -157,7 +157,9 @@ async def rhapsody_rate(address: str, n: int, cap: float,
 
 def _rate(label: str, value: float, res: dict, key: str) -> None:
     res.setdefault(key, []).append(value)
-    print(f"  {label:34s}: {value:8.0f} tasks/s", flush=True)
+    raw = res.get("raw" + key[3:]) if key[:3] in ("lab", "pre") else None
+    vs = f"  ({value / raw[-1]:.2f}x this rep's raw)" if raw else ""
+    print(f"  {label:34s}: {value:8.1f} tasks/s{vs}", flush=True)
 
 
 def _ratio(res: dict, num: str, den: str) -> str:
@@ -216,29 +218,30 @@ def main() -> None:
         if not a.no_util:
             u_raw = raw_utilisation(client)
             u_lab = asyncio.run(lab_utilisation(cluster))
-        if have_rh:
+        if have_rh and a.rh_n:
             rate, done, dt = asyncio.run(rhapsody_rate(address, a.rh_n, a.cap))
             print(f"  RHAPSODY 0.6.0 dask, null N={a.rh_n}: {done} done in {dt:.1f}s")
             res["rh_null"] = [rate]
-    with LocalCluster(n_workers=4, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
-        address = cluster.scheduler_address
-        client.gather(client.map(noop, range(40), pure=False))
-        asyncio.run(lab_rate(cluster, 40, False, chunks=False))
-        for rep in range(a.reps if a.n_long else 0):
-            print(f"rep {rep + 1}/{a.reps} (4 workers x 1 thread, 100 ms tasks)")
-            _rate(f"raw Dask map+gather, 100 ms x {a.n_long}",
-                  raw_rate(client, nap100, a.n_long), res, "raw_long")
-            _rate("rhapsody_lab, 100 ms",
-                  asyncio.run(lab_rate(cluster, a.n_long, False, fn=nap100)), res, "lab_long")
-            if a.before:
-                _rate("rhapsody_lab unchunked, 100 ms",
-                      asyncio.run(lab_rate(cluster, a.n_long, False, chunks=False,
-                                           fn=nap100)), res, "pre_long")
-        if have_rh and a.n_long:
-            rate, done, dt = asyncio.run(rhapsody_rate(address, a.n_long, a.cap, fn=nap100))
-            print(f"  RHAPSODY 0.6.0 dask, 100 ms x {a.n_long}: {done} done in {dt:.1f}s")
-            res["rh_long"] = [rate]
+    if a.n_long:  # 100 ms tasks on a second cluster
+        with LocalCluster(n_workers=4, threads_per_worker=1, processes=True,
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
+            address = cluster.scheduler_address
+            client.gather(client.map(noop, range(40), pure=False))
+            asyncio.run(lab_rate(cluster, 40, False, chunks=False))
+            for rep in range(a.reps):
+                print(f"rep {rep + 1}/{a.reps} (4 workers x 1 thread, 100 ms tasks)")
+                _rate(f"raw Dask map+gather, 100 ms x {a.n_long}",
+                      raw_rate(client, nap100, a.n_long), res, "raw_long")
+                _rate("rhapsody_lab, 100 ms",
+                      asyncio.run(lab_rate(cluster, a.n_long, False, fn=nap100)), res, "lab_long")
+                if a.before:
+                    _rate("rhapsody_lab unchunked, 100 ms",
+                          asyncio.run(lab_rate(cluster, a.n_long, False, chunks=False,
+                                               fn=nap100)), res, "pre_long")
+            if have_rh:
+                rate, done, dt = asyncio.run(rhapsody_rate(address, a.n_long, a.cap, fn=nap100))
+                print(f"  RHAPSODY 0.6.0 dask, 100 ms x {a.n_long}: {done} done in {dt:.1f}s")
+                res["rh_long"] = [rate]
 
     med = {k: statistics.median(v) for k, v in res.items()}
     print(f"\n== medians of {a.reps} reps, ratios of rates measured in this run")
