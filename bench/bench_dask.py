@@ -16,13 +16,14 @@ printed at the end (of medians over ``--reps``) are comparable:
 Usage: python bench/bench_dask.py [--sizes 2000,10000] [--n-long 200] [--before]
        [--reps 3] [--n-exec 1000] [--rh-n 2000] [--no-rhapsody] [--no-util]
 
-Measured on the shared 2-core machine under a load of 5-12 (raw Dask 80-300 null tasks/s;
-read ratios, not rates), with ``--before``, ratios of medians of 3 reps: null N=2,000
-lab/raw 22.5x and 31.3x (unchunked 0.70x, 0.80x) in two runs; N=10,000 67x and 34x in two
-runs of 1 rep (unchunked 1.03x in a third); 100 ms x 200 on 4 workers 0.99x and 1.01x
-(unchunked 0.99x, 0.99x) in two runs; RHAPSODY 0.6.0 on Dask: rhapsody_lab 37-43x faster
-on null tasks (N=1,000), 1.0-1.4x on the 100 ms tasks. Runs cut by a 115 s cap during
-load spikes are left out.
+Measured on the shared 2-core machine under a load of 5-24 (raw Dask 60-300 null tasks/s;
+read ratios, not rates), with ``--before``, ratios of medians of 3 reps per run: null
+N=2,000 lab/raw 22.5x and 31.3x (unchunked 0.70x, 0.80x; two more runs cut by the 115 s
+cap gave pairs of 9-63x, unchunked 0.47-1.0x); N=10,000 (1 rep per run) 67x, 74x, 68x
+(unchunked 1.03x in a separate run); 100 ms x 200 on 4 workers 0.99x, 1.01x, 0.85x,
+1.03x (unchunked 0.99x, 0.99x, 0.83x, 1.02x in the same runs); RHAPSODY 0.6.0 on Dask:
+rhapsody_lab 37x and 43x faster on null tasks (N=1,000), 0.89-1.44x (median 1.02x) on
+the 100 ms tasks.
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ a function and Dask options go as *chunks*: one Dask task runs ``k`` of ours in 
 function's TaskGroup). ``k`` follows the function's measured duration so a chunk holds
 about ``CHUNK_SECONDS`` of work; tasks of ``CHUNK_SECONDS`` or more go one per Dask task
 (the unchunked path). Measured with ``bench/bench_dask.py --before`` on the shared 2-core
-machine (load 5-12; raw Dask ran 80-300 null tasks/s there), rhapsody_lab / raw
+machine (load 5-24; raw Dask ran 60-300 null tasks/s there), rhapsody_lab / raw
 ``client.map`` on one LocalCluster of 2 worker processes: null functions N=2,000
-0.70-0.80x unchunked -> 22-31x chunked (medians of 3 reps, 2 runs), N=10,000 ~1.0x ->
-34-67x (2 runs); 100 ms tasks (200 on 4 workers) 0.99-1.01x (a probe, then one Dask
-task each).
+0.70-0.80x unchunked -> 22-31x chunked (two full runs, medians of 3 reps), N=10,000
+~1.0x -> 67-74x (three runs); 100 ms tasks (200 on 4 workers) 1.00x (median of four
+runs: 0.85-1.03x, the unchunked path 0.83-1.02x in the same runs: a probe, then one
+Dask task each).
 
 How ``k`` is found (``ChunkFeeder``, on the submitter thread): a function never measured
 keeps up to ``2 x slots`` tasks alone in flight as a probe and holds the rest back; each
