@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from types import SimpleNamespace
 
@@ -324,3 +325,44 @@ async def test_tasks_with_large_arguments_travel_alone(cluster):
         await session.wait_tasks(tasks, timeout=60)
     assert [t.return_value for t in tasks] == [200_000] * 30 + [50_000] * 30
     assert backend._chunks.tasks_chunked == 0
+
+
+def record_run(log_dir, i, victim):
+    """Count a run of task ``i``; the victim's first run records its pid and hangs."""
+    with open(os.path.join(log_dir, str(i)), "a") as f:
+        f.write("x")
+    if i != victim:
+        return i
+    marker = os.path.join(log_dir, "marker")
+    if os.path.exists(marker):
+        return "rerun"
+    with open(marker, "w"):
+        pass
+    with open(os.path.join(log_dir, "pid"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+    return "first"
+
+
+async def test_a_worker_dying_mid_chunk_reruns_the_chunk(tmp_path):
+    """Dask reruns the dead worker's chunk elsewhere: every task ends DONE with its own
+    result, and a task of that chunk that had finished ran twice (the README says so)."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster:
+        backend = DaskExecutionBackend(cluster=cluster)
+        async with Session(backends=[backend]) as session:
+            _measured_tiny(backend, record_run)
+            tasks = [ComputeTask(function=record_run, args=(str(tmp_path), i, 3))
+                     for i in range(8)]  # chunks of 2: [2, 3] holds the victim
+            await session.submit_tasks(tasks)
+            deadline = time.monotonic() + 30
+            while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text():
+                assert time.monotonic() < deadline, "the victim never started"
+                await asyncio.sleep(0.05)
+            os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)
+            await session.wait_tasks(tasks, timeout=90)
+        assert backend._chunks.chunks_sent == 4
+        assert [t.state for t in tasks] == ["DONE"] * 8
+        assert [t.return_value for t in tasks] == [0, 1, 2, "rerun", 4, 5, 6, 7]
+        assert (tmp_path / "2").read_text() == "xx"  # finished in the chunk, then rerun
+        assert (tmp_path / "3").read_text() == "xx"
