@@ -1,21 +1,29 @@
 """Dask backend benchmark: rhapsody_lab vs a raw distributed.Client vs RHAPSODY 0.6.0.
 
-All systems share one LocalCluster (2 worker processes x 1 thread, like the anchors) and
-run in the same process, alternating, so the ratios printed at the end are comparable:
+All systems share a LocalCluster and run in the same process, alternating, so the ratios
+printed at the end (of medians over ``--reps``) are comparable:
 
-- null function tasks (N=10,000): raw ``client.map`` + ``client.gather`` (bulk) vs
-  ``Session.submit_tasks`` + ``wait_tasks`` through ``DaskExecutionBackend``;
-- ``/bin/true`` x 1,000: raw ``client.map`` of a capturing subprocess.run vs executable tasks;
-- RHAPSODY 0.6.0's DaskExecutionBackend on the null tasks, capped by ``--cap`` seconds
-  (it is known to take minutes; tasks done per second are reported);
-- utilisation of 200 x 50 ms sleeps on the 2 workers (busy time / (slots x makespan)).
+- null function tasks (``--sizes``, default 2,000 and 10,000) on 2 worker processes x 1
+  thread: raw ``client.map`` + ``client.gather`` (bulk) vs ``Session.submit_tasks`` +
+  ``wait_tasks`` through ``DaskExecutionBackend`` (small tasks go in chunks,
+  ``backends/_dask_chunks.py``); ``--before`` adds the unchunked path (``chunks=False``);
+- 100 ms tasks (``--n-long`` 200) on 4 worker processes x 1 thread, the same three ways;
+- ``/bin/true`` x ``--n-exec``: raw ``client.map`` of a capturing subprocess.run vs
+  executable tasks; utilisation of 200 x 50 ms sleeps on the 2 workers;
+- RHAPSODY 0.6.0's DaskExecutionBackend (``pip install 'rhapsody-lab[bench]'``) on
+  ``--rh-n`` null tasks and on the 100 ms tasks, capped by ``--cap`` seconds.
 
-Usage: python bench/bench_dask.py [--n 10000] [--n-exec 1000] [--reps 3] [--cap 60]
+Usage: python bench/bench_dask.py [--sizes 2000,10000] [--n-long 200] [--before]
+       [--reps 3] [--n-exec 1000] [--rh-n 2000] [--no-rhapsody] [--no-util]
 
-Measured on the 2-core machine (load ~2, 3 reps, medians): null fn 570/s vs raw 610/s
-(0.93x; 0.98x vs raw that also releases its keys), /bin/true 480/s vs 489/s (0.98x),
-RHAPSODY 0.6.0 144/s (rhapsody_lab 4.0x), utilisation 0.953 (raw Dask 0.968). Under a
-load of ~18 the same run gave 0.89x, 0.95x, 2.3x and 0.955: read ratios, not rates.
+Measured on the shared 2-core machine under a load of 5-24 (raw Dask 60-300 null tasks/s;
+read ratios, not rates), with ``--before``, ratios of medians of 3 reps per run: null
+N=2,000 lab/raw 22.5x and 31.3x (unchunked 0.70x, 0.80x; two more runs cut by the 115 s
+cap gave pairs of 9-63x, unchunked 0.47-1.0x); N=10,000 (1 rep per run) 67x, 74x, 68x
+(unchunked 1.03x in a separate run); 100 ms x 200 on 4 workers 0.99x, 1.01x, 0.85x,
+1.03x (unchunked 0.99x, 0.99x, 0.83x, 1.02x in the same runs); RHAPSODY 0.6.0 on Dask:
+rhapsody_lab 37x and 43x faster on null tasks (N=1,000), 0.89-1.44x (median 1.02x) on
+the 100 ms tasks.
 """
 
 from __future__ import annotations
@@ -41,6 +49,10 @@ def nap(_i):
     time.sleep(0.05)
 
 
+def nap100(_i):
+    time.sleep(0.1)
+
+
 def _n_tasks(dask_scheduler) -> int:
     return len(dask_scheduler.tasks)
 
@@ -57,28 +69,17 @@ def raw_rate(client, fn, n) -> float:
     return n / dt
 
 
-def raw_rate_released(client, fn, n) -> float:
-    """Bulk map + gather, then until the scheduler forgot every key: the same work the
-    backend does (it releases each key once its result is in, so workers keep nothing)."""
-    t0 = time.perf_counter()
-    futs = client.map(fn, range(n), pure=False)
-    client.gather(futs)
-    del futs
-    while client.run_on_scheduler(_n_tasks):
-        time.sleep(0.05)
-    return n / (time.perf_counter() - t0)
-
-
-async def lab_rate(address, n: int, executable: bool) -> float:
+async def lab_rate(address, n: int, executable: bool, chunks: bool = True,
+                   fn=noop) -> float:
     from rhapsody_lab.api import ComputeTask, Session
     from rhapsody_lab.backends import DaskExecutionBackend
 
-    backend = DaskExecutionBackend(cluster=address)
-    async with Session(backends=[backend]) as session:
+    backend = DaskExecutionBackend(cluster=address, chunks=chunks)  # a fresh one: the
+    async with Session(backends=[backend]) as session:  # chunk sizes are learnt each run
         if executable:
             tasks = [ComputeTask(executable="/bin/true") for _ in range(n)]
         else:
-            tasks = [ComputeTask(function=noop) for _ in range(n)]
+            tasks = [ComputeTask(function=fn, args=(i,)) for i in range(n)]
         t0 = time.perf_counter()
         await session.submit_tasks(tasks)
         t_sub = time.perf_counter() - t0
@@ -87,7 +88,9 @@ async def lab_rate(address, n: int, executable: bool) -> float:
         bad = sum(t.state != "DONE" for t in tasks)
         if bad:
             raise SystemExit(f"{bad} tasks did not finish DONE")
-    print(f"    submit_tasks() returned after {t_sub * 1000:.0f} ms")
+        feeder = backend._chunks
+        sent = f", {feeder.tasks_chunked} in {feeder.chunks_sent} chunks" if feeder else ""
+    print(f"    submit_tasks() returned after {t_sub * 1000:.0f} ms{sent}")
     return n / dt
 
 
@@ -120,7 +123,8 @@ def raw_utilisation(client, n: int = 200) -> float:
     return n * 0.05 / (slots * (time.perf_counter() - t0))
 
 
-async def rhapsody_rate(address: str, n: int, cap: float) -> tuple[float, int, float]:
+async def rhapsody_rate(address: str, n: int, cap: float,
+                        fn=noop) -> tuple[float, int, float]:
     from distributed import Client
     from rhapsody.api import ComputeTask, Session
     from rhapsody.backends import DaskExecutionBackend
@@ -128,7 +132,7 @@ async def rhapsody_rate(address: str, n: int, cap: float) -> tuple[float, int, f
     client = await Client(address, asynchronous=True)
     backend = await DaskExecutionBackend(client=client)
     session = Session(backends=[backend])
-    tasks = [ComputeTask(function=noop) for _ in range(n)]
+    tasks = [ComputeTask(function=fn, args=(i,)) for i in range(n)]
     t0 = time.perf_counter()
 
     async def run():
@@ -152,59 +156,121 @@ async def rhapsody_rate(address: str, n: int, cap: float) -> tuple[float, int, f
     return done / dt, done, dt
 
 
+def _rate(label: str, value: float, res: dict, key: str) -> None:
+    res.setdefault(key, []).append(value)
+    raw = res.get("raw" + key[3:]) if key[:3] in ("lab", "pre") else None
+    vs = f"  ({value / raw[-1]:.2f}x this rep's raw)" if raw else ""
+    print(f"  {label:34s}: {value:8.1f} tasks/s{vs}", flush=True)
+
+
+def _ratio(res: dict, num: str, den: str) -> str:
+    if not res.get(num) or not res.get(den):
+        return "n/a"
+    return f"{statistics.median(res[num]) / statistics.median(res[den]):.2f}x"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=10_000)
-    ap.add_argument("--n-exec", type=int, default=1_000)
+    ap.add_argument("--sizes", default="2000,10000", help="null-task counts, e.g. 2000,10000")
+    ap.add_argument("--n-exec", type=int, default=1_000, help="/bin/true tasks (0: skip)")
+    ap.add_argument("--n-long", type=int, default=200, help="100 ms tasks on 4 workers")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--before", action="store_true",
+                    help="also run rhapsody_lab with chunks=False (the unchunked path)")
+    ap.add_argument("--rh-n", type=int, default=2_000, help="null tasks for RHAPSODY 0.6.0")
     ap.add_argument("--cap", type=float, default=60.0, help="seconds for RHAPSODY 0.6.0")
     ap.add_argument("--no-rhapsody", action="store_true")
+    ap.add_argument("--no-util", action="store_true", help="skip the utilisation run")
     a = ap.parse_args()
+    sizes = [int(x) for x in a.sizes.split(",") if x]
 
     from distributed import Client, LocalCluster
 
+    try:
+        import rhapsody  # noqa: F401
+        have_rh = not a.no_rhapsody
+    except ImportError:
+        have_rh = False
+        if not a.no_rhapsody:
+            print("RHAPSODY 0.6.0 not installed (pip install 'rhapsody-lab[bench]')")
+    res: dict[str, list[float]] = {}
+    u_raw = u_lab = None
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
         address = cluster.scheduler_address
-        client.gather(client.map(noop, range(200), pure=False))  # warm up
-        res: dict[str, list[float]] = {k: [] for k in
-                                       ("raw_fn", "rel_fn", "lab_fn", "raw_ex", "lab_ex")}
+        client.gather(client.map(noop, range(200), pure=False))  # warm up (workers import
+        asyncio.run(lab_rate(cluster, 200, False, chunks=False))  # rhapsody_lab's wrappers)
         for rep in range(a.reps):
-            print(f"rep {rep + 1}/{a.reps}")
-            res["raw_fn"].append(raw_rate(client, noop, a.n))
-            print(f"  raw Dask map+gather, null fn : {res['raw_fn'][-1]:8.0f} tasks/s")
-            res["rel_fn"].append(raw_rate_released(client, noop, a.n))
-            print(f"  raw Dask, keys released      : {res['rel_fn'][-1]:8.0f} tasks/s")
-            res["lab_fn"].append(asyncio.run(lab_rate(cluster, a.n, False)))
-            print(f"  rhapsody_lab dask, null fn   : {res['lab_fn'][-1]:8.0f} tasks/s")
-            res["raw_ex"].append(raw_rate(client, run_true, a.n_exec))
-            print(f"  raw Dask map, /bin/true      : {res['raw_ex'][-1]:8.0f} tasks/s")
-            res["lab_ex"].append(asyncio.run(lab_rate(cluster, a.n_exec, True)))
-            print(f"  rhapsody_lab dask, /bin/true : {res['lab_ex'][-1]:8.0f} tasks/s")
-        u_raw = raw_utilisation(client)
-        u_lab = asyncio.run(lab_utilisation(cluster))
-        rh = None
-        if not a.no_rhapsody:
-            try:
-                import rhapsody  # noqa: F401
-                rh = asyncio.run(rhapsody_rate(address, a.n, a.cap))
-            except ImportError:
-                print("RHAPSODY 0.6.0 not installed (pip install rhapsody-py==0.6.0)")
+            print(f"rep {rep + 1}/{a.reps} (2 workers x 1 thread)")
+            for n in sizes:
+                _rate(f"raw Dask map+gather, null N={n}", raw_rate(client, noop, n), res,
+                      f"raw{n}")
+                _rate(f"rhapsody_lab, null N={n}", asyncio.run(lab_rate(cluster, n, False)),
+                      res, f"lab{n}")
+                if a.before:
+                    _rate(f"rhapsody_lab unchunked, N={n}",
+                          asyncio.run(lab_rate(cluster, n, False, chunks=False)), res,
+                          f"pre{n}")
+            if a.n_exec:
+                _rate("raw Dask map, /bin/true", raw_rate(client, run_true, a.n_exec), res,
+                      "raw_ex")
+                _rate("rhapsody_lab, /bin/true",
+                      asyncio.run(lab_rate(cluster, a.n_exec, True)), res, "lab_ex")
+        if not a.no_util:
+            u_raw = raw_utilisation(client)
+            u_lab = asyncio.run(lab_utilisation(cluster))
+        if have_rh and a.rh_n:
+            rate, done, dt = asyncio.run(rhapsody_rate(address, a.rh_n, a.cap))
+            print(f"  RHAPSODY 0.6.0 dask, null N={a.rh_n}: {done} done in {dt:.1f}s")
+            res["rh_null"] = [rate]
+    if a.n_long:  # 100 ms tasks on a second cluster
+        with LocalCluster(n_workers=4, threads_per_worker=1, processes=True,
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
+            address = cluster.scheduler_address
+            client.gather(client.map(noop, range(40), pure=False))
+            asyncio.run(lab_rate(cluster, 40, False, chunks=False))
+            for rep in range(a.reps):
+                print(f"rep {rep + 1}/{a.reps} (4 workers x 1 thread, 100 ms tasks)")
+                _rate(f"raw Dask map+gather, 100 ms x {a.n_long}",
+                      raw_rate(client, nap100, a.n_long), res, "raw_long")
+                _rate("rhapsody_lab, 100 ms",
+                      asyncio.run(lab_rate(cluster, a.n_long, False, fn=nap100)), res, "lab_long")
+                if a.before:
+                    _rate("rhapsody_lab unchunked, 100 ms",
+                          asyncio.run(lab_rate(cluster, a.n_long, False, chunks=False,
+                                               fn=nap100)), res, "pre_long")
+            if have_rh:
+                rate, done, dt = asyncio.run(rhapsody_rate(address, a.n_long, a.cap, fn=nap100))
+                print(f"  RHAPSODY 0.6.0 dask, 100 ms x {a.n_long}: {done} done in {dt:.1f}s")
+                res["rh_long"] = [rate]
 
     med = {k: statistics.median(v) for k, v in res.items()}
-    print("\n== medians (tasks/s) and ratios, same run, same LocalCluster (2x1 processes)")
-    print(f"null fn  N={a.n}: rhapsody_lab {med['lab_fn']:.0f}/s, raw Dask {med['raw_fn']:.0f}/s"
-          f" -> ratio {med['lab_fn'] / med['raw_fn']:.2f}x (target >= 0.9)")
-    print(f"  vs raw Dask that also releases its keys ({med['rel_fn']:.0f}/s, the same work):"
-          f" ratio {med['lab_fn'] / med['rel_fn']:.2f}x")
-    print(f"/bin/true N={a.n_exec}: rhapsody_lab {med['lab_ex']:.0f}/s, raw Dask "
-          f"{med['raw_ex']:.0f}/s -> ratio {med['lab_ex'] / med['raw_ex']:.2f}x (target >= 0.9)")
-    if rh is not None:
-        rate, done, dt = rh
-        print(f"RHAPSODY 0.6.0 dask, null fn: {done}/{a.n} done in {dt:.0f}s = {rate:.0f}/s"
-              f" -> rhapsody_lab is {med['lab_fn'] / max(rate, 1e-9):.1f}x faster")
-    print(f"utilisation 200 x 50 ms on 2 workers: rhapsody_lab {u_lab:.3f}, raw Dask "
-          f"{u_raw:.3f} (target >= 0.9)")
+    print(f"\n== medians of {a.reps} reps, ratios of rates measured in this run")
+    for n in sizes:
+        line = (f"null N={n:<6} rhapsody_lab {med[f'lab{n}']:6.0f}/s  raw client.map "
+                f"{med[f'raw{n}']:5.0f}/s  lab/raw {_ratio(res, f'lab{n}', f'raw{n}')}"
+                f" (goal >= 3x)")
+        if a.before:
+            line += f"  unchunked/raw {_ratio(res, f'pre{n}', f'raw{n}')}"
+        print(line)
+    if a.n_long:
+        line = (f"100 ms x {a.n_long} on 4 workers: lab/raw {_ratio(res, 'lab_long', 'raw_long')}"
+                f" (goal >= 0.95x)")
+        if a.before:
+            line += f"  unchunked/raw {_ratio(res, 'pre_long', 'raw_long')}"
+        print(line)
+    if a.n_exec:
+        print(f"/bin/true x {a.n_exec}: lab/raw {_ratio(res, 'lab_ex', 'raw_ex')}")
+    n0 = sizes[0] if sizes else None
+    if "rh_null" in res and n0 is not None:
+        print(f"RHAPSODY 0.6.0 on Dask, null N={a.rh_n}: {med['rh_null']:.0f}/s -> "
+              f"rhapsody_lab (N={n0}) / RHAPSODY {_ratio(res, f'lab{n0}', 'rh_null')}")
+    if "rh_long" in res:
+        print(f"RHAPSODY 0.6.0 on Dask, 100 ms: {med['rh_long']:.1f}/s -> rhapsody_lab / "
+              f"RHAPSODY {_ratio(res, 'lab_long', 'rh_long')}")
+    if u_lab is not None:
+        print(f"utilisation 200 x 50 ms on 2 workers: rhapsody_lab {u_lab:.3f}, raw Dask "
+              f"{u_raw:.3f}")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,16 @@ def _dask_options(task: dict) -> tuple:
     return tuple(out)
 
 
+def _map_options(opts: tuple) -> dict:
+    """``client.map`` keyword arguments from ``_dask_options``."""
+    kw = dict(opts)
+    if "workers" in kw and isinstance(kw["workers"], tuple):
+        kw["workers"] = list(kw["workers"])
+    if "resources" in kw:
+        kw["resources"] = dict(kw["resources"])
+    return kw
+
+
 _PLAIN = (int, float, str, bytes, bool, type(None))
 
 
@@ -117,13 +127,22 @@ def _plain(args: Any, kwargs: Any) -> bool:
         type(v) in _PLAIN for v in (kwargs or {}).values())
 
 
-def _pickle_error(obj: Any) -> str | None:
+def _pickle_error(obj: Any) -> tuple[str | None, int]:
+    """Why ``obj`` cannot be pickled (None if it can), and its pickled size in bytes."""
     import cloudpickle
     try:
-        cloudpickle.dumps(obj)
+        return None, len(cloudpickle.dumps(obj))
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return f"{type(exc).__name__}: {exc}", 0
+
+
+def _plain_bytes(args: Any, kwargs: Any) -> int:
+    """About the size of plain arguments: their strings' and bytes' lengths."""
+    n = 0
+    for a in (*(args or ()), *(kwargs or {}).values()):
+        if type(a) in (str, bytes):
+            n += len(a)
+    return n
 
 
 # -- what runs on the workers ----------------------------------------------------------
@@ -141,20 +160,38 @@ def _slot() -> str | None:
 def _call(payload: tuple) -> tuple:
     """Run one function task on a worker: ``(ok, value|exc, traceback, t0, t1, slot)``;
     ``ok`` is None (and the function never ran) when a cancel got to the gate first."""
-    uid, fn, args, kwargs = payload
+    uid, fn, args, kwargs, retries = payload
     t0 = enter(uid)
     if t0 is None:
         return (None, None, None, None, time.time(), _slot())
     try:
-        value = fn(*args, **kwargs)
-        if inspect.iscoroutine(value):
-            value = asyncio.run(value)
-    except BaseException as exc:
-        tb = "".join(traceback.format_exception(exc))
-        return (False, _portable(exc), tb, t0, time.time(), _slot())
+        ok, value, tb = _attempt(fn, args, kwargs, retries)
     finally:
         leave(uid)
-    return (True, value, None, t0, time.time(), _slot())
+    return (ok, value, tb, t0, time.time(), _slot())
+
+
+def _attempt(fn: Any, args: Any, kwargs: Any, retries: int) -> tuple[bool, Any, str | None]:
+    """Call ``fn`` (awaiting a coroutine), again up to ``retries`` times while it raises:
+    ``(True, value, None)`` or ``(False, portable exception, traceback)`` of the last try.
+    Retries happen here, not in Dask: the wrappers catch the function's exception."""
+    while True:
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.iscoroutine(value):
+                value = asyncio.run(value)
+            return True, value, None
+        except BaseException as exc:
+            if retries > 0 and isinstance(exc, Exception):
+                retries -= 1
+                continue
+            return False, _portable(exc), "".join(traceback.format_exception(exc))
+
+
+def _retries(task: dict) -> int:
+    """The ``retries`` a function task asked for (``task_backend_specific_kwargs``)."""
+    kw = task.get("task_backend_specific_kwargs")
+    return (kw.get("retries") or 0) if kw else 0
 
 
 def _portable(exc: BaseException) -> BaseException:

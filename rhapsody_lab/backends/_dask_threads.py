@@ -15,7 +15,18 @@ import traceback
 from ..api.backend import result_text
 from ..api.errors import BackendError, TaskValidationError
 from ..api.states import CANCELED, DONE, FAILED, RUNNING
-from ._dask_tasks import _SAFE, _call, _dask_options, _pickle_error, _plain, _run_exec
+from ._dask_chunks import collect_chunk
+from ._dask_tasks import (
+    _SAFE,
+    _call,
+    _dask_options,
+    _map_options,
+    _pickle_error,
+    _plain,
+    _plain_bytes,
+    _retries,
+    _run_exec,
+)
 from ._subprocess import capture_dir, exec_options
 
 _TICK = 0.5             # collector watchdog period (s): scheduler loss, capacity refresh
@@ -35,6 +46,7 @@ _POLL_MAX = 0.05
 _HOLD_KEYS = 20_000
 _HOLD_BYTES = 256 * 2**20
 _LOST = "scheduler-lost"
+_CHUNK_ARG_BYTES = 64 * 2**10  # a task with larger arguments goes alone, never in a chunk
 _RUNNING_POLL = 1.0       # seconds between two looks at what the workers hold
 
 
@@ -44,8 +56,13 @@ class DaskThreads:
     # -- submitter thread --------------------------------------------------------------
     def _submitter(self) -> None:
         get = self._submit_q.get
+        feeder = self._chunks
         while True:
-            batch = get()
+            wait = feeder.wait_time() if feeder is not None else None
+            try:
+                batch = get() if wait is None else get(timeout=wait)
+            except queue.Empty:
+                batch = []  # held tasks may be due: look at them
             if batch is None:
                 return
             try:  # take everything queued so far: bigger bulk submissions
@@ -80,64 +97,81 @@ class DaskThreads:
                 groups[key] = [task]
             else:
                 g.append(task)
+        feeder = self._chunks
         for (kind, opts), tasks in groups.items():
-            keys, payloads = [], []
-            for task in tasks:
-                self._seq += 1
-                if kind == "f":
-                    fn = task["function"]
-                    prefix = getattr(fn, "__name__", None) or "rhapsody"
-                    payloads.append((task["uid"], fn, task["args"] or (),
-                                     task["kwargs"] or {}))
-                else:
-                    prefix = os.path.basename(str(task["executable"])) or "exec"
-                    payloads.append((task["uid"], task["executable"],
-                                     [str(a) for a in task["arguments"] or ()],
-                                     exec_options(task), capture_dir(task, self._work_dir)))
-                prefix = _SAFE.sub("_", prefix).strip("_") or "rhapsody"
-                if not prefix[0].isalpha():
-                    prefix = "rhapsody_" + prefix
-                keys.append(f"{prefix}-{self._token}-{self._seq}")
-            func = _call if kind == "f" else _run_exec
-            kw = dict(opts)
-            if "workers" in kw and isinstance(kw["workers"], tuple):
-                kw["workers"] = list(kw["workers"])
-            if "resources" in kw:
-                kw["resources"] = dict(kw["resources"])
             if kind == "f":
                 # Dask serialises on its I/O thread and only logs a failure there (the
                 # futures would never finish): refuse unpicklable tasks here, one by one.
-                bad = [i for i, task in enumerate(tasks) if self._unpicklable(task)]
-                if bad:
-                    for i in reversed(bad):
-                        del tasks[i], payloads[i], keys[i]
-                    if not tasks:
-                        continue
-            futs = self.client.map(func, payloads, key=keys, pure=False, **kw)
-            self._track(tasks, futs)
+                sized = [(t, n) for t in tasks if (n := self._args_bytes(t)) is not None]
+                tasks = [t for t, _ in sized]
+                if feeder is not None:  # alone or in chunks, as the feeder decides
+                    small = [t for t, n in sized if n <= _CHUNK_ARG_BYTES]
+                    if small:
+                        feeder.add(small, opts)
+                    tasks = [t for t, n in sized if n > _CHUNK_ARG_BYTES]  # large: alone
+                if not tasks:
+                    continue
+            self._map_tasks(kind, opts, tasks)
+        if feeder is not None:
+            feeder.release()
 
-    def _unpicklable(self, task: dict) -> bool:
-        """Fail ``task`` if its function or arguments cannot be pickled; True if so."""
+    def _next_key(self, name: str) -> str:
+        """A Dask key ``<name>-<backend token>-<n>`` (see the backend's docstring)."""
+        prefix = _SAFE.sub("_", name).strip("_") or "rhapsody"
+        if not prefix[0].isalpha():
+            prefix = "rhapsody_" + prefix
+        self._seq += 1
+        return f"{prefix}-{self._token}-{self._seq}"
+
+    def _map_tasks(self, kind: str, opts: tuple, tasks: list) -> list:
+        """Hand ``tasks`` to Dask, one Dask task each (one ``client.map``); the futures."""
+        keys, payloads = [], []
+        for task in tasks:
+            if kind == "f":
+                fn = task["function"]
+                name = getattr(fn, "__name__", None) or "rhapsody"
+                payloads.append((task["uid"], fn, task["args"] or (),
+                                 task["kwargs"] or {}, _retries(task)))
+            else:
+                name = os.path.basename(str(task["executable"])) or "exec"
+                payloads.append((task["uid"], task["executable"],
+                                 [str(a) for a in task["arguments"] or ()],
+                                 exec_options(task), capture_dir(task, self._work_dir)))
+            keys.append(self._next_key(name))
+        futs = self.client.map(_call if kind == "f" else _run_exec, payloads, key=keys,
+                               pure=False, **_map_options(opts))
+        self._track(tasks, futs)
+        return futs
+
+    def _args_bytes(self, task: dict) -> int | None:
+        """About the pickled size of ``task``'s arguments; None (and the task failed) if
+        its function or arguments cannot be pickled."""
         fn = task["function"]
         cache = self._pickle_ok
         field, err = "function", cache.get(id(fn), (None, None))[1]
         if id(fn) not in cache:
-            err = _pickle_error(fn)
+            err = _pickle_error(fn)[0]
             if len(cache) > 4096:
                 cache.clear()
             cache[id(fn)] = (fn, err)  # holding fn keeps its id from being reused
-        if err is None and not _plain(task["args"], task["kwargs"]):
-            field, err = "args", _pickle_error((task["args"], task["kwargs"]))
+        size = 0
         if err is None:
-            return False
+            if _plain(task["args"], task["kwargs"]):
+                size = _plain_bytes(task["args"], task["kwargs"])
+            else:
+                field = "args"
+                err, size = _pickle_error((task["args"], task["kwargs"]))
+        if err is None:
+            return size
         what = getattr(fn, "__qualname__", repr(fn)) if field == "function" else "its arguments"
         msg = (f"not sent to Dask: {what} cannot be pickled "
                f"({err}); define functions at module level (or in the notebook) and do not "
                "capture locks, open files, sockets or clients")
         self._report_failure(task, TaskValidationError(task["uid"], msg, field=field), msg)
-        return True
+        return None
 
-    def _track(self, tasks: list, futs: list) -> None:
+    def _track(self, tasks: list, futs: list, chunks: bool = False) -> None:
+        """Remember which task (``chunks``: which list of tasks) each future runs."""
         store = self._futs
         live = self._live
         orphans = []
@@ -145,10 +179,12 @@ class DaskThreads:
             if fut is None:
                 continue
             fut._rhapsody_task = task
-            uid = task["uid"]
-            store[uid] = fut
-            if uid not in live:  # canceled while we were submitting
-                store.pop(uid, None)
+            members = task if chunks else (task,)
+            for t in members:
+                store[t["uid"]] = fut
+            if not any(t["uid"] in live for t in members):  # canceled while submitting
+                for t in members:
+                    store.pop(t["uid"], None)
                 orphans.append(fut)
                 continue
             self._new_futs.append(fut)
@@ -238,7 +274,9 @@ class DaskThreads:
                 fut = by_key.get(key)
                 if fut is not None:
                     posted.add(key)
-                    self._done.append((fut._rhapsody_task, RUNNING, t, addr))
+                    task = fut._rhapsody_task
+                    for one in task if task.__class__ is list else (task,):  # a chunk
+                        self._done.append((one, RUNNING, t, addr))
         if self._done:
             self._wake_drain()
 
@@ -252,14 +290,17 @@ class DaskThreads:
 
     def _collect(self, futs: list) -> None:
         live = self._live
+        store = self._futs
         ok, ok_tasks = [], []
         out = self._done.append
         for fut in futs:
             task = fut._rhapsody_task
-            uid = task["uid"]
-            if self._futs.get(uid) is fut:
-                del self._futs[uid]
-            if uid not in live:
+            members = task if task.__class__ is list else (task,)  # a chunk: its tasks
+            for t in members:
+                if store.get(t["uid"]) is fut:
+                    del store[t["uid"]]
+            members = [t for t in members if t["uid"] in live]
+            if not members:
                 continue
             status = fut.status
             if status == "finished":
@@ -271,38 +312,36 @@ class DaskThreads:
                     tb = "".join(traceback.format_exception(exc))
                 except Exception as e:
                     exc, tb = e, repr(e)
-                self._report_failure(task, exc, tb)
+                for t in members:
+                    self._report_failure(t, exc, tb)
             elif self.client.status != "running":  # the client lost its scheduler
                 self._declare_lost(self.client.status)
             else:  # cancelled (not by us: cancel_task finishes at once) or lost
-                reason = BackendError(self.name, f"Dask dropped task {uid} ({status}); "
-                                      "the scheduler connection was lost or it was canceled "
-                                      "outside rhapsody_lab")
-                self._report_failure(task, reason, str(reason))
+                for t in members:
+                    reason = BackendError(self.name, f"Dask dropped task {t['uid']} "
+                                          f"({status}); the scheduler connection was lost "
+                                          "or it was canceled outside rhapsody_lab")
+                    self._report_failure(t, reason, str(reason))
         if ok:
-            try:
-                results = self.client.gather(ok)
-            except Exception:
-                results = []
-                for task, fut in zip(ok_tasks, ok, strict=True):
-                    try:
-                        results.append(self.client.gather(fut))
-                    except Exception as exc:
-                        msg = (f"the result of task {task['uid']} could not be fetched "
-                               f"from Dask ({type(exc).__name__}: {exc})")
-                        self._report_failure(task, BackendError(self.name, msg), msg)
-                        results.append(None)
+            results = self._gather(ok, ok_tasks)
             self._held.extend(ok)
             size = 0
+            feeder = self._chunks
+            wake = False
             for task, res in zip(ok_tasks, results, strict=True):
                 if res is None:
                     continue
-                if task.get("function") is not None:
+                if task.__class__ is list:  # a chunk
+                    size += sum(map(sys.getsizeof, res[5]))
+                    typical = collect_chunk(live, task, res, out)
+                    wake |= feeder.measure(task[0]["function"], typical, len(task))
+                elif task.get("function") is not None:
                     good, value, tb, t0, t1, slot = res
                     size += sys.getsizeof(value)
                     if good is None:  # refused at the gate: a cancel came first
                         out((task, CANCELED, t1, slot))
-                    elif good:
+                        continue
+                    if good:
                         task["return_value"] = value
                         task["stdout"] = result_text(value)
                         task["stderr"] = ""
@@ -315,6 +354,8 @@ class DaskThreads:
                         task["exit_code"] = 1
                         out((task, RUNNING, t0, slot))
                         out((task, FAILED, t1, slot))
+                    if feeder is not None:
+                        wake |= feeder.measure(task["function"], t1 - t0, 1)
                 else:
                     state, stdout, stderr, code, t0, t1, slot = res
                     task["stdout"] = stdout
@@ -324,8 +365,27 @@ class DaskThreads:
                         out((task, RUNNING, t0, slot))
                     out((task, state, t1, slot))
             self._held_bytes += size
+            if wake:
+                self._submit_q.put([])  # held tasks wait for these measurements
         if self._done:
             self._wake_drain()
+
+    def _gather(self, futs: list, tasks: list) -> list:
+        """The results of finished futures (None for one that could not be fetched)."""
+        try:
+            return self.client.gather(futs)
+        except Exception:
+            results = []
+            for task, fut in zip(tasks, futs, strict=True):
+                try:
+                    results.append(self.client.gather(fut))
+                except Exception as exc:
+                    for t in task if task.__class__ is list else (task,):
+                        msg = (f"the result of task {t['uid']} could not be fetched "
+                               f"from Dask ({type(exc).__name__}: {exc})")
+                        self._report_failure(t, BackendError(self.name, msg), msg)
+                    results.append(None)
+            return results
 
     def _report_failure(self, task: dict, exc: BaseException, tb: str) -> None:
         task["exception"] = exc
