@@ -321,9 +321,10 @@ def m_scale_plain(n: int) -> dict:
 
 # -- driver ----------------------------------------------------------------------------
 
-def _one(name: str, n: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", name, "--n", str(n)],
-                         capture_output=True, text=True, timeout=900)
+def _one(name: str, n: int, script: str = __file__, timeout: float = 900) -> dict:
+    """Run measurement ``m_<name>(n)`` of ``script`` in a fresh interpreter; its JSON."""
+    out = subprocess.run([sys.executable, script, "--one", name, "--n", str(n)],
+                         capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
-import subprocess
 import sys
 import time
+
+from bench_concurrent import _median
+from bench_concurrent import _one as run_one
 
 
 def noop():
@@ -69,16 +70,7 @@ def m_lab_threads(n: int) -> dict:
 
 
 def _one(name: str, n: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", name, "--n", str(n)],
-                         capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _median(runs: list[dict], key: str) -> float:
-    vals = [r[key] for r in runs if key in r]
-    return statistics.median(vals) if vals else float("nan")
+    return run_one(name, n, __file__, timeout=300)
 
 
 def main() -> int:
