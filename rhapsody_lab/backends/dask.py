@@ -28,6 +28,8 @@ able to import ``rhapsody_lab`` (the task wrappers live here).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import queue
 import secrets
 import threading
@@ -160,7 +162,8 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
             if cluster is None:
                 kw = {"dashboard_address": ":0", **self._cluster_kwargs}
                 self._started_tracker = not _resource_tracker_running()
-                cluster = self.cluster = LocalCluster(**kw)
+                with _environ_kept():
+                    cluster = self.cluster = LocalCluster(**kw)
                 self._owns_cluster = True
             if isinstance(cluster, str) or getattr(cluster, "asynchronous", False):
                 address = cluster if isinstance(cluster, str) else cluster.scheduler_address
@@ -322,3 +325,24 @@ def _stop_resource_tracker() -> None:
         resource_tracker._resource_tracker._stop()
     except Exception:
         pass
+
+
+@contextlib.contextmanager
+def _environ_kept():
+    """Undo what Dask's nannies write into *this* process's ``os.environ`` while they spawn.
+
+    ``distributed.nanny.pre-spawn-environ`` (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``,
+    ...) is set in the parent before each worker starts and never taken back, so every
+    later child of the kernel (a Flux job, an executable task) would inherit it.
+    """
+    import dask
+    keys = list(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    before = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -599,3 +599,20 @@ async def test_capture_stdio_and_str_results_on_workers(cluster, tmp_path):
     assert _read(exe.stdout) == "hi" and _read(exe.stderr) == "oops"
     assert (fn.state, fn.stdout, fn.stderr) == ("DONE", "3", "")
     assert bad.state == "FAILED" and bad.stdout == "" and "ValueError" in bad.stderr
+
+
+async def test_local_cluster_leaves_the_kernel_environment_as_it_was(monkeypatch):
+    """Dask's nannies set OMP_NUM_THREADS=1 (pre-spawn-environ) in the parent; later children
+    of the kernel (a Flux job, an executable task) must not inherit that."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    backend = DaskExecutionBackend(resources={"n_workers": 1, "threads_per_worker": 1})
+    async with Session([backend]) as session:
+        task = ComputeTask(executable="sh", arguments=["-c", "echo ${OMP_NUM_THREADS:-unset}"])
+        await session.submit_tasks([task])
+        await session.wait_tasks([task], timeout=60)
+        assert "OMP_NUM_THREADS" not in os.environ
+        assert os.environ["MKL_NUM_THREADS"] == "3"
+        assert task.state == "DONE", task.stderr
+        # the worker itself keeps Dask's setting; our executable runs in the worker
+        assert task.stdout.strip() == "1"

@@ -65,6 +65,10 @@ def write_pid_and_sleep(path, seconds):
 
 
 # -- helpers -------------------------------------------------------------------------------
+# CPUs the job is bound to (``nproc`` alone would honour an inherited OMP_NUM_THREADS)
+_CPUS = "env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc"
+
+
 @pytest.fixture(autouse=True)
 def _no_flux_uri(monkeypatch):
     """Tests start their own instance unless they set FLUX_URI themselves."""
@@ -122,14 +126,14 @@ async def test_executables_functions_and_rank_jobs(tmp_path, no_children):
             ComputeTask(function=raises),
             ComputeTask(executable="sh", arguments=["-c", "echo rank=$FLUX_TASK_RANK"],
                         task_backend_specific_kwargs={"ranks": 2, "type": "mpi"}),
-            ComputeTask(executable="sh", arguments=["-c", "nproc"],
+            ComputeTask(executable="sh", arguments=["-c", _CPUS],
                         task_backend_specific_kwargs={"cores_per_rank": 2}),
             ComputeTask(executable="echo $((6 * 7))",
                         task_backend_specific_kwargs={"shell": True}),
             # the task's own request (as policy routing reads it): 2 ranks, 2 cores in all
-            ComputeTask(executable="sh", arguments=["-c", "echo r$FLUX_TASK_RANK:$(nproc)"],
+            ComputeTask(executable="sh", arguments=["-c", f"echo r$FLUX_TASK_RANK:$({_CPUS})"],
                         ranks=2, cores=2),
-            ComputeTask(executable="nproc"),  # one core by default, bound to it
+            ComputeTask(executable="sh", arguments=["-c", _CPUS]),  # one core by default, bound
         ]
         await session.submit_tasks(tasks)
         await session.wait_tasks(tasks, timeout=120)
