@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -104,7 +105,12 @@ def stop_process(proc: Any, grace: float) -> int | None:
 def kill_tagged(token: str, hostname: str, sig: int = signal.SIGKILL) -> None:
     """End every process of node ``hostname`` whose environment holds the service token."""
     if hostname in _this_node():
-        kill_tagged_here(token, sig)
+        if kill_tagged_here(token, sig) and sig == signal.SIGKILL:
+            # a large process (vLLM's engine) takes a while to die: close() returns when
+            # it is gone, so "nothing left behind" holds when the caller looks
+            deadline = time.monotonic() + 10
+            while kill_tagged_here(token, 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
         return
     try:  # another node: run the same scan there as a short Dragon process
         from dragon.infrastructure.policy import Policy

@@ -22,6 +22,11 @@ __all__ = ["ManagedBroker", "session_pids"]
 
 _PROGRAM = 'printf "%s\\n" "$FLUX_URI"; exec cat >/dev/null'
 
+#: inactive jobs the instance keeps in its KVS (``flux jobs -a`` shows these). Flux keeps
+#: every job by default: at 10,000 null jobs the broker held 1.6 GB. The backend has all it
+#: needs of a job once it is inactive (outputs go to files), so its own instance purges.
+KEEP_INACTIVE = 1000
+
 
 def session_pids(sid: int) -> list[int]:
     """Processes whose session id is ``sid`` (a managed broker's, its jobs included)."""
@@ -42,8 +47,10 @@ def session_pids(sid: int) -> list[int]:
 class ManagedBroker:
     """One ``flux start --test-size=size`` instance, started and ended by this process."""
 
-    def __init__(self, inst: FluxInstall, size: int, start_timeout: float = 60.0):
+    def __init__(self, inst: FluxInstall, size: int, start_timeout: float = 60.0,
+                 keep_inactive: int = KEEP_INACTIVE):
         self.inst = inst
+        self.keep_inactive = keep_inactive
         self.size = size
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
@@ -56,7 +63,9 @@ class ManagedBroker:
 
     def start(self) -> str:
         """Start the instance (blocking) and return its URI; RuntimeError if it fails."""
-        cmd = [self.inst.flux, "start", f"--test-size={self.size}", "/bin/sh", "-c", _PROGRAM]
+        cmd = [self.inst.flux, "start", f"--test-size={self.size}",
+               f"--conf=job-manager.inactive-num-limit={self.keep_inactive}",
+               "/bin/sh", "-c", _PROGRAM]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log, env=broker_env(self.inst),
                                      start_new_session=True, cwd="/")

@@ -342,18 +342,50 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(560)
+@pytest.mark.timeout(1560)
 async def test_ten_thousand_null_jobs_all_done(no_children):
-    """Needs Flux at >= 19 jobs/s to fit the 530 s bound (an idle 2-core machine: ~60/s,
-    ~160 s; a machine loaded 7x by other work: ~12/s)."""
+    """Every one of 10,000 null jobs ends DONE. Flux's speed follows the machine's load
+    (an idle 2-core machine: ~35-60/s; CI under load: ~15/s), so the test fails on a stall
+    (no job finishing for 120 s) or past 1,500 s, not on a rate."""
     backend = FluxExecutionBackend()
     async with Session([backend]) as session:
         tasks = [ComputeTask(executable="true") for _ in range(10_000)]
         t0 = time.monotonic()
         await session.submit_tasks(tasks)
-        await session.wait_tasks(tasks, timeout=530)
+        done = 0
+        while done < len(tasks):
+            try:
+                await session.wait_tasks(tasks, timeout=120)
+            except asyncio.TimeoutError:
+                pass
+            now = sum(t.state in ("DONE", "FAILED", "CANCELED") for t in tasks)
+            assert now > done, f"no Flux job finished in 120 s ({now}/10,000 finished)"
+            assert time.monotonic() - t0 < 1500, f"only {now}/10,000 finished in 1,500 s"
+            done = now
         elapsed = time.monotonic() - t0
         states = {t.state for t in tasks}
         assert states == {"DONE"}, states
         print(f"10,000 null Flux jobs: {elapsed:.1f}s, {10_000 / elapsed:.0f} tasks/s")
     _assert_instance_gone(backend)
+
+
+async def test_an_instance_of_our_own_purges_old_inactive_jobs(no_children):
+    """Flux keeps every inactive job unless told: the managed instance keeps the newest."""
+    import subprocess
+    broker = ManagedBroker(_INSTALL, 1, keep_inactive=5)
+    uri = await asyncio.to_thread(broker.start)
+    try:
+        async with Session([FluxExecutionBackend(uri=uri)]) as session:
+            tasks = [ComputeTask(executable="true") for _ in range(30)]
+            await session.submit_tasks(tasks)
+            await session.wait_tasks(tasks, timeout=120)
+            assert {t.state for t in tasks} == {"DONE"}
+
+        def inactive() -> int:
+            out = subprocess.run([_INSTALL.flux, "jobs", "-a", "-n", "-o", "{id}"],
+                                 env={**os.environ, "FLUX_URI": uri}, capture_output=True,
+                                 text=True, timeout=30).stdout
+            return len(out.split())
+        await _wait_for(lambda: inactive() <= 5, 30, "the purge of old inactive jobs")
+    finally:
+        await asyncio.to_thread(broker.stop)
