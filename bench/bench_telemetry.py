@@ -6,7 +6,11 @@ Telemetry runs on its own thread and yields the GIL to the event loop while batc
 arriving, so dispatch keeps its pace and the telemetry catches up after the run. The
 wall-clock ratio swings with other load on the machine; the event loop thread's CPU time
 per task (the dispatch work itself) and the kernel's (all threads) are printed beside it.
+RHAPSODY 0.6.0 (``rhapsody-py``, the ``bench`` extra) runs the same null tasks on its own
+ConcurrentExecutionBackend (a 2-thread pool) with and without its ``start_telemetry()``, in
+the same interleaving; the lab-with-telemetry / RHAPSODY-with-telemetry ratio is printed.
 Run: .venv/bin/python bench/bench_telemetry.py [--tasks 20000] [--reps 5] [--checkpoint]
+[--rhapsody-tasks N (default: --tasks; 0 skips RHAPSODY)]
 """
 
 from __future__ import annotations
@@ -55,17 +59,51 @@ async def _run_in(work: str, n: int, telemetry: bool, checkpoint: bool) -> dict:
     return out
 
 
+async def _run_rhapsody(n: int, telemetry: bool) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import rhapsody
+    from rhapsody.backends import ConcurrentExecutionBackend as RhConcurrent
+    with tempfile.TemporaryDirectory(prefix="bench-telemetry-rh-") as work:
+        backend = await RhConcurrent(ThreadPoolExecutor(max_workers=2))
+        async with rhapsody.Session([backend], work_dir=work) as s:
+            tm = await s.start_telemetry() if telemetry else None
+            await asyncio.sleep(0.5)
+            tasks = [rhapsody.ComputeTask(function=noop) for _ in range(n)]
+            t0 = time.perf_counter()
+            await s.submit_tasks(tasks)
+            await s.wait_tasks(tasks)
+            out = {"rate": n / (time.perf_counter() - t0)}
+            if tm is not None:  # its telemetry dispatches on the loop: how far it had got
+                out["seen"] = tm.task_count().get("completed", 0)
+    return out
+
+
+def _rhapsody_available() -> str | None:
+    try:
+        from importlib.metadata import version
+        return version("rhapsody-py")
+    except Exception:
+        return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--tasks", type=int, default=20_000)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--checkpoint", action="store_true", help="also write the JSONL file")
+    ap.add_argument("--rhapsody-tasks", type=int, default=None)
     args = ap.parse_args()
+    rh_n = args.tasks if args.rhapsody_tasks is None else args.rhapsody_tasks
+    rh_version = _rhapsody_available() if rh_n > 0 else None
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    plain, tele = [], []
-    for _ in range(args.reps):  # interleaved, so background load hits both alike
+    plain, tele, rh_plain, rh_tele = [], [], [], []
+    for _ in range(args.reps):  # interleaved, so background load hits all alike
         plain.append(asyncio.run(_run(args.tasks, False, False)))
         tele.append(asyncio.run(_run(args.tasks, True, args.checkpoint)))
+        if rh_version:
+            rh_plain.append(asyncio.run(_run_rhapsody(rh_n, False)))
+            rh_tele.append(asyncio.run(_run_rhapsody(rh_n, True)))
     p = statistics.median(r["rate"] for r in plain)
     t = statistics.median(r["rate"] for r in tele)
     ratio = t / p
@@ -85,6 +123,19 @@ def main() -> int:
     print(f"  event-loop thread CPU per task: plain {lp:.1f} us, telemetry {lt:.1f} us "
           f"(ratio {lp / lt:.2f})")
     print(f"  telemetry caught up {lag:.2f} s after the last task (median)")
+    if not rh_version:
+        print("RHAPSODY: not measured (pip install rhapsody-py==0.6.0, the bench extra)"
+              if rh_n > 0 else "RHAPSODY: skipped (--rhapsody-tasks 0)")
+        return 0
+    rp = statistics.median(r["rate"] for r in rh_plain)
+    rt = statistics.median(r["rate"] for r in rh_tele)
+    print(f"RHAPSODY {rh_version}, same null tasks, N={rh_n}: plain {rp:,.0f}  telemetry "
+          f"{rt:,.0f}  ratio {rt / rp:.2f}")
+    print(f"  runs plain {[round(r['rate']) for r in rh_plain]}, telemetry "
+          f"{[round(r['rate']) for r in rh_tele]}; its telemetry had counted "
+          f"{[r['seen'] for r in rh_tele]} completed of {rh_n} when the last task ended")
+    print(f"lab with telemetry / RHAPSODY with telemetry: {t / rt:.2f}x "
+          f"(without telemetry: {p / rp:.2f}x)")
     return 0
 
 

@@ -20,6 +20,8 @@ from ..api.states import SHOWN_STATES
 from ..observe import HIST_BINS, HIST_LOW, HIST_PER_DECADE
 from ..observe.metrics import STATES, Metrics, attach_metrics, hist_range
 from ..observe.process import RemoteMetrics
+from .base import _FIG, SERIES_COLORS, STATE_COLORS, Component
+from .resources import Resources
 
 __all__ = [
     "COMPONENTS",
@@ -35,27 +37,7 @@ __all__ = [
     "metrics_of",
 ]
 
-STATE_COLORS = {"SUBMITTED": "#9e9e9e", "QUEUED": "#f2b134", "RUNNING": "#1f77b4",
-                "DONE": "#2ca02c", "FAILED": "#d62728", "CANCELED": "#9467bd",
-                "NEW": "#cccccc"}
 _SHOWN = SHOWN_STATES
-_FIG = {"sizing_mode": "stretch_width", "height": 260, "toolbar_location": "above",
-        "tools": "pan,wheel_zoom,box_zoom,reset,save"}
-
-
-class Component:
-    """A plot fed by ``Metrics``: ``source`` (data), ``root`` (the Bokeh model)."""
-
-    name = "component"
-    source: ColumnDataSource
-    root: Any
-
-    def requests(self) -> list[tuple[str, str, tuple]]:
-        """The metrics reads the next ``update()`` makes (for one batched fetch)."""
-        return []
-
-    def update(self) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
 
 
 class _Series:
@@ -151,8 +133,7 @@ class Utilisation(Component):
     """Busy slots / capacity over time: one line per backend, and overall (black)."""
 
     name = "utilisation"
-    _palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-                "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+    _palette = SERIES_COLORS
 
     def __init__(self, metrics: Metrics, rollover: int | None = 2000, **fig: Any):
         self.metrics = metrics
@@ -288,74 +269,6 @@ class Latency(Component):
                 self.root.x_range.start, self.root.x_range.end = span
 
 
-_SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
-                  "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-
-
-class Resources(Component):
-    """CPU and memory of each node, and each GPU, over time (percent), from the telemetry's
-    resource poller: ``source`` streams every reading as ``(time, series, value)`` rows and
-    each series (``"node cpu"``, ``"node memory"``, ``"node gpu0"``) gets its own line.
-
-    ``target``: a session whose telemetry runs, its ``TelemetryManager``, or anything with
-    ``resource_rows(since) -> (next since, rows)``.
-    """
-
-    name = "resources"
-
-    def __init__(self, target: Any, rollover: int | None = 5000, **fig: Any):
-        if not callable(getattr(target, "resource_rows", None)):
-            if not callable(getattr(target, "get_telemetry", None)):
-                raise SessionError(f"Resources needs a session with telemetry or a "
-                                   f"TelemetryManager, got {type(target).__name__}")
-            target = target.get_telemetry()  # TelemetryError if it was not started
-        self.target = target
-        self.rollover = rollover
-        self._since = 0
-        self.source = ColumnDataSource({"time": [], "series": [], "value": []})
-        self.lines: dict[str, ColumnDataSource] = {}
-        self.root = figure(title="Resources (%)", x_axis_type="datetime", name=self.name,
-                           y_range=Range1d(0, 100), **{**_FIG, **fig})
-        self.root.yaxis.axis_label = "percent"
-        self.root.add_tools(HoverTool(tooltips=[("series", "$name"), ("value", "@value{0.0}"),
-                                                ("time", "@time{%T}")],
-                                      formatters={"@time": "datetime"}))
-
-    def update(self) -> None:
-        self._since, rows = self.target.resource_rows(self._since)
-        table: dict[str, list] = {"time": [], "series": [], "value": []}
-        per: dict[str, dict[str, list]] = {}
-        for r in rows:
-            ms = r["t"] * 1000.0
-            if r.get("gpu_id") is None:
-                pairs = [(f"{r['node']} cpu", r.get("cpu")),
-                         (f"{r['node']} memory", r.get("memory"))]
-            else:
-                pairs = [(f"{r['node']} gpu{r['gpu_id']}", r.get("gpu"))]
-            for series, value in pairs:
-                if value is None:
-                    continue
-                table["time"].append(ms)
-                table["series"].append(series)
-                table["value"].append(value)
-                line = per.setdefault(series, {"time": [], "value": []})
-                line["time"].append(ms)
-                line["value"].append(value)
-        if not table["time"]:
-            return
-        self.source.stream(table, rollover=self.rollover)
-        for series, data in per.items():
-            src = self.lines.get(series)
-            if src is None:
-                src = self.lines[series] = ColumnDataSource({"time": [], "value": []})
-                color = _SERIES_COLORS[(len(self.lines) - 1) % len(_SERIES_COLORS)]
-                self.root.line("time", "value", source=src, color=color, line_width=2,
-                               legend_label=series, name=series)
-                self.root.legend.location = "top_left"
-                self.root.legend.click_policy = "hide"
-            src.stream(data, rollover=self.rollover)
-
-
 def refresh(metrics: Any, components: list[Component]) -> None:
     """Update ``components``, fetching what they read in one round trip when remote."""
     prefetch = getattr(metrics, "prefetch", None)
@@ -367,7 +280,7 @@ def refresh(metrics: Any, components: list[Component]) -> None:
 
 #: Plot name -> component class (the names of the server apps).
 COMPONENTS: dict[str, type[Component]] = {
-    c.name: c for c in (TaskStates, Utilisation, Throughput, TaskStream, Latency)}
+    c.name: c for c in (TaskStates, Utilisation, Throughput, TaskStream, Latency, Resources)}
 
 
 def checked_plots(plots: Iterable[str], interval: Any) -> list[str]:

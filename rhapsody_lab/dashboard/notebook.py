@@ -20,9 +20,26 @@ from ..api.errors import SessionError
 from ..observe.metrics import Metrics
 from .components import COMPONENTS, Component, checked_plots, metrics_of, refresh
 
-__all__ = ["DashboardWidget", "show"]
+__all__ = ["DEFAULT_PLOTS", "DashboardWidget", "default_plots", "show"]
 
 DEFAULT_PLOTS = ("task-states", "throughput", "utilisation", "task-stream")
+
+
+def default_plots(target: Any) -> tuple[str, ...]:
+    """``DEFAULT_PLOTS``, and "resources" when ``target``'s telemetry polls its nodes."""
+    from .resources import resource_feed
+    running = _telemetry_running(target) or bool(resource_feed(target).resource_rows(0)[1])
+    return (*DEFAULT_PLOTS, "resources") if running else DEFAULT_PLOTS
+
+
+def _telemetry_running(target: Any) -> bool:
+    ref = getattr(target, "session_ref", None)
+    session = ref() if callable(ref) else target
+    try:
+        session.get_telemetry()
+    except Exception:  # not a session, or no telemetry (TelemetryError)
+        return False
+    return True
 
 
 class DashboardWidget:
@@ -31,7 +48,7 @@ class DashboardWidget:
     def __init__(self, metrics: Metrics, plots: Sequence[str] | None = None,
                  interval: float = 0.5, start: bool = True):
         from bokeh.layouts import column
-        plots = checked_plots(plots or DEFAULT_PLOTS, interval)
+        plots = checked_plots(plots or default_plots(metrics), interval)
         self.metrics = metrics
         self.interval = float(interval)
         self.components: dict[str, Component] = {p: COMPONENTS[p](metrics) for p in plots}
@@ -113,5 +130,6 @@ def show(target: Any, plots: Sequence[str] | None = None, interval: float = 0.5
     """Live dashboard of a Session (or Metrics) for a notebook; display the result.
 
     Metrics are attached to the session on first use (events before that are not seen).
+    Without ``plots``: ``DEFAULT_PLOTS``, and "resources" once ``start_telemetry`` runs.
     """
     return DashboardWidget(metrics_of(target), plots=plots, interval=interval)

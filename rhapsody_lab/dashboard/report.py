@@ -1,4 +1,5 @@
-"""A static HTML report of a finished (or reloaded) session: every plot, one file.
+"""A static HTML report of a finished (or reloaded) session: every plot, one file (the
+"resources" plot where telemetry polled the nodes: ``start_telemetry``, journal readings).
 
 The page embeds BokehJS inline, so it opens offline (a login node, an archived run).
 ``main_report(journal, output)`` is the ``rhapsody-lab report JOURNAL -o report.html`` verb.
@@ -17,6 +18,7 @@ from ..observe.journal import load
 from ..observe.metrics import Metrics
 from ..observe.process import RemoteMetrics
 from .components import COMPONENTS
+from .resources import Resources
 
 __all__ = ["main_report", "write_report"]
 
@@ -66,6 +68,10 @@ def write_report(source: Any, output: str | os.PathLike, *, title: str | None = 
         comp = cls(metrics, **kw)
         comp.update()
         comps.append(comp)
+    resources = Resources(metrics, rollover=None)  # only where telemetry polled the nodes
+    resources.update()
+    if not resources.waiting:
+        comps.append(resources)
     layout = column(Div(text=info, sizing_mode="stretch_width"),
                     *(c.root for c in comps), sizing_mode="stretch_width")
     page = file_html(layout, INLINE, title)

@@ -371,6 +371,7 @@ def attach_metrics(session: Any, *, process: bool = True, **options: Any) -> Any
     through ``RemoteMetrics`` (see ``observe.process``: the kernel only ``marshal``s
     event batches); ``process=False`` folds them in this process. Events emitted before
     the first call are not seen. ``options`` go to ``Metrics`` (first call only).
+    ``metrics.session_ref`` is a weak reference to ``session``.
     """
     events = getattr(session, "events", None)
     if events is None or not hasattr(events, "subscribe"):
@@ -407,4 +408,5 @@ def attach_metrics(session: Any, *, process: bool = True, **options: Any) -> Any
         metrics.capacity.update(capacity())
         events.subscribe(metrics.fold_items, runs=True)
     _attached[key] = (weakref.ref(session, lambda _r: _attached.pop(key, None)), metrics)
+    metrics.session_ref = weakref.ref(session)  # type: ignore[union-attr] (resource plots)
     return metrics

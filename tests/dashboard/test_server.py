@@ -27,7 +27,7 @@ async def test_server_apps_answer_and_stream_live_data(tmp_path):
         try:
             urls = server.urls
             assert set(urls) == {"task-states", "utilisation", "throughput", "task-stream",
-                                 "latency"}
+                                 "latency", "resources"}
             assert all(u.startswith(f"http://127.0.0.1:{server.port}/") and "bokeh-session-id=" in u
                        for u in urls.values())
             loop = asyncio.get_running_loop()

@@ -112,6 +112,11 @@ def test_tutorial_all_parts_with_an_inference_server(fake_endpoint, monkeypatch)
     assert "Task 3 [Compute]" in text
     if _dask_available():
         assert "--- dask ---" in text and "on dask" in text
+    assert "Telemetry tasks : {'submitted': 32" in text and "'completed': 32" in text
+    assert re.search(r"Node \S+: CPU \d+ %, memory \d+ %", text)
+    plot = find(nb, "from IPython.display import display")
+    shown = [o for o in plot.outputs if "data" in o and WIDGET in o.data]
+    assert shown  # the Bokeh widget of the resources plot
     stats = find(nb, "%load_ext rhapsody_lab.notebook")
     assert "latency (s)" in stats.outputs[0].data["text/html"]
 

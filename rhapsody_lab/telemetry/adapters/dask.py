@@ -1,5 +1,6 @@
-"""Each Dask worker's host, from the scheduler's figures (``client.scheduler_info()``):
-CPU %, memory % of the worker's limit, disk byte deltas; Dask reports no network or GPU."""
+"""Each host Dask workers run on, from the scheduler's figures (``client.scheduler_info()``,
+one call per poll): CPU % and memory % of the Dask workers on that host, disk byte deltas,
+and the GPU where Dask's monitor reads one (NVML on the worker); Dask reports no network."""
 
 from __future__ import annotations
 
@@ -11,8 +12,27 @@ from .base import PollingAdapter
 __all__ = ["DaskTelemetryAdapter"]
 
 
+class _Host:
+    """The sums of one host's workers in one poll."""
+
+    def __init__(self) -> None:
+        self.workers: list[str] = []
+        self.cpu = self.threads = 0.0
+        self.used = self.limit = 0.0
+        self.cpu_seen = self.memory_seen = False
+        self.read = self.write = 0.0
+        self.deltas = False
+        self.gpu: list[float] = []
+
+
 class DaskTelemetryAdapter(PollingAdapter):
-    """One node-level ``ResourceUpdate`` per worker per poll (``node_id``: its host)."""
+    """One node-level ``ResourceUpdate`` per worker host per poll (``node_id``: the host),
+    and one per-GPU update (``gpu_id`` 0) where the workers report ``gpu_utilization``.
+
+    ``cpu_percent``: the workers' process CPU % summed over the host's workers, divided by
+    their threads (so 100 % = every Dask thread on that host busy; one worker alone: its
+    own figure); ``memory_percent``: their memory over their ``memory_limit``s.
+    """
 
     def __init__(self, client: Any, session_id: str, backend_name: str,
                  interval: float = 5.0):
@@ -22,25 +42,45 @@ class DaskTelemetryAdapter(PollingAdapter):
 
     def poll(self) -> list:
         workers = self.client.scheduler_info().get("workers", {})
-        events = []
+        hosts: dict[str, _Host] = {}
         for address, info in workers.items():
+            h = hosts.setdefault(str(info.get("host") or address), _Host())
+            h.workers.append(address)
             metrics = info.get("metrics", {})
-            limit = info.get("memory_limit") or 0
-            used = metrics.get("memory")
-            memory = 100.0 * used / limit if limit and used is not None else None
-            read, write = metrics.get("read_bytes"), metrics.get("write_bytes")
-            before = self._last.get(address)
-            deltas: dict[str, float | None] = {"disk_read_bytes": None,
-                                               "disk_write_bytes": None}
-            if read is not None and write is not None:
-                if before is not None:
-                    deltas = {"disk_read_bytes": max(0.0, read - before[0]),
-                              "disk_write_bytes": max(0.0, write - before[1])}
-                self._last[address] = (read, write)
             cpu = metrics.get("cpu")
+            if cpu is not None:
+                h.cpu_seen = True
+                h.cpu += float(cpu)
+                h.threads += max(1, int(info.get("nthreads") or 1))
+            limit, used = info.get("memory_limit") or 0, metrics.get("memory")
+            if limit and used is not None:
+                h.memory_seen = True
+                h.used += used
+                h.limit += limit
+            read, write = metrics.get("read_bytes"), metrics.get("write_bytes")
+            if read is not None and write is not None:
+                before = self._last.get(address)
+                if before is not None:
+                    h.deltas = True
+                    h.read += max(0.0, read - before[0])
+                    h.write += max(0.0, write - before[1])
+                self._last[address] = (read, write)
+            gpu = metrics.get("gpu_utilization")
+            if gpu is not None:
+                h.gpu.append(float(gpu))
+        events = []
+        for node, h in hosts.items():
+            base = {"session_id": self.session_id, "backend": self.backend_name,
+                    "node_id": node}
+            gpu = max(h.gpu) if h.gpu else None
             events.append(make_event(
-                ResourceUpdate, session_id=self.session_id, backend=self.backend_name,
-                node_id=str(info.get("host") or address),
-                cpu_percent=float(cpu) if cpu is not None else None,
-                memory_percent=memory, attributes={"worker": address}, **deltas))
+                ResourceUpdate, **base,
+                cpu_percent=min(100.0, h.cpu / h.threads) if h.cpu_seen else None,
+                memory_percent=100.0 * h.used / h.limit if h.memory_seen else None,
+                gpu_percent=gpu,
+                disk_read_bytes=h.read if h.deltas else None,
+                disk_write_bytes=h.write if h.deltas else None,
+                attributes={"workers": ",".join(h.workers)}))
+            if gpu is not None:
+                events.append(make_event(ResourceUpdate, **base, gpu_id=0, gpu_percent=gpu))
         return events
