@@ -26,11 +26,14 @@ from ..api.errors import BackendError, SessionError
 from ..api.states import FAILED
 from . import _rp_env, _rp_tasks
 
-__all__ = ["RadicalExecutionBackend"]
+__all__ = ["DEFAULT_RAPTOR", "RadicalExecutionBackend"]
 
 log = logging.getLogger(__name__)
 
 _PILOT_FINAL = ("FAILED", "CANCELED", "DONE")
+
+#: one raptor master with one one-rank worker: enough to run function tasks
+DEFAULT_RAPTOR: dict = {"masters": [{"ranks": 1, "workers": [{"ranks": 1}]}]}
 
 
 class RadicalExecutionBackend(BaseBackend):

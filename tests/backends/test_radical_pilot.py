@@ -158,3 +158,55 @@ def test_zz_shutdown_leaves_no_process_of_the_session(rp):
     while time.time() < deadline and session_pids(sid):
         time.sleep(0.2)
     assert session_pids(sid) == []
+
+
+def _rhapsody_docs_snippet() -> str:
+    """RHAPSODY 0.6.0's RP backend example (docs/getting-started/configuration.md of its
+    sdist, fetched once into ~/.cache/rhapsody_lab/), its import path made ours."""
+    import re
+    import subprocess
+    import sys
+    import tarfile
+    cache = os.path.expanduser("~/.cache/rhapsody_lab/rhapsody-py-0.6.0")
+    doc = os.path.join(cache, "rhapsody_py-0.6.0", "docs", "getting-started",
+                       "configuration.md")
+    if not os.path.exists(doc):
+        os.makedirs(cache, exist_ok=True)
+        got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                              "--no-binary", ":all:", "rhapsody-py==0.6.0", "-d", cache],
+                             capture_output=True, text=True, timeout=120)
+        sdists = [f for f in os.listdir(cache) if f.endswith(".tar.gz")]
+        if not sdists:
+            pytest.skip(f"cannot download rhapsody-py 0.6.0's sdist: {got.stderr[-300:]}")
+        with tarfile.open(os.path.join(cache, sdists[0])) as tar:
+            tar.extractall(cache, members=[m for m in tar.getmembers()
+                                           if m.name.endswith("configuration.md")],
+                           filter="data")
+    with open(doc) as f:
+        text = f.read()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    (snippet,) = [b for b in blocks if "RadicalExecutionBackend(" in b]
+    return snippet
+
+
+@pytest.mark.slow
+def test_rhapsody_docs_example_runs_with_only_the_import_changed(tmp_path):
+    snippet = _rhapsody_docs_snippet()
+    assert '"resource": "local.localhost"' in snippet
+    # the docs show the call alone; its import (rhapsody.backends -> rhapsody_lab.backends)
+    code = "from rhapsody_lab.backends import RadicalExecutionBackend\nbackend = " + \
+        snippet.strip()
+    scope: dict = {}
+    exec(compile(code, "rhapsody-docs-configuration.md", "exec"), scope)
+    backend = scope["backend"]
+
+    async def run():
+        async with Session(backends=[backend], work_dir=str(tmp_path)) as session:
+            task = ComputeTask(executable="/bin/echo", arguments=["from the docs"])
+            await session.submit_tasks([task])
+            await session.wait_tasks([task], timeout=120)
+            return task, backend.session_uid
+    task, sid = asyncio.run(asyncio.wait_for(run(), 280))
+    assert task.state == "DONE" and task.stdout == "from the docs\n"
+    assert backend.capacity() == 128  # the docs' cores (local.localhost fakes them)
+    assert session_pids(sid) == []
