@@ -7,7 +7,11 @@ from typing import Any
 from ..api.errors import TaskExecutionError, TaskValidationError
 from ..api.states import CANCELED, DONE, FAILED, RUNNING
 
-__all__ = ["describe", "fill_outcome", "our_state"]
+__all__ = ["PREFIX", "describe", "fill_outcome", "our_state"]
+
+#: RP uids of our tasks: RP's own ids (``task.000012`` for a raw TaskManager's tasks on
+#: the same session) must not collide with ours
+PREFIX = "lab."
 
 #: RP task state -> ours (others are RP's internal steps: no move here)
 _STATES = {"AGENT_EXECUTING": RUNNING, "DONE": DONE, "FAILED": FAILED, "CANCELED": CANCELED}
@@ -22,7 +26,7 @@ def describe(rp: Any, task: dict, raptor_id: str | None) -> Any:
     uid = task["uid"]
     extra = dict(task.get("task_backend_specific_kwargs") or {})
     td = rp.TaskDescription(from_dict=extra) if extra else rp.TaskDescription()
-    td.uid = uid
+    td.uid = PREFIX + uid
     if task.get("ranks") is not None:
         td.ranks = int(task["ranks"])
     if task.get("cores") is not None:

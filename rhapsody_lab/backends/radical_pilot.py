@@ -238,14 +238,15 @@ class RadicalExecutionBackend(BaseBackend):
                 await asyncio.to_thread(self.task_manager.submit_tasks, descs)
             except Exception as exc:
                 for td in descs:
-                    task = self._live.get(td.uid)
+                    task = self._live.get(td.uid[len(_rp_tasks.PREFIX):])
                     if task is not None:
                         self.report(task, record_failure(task, exc), time.time())
 
     async def cancel_task(self, uid: str) -> bool:
         if uid not in self._live:
             return False
-        await asyncio.to_thread(self.task_manager.cancel_tasks, [uid])
+        await asyncio.to_thread(self.task_manager.cancel_tasks,
+                                [_rp_tasks.PREFIX + uid])
         return True  # CANCELED arrives through RP's callback once the process is ended
 
     def _on_task(self, rp_task: Any, state: str) -> None:
@@ -253,7 +254,9 @@ class RadicalExecutionBackend(BaseBackend):
         ours = _rp_tasks.our_state(state)
         if ours is None:
             return
-        task = self._live.get(rp_task.uid)
+        uid = rp_task.uid
+        task = self._live.get(uid[len(_rp_tasks.PREFIX):]) \
+            if uid.startswith(_rp_tasks.PREFIX) else None
         if task is None:
             return  # a raptor master/worker, or a task already final here
         if ours != "RUNNING":
@@ -279,7 +282,7 @@ class RadicalExecutionBackend(BaseBackend):
             if src_task is None:
                 raise SessionError("link_explicit_data_deps: src_task is required without "
                                    "file_path")
-            dep = {"source": f"pilot:///{src_task['uid']}/{name}",
+            dep = {"source": f"pilot:///{_rp_tasks.PREFIX}{src_task['uid']}/{name}",
                    "target": f"task:///{name}", "action": "Link"}
         kwargs = dst_task.setdefault("task_backend_specific_kwargs", {})
         kwargs.setdefault("input_staging", []).append(dep)
@@ -287,7 +290,7 @@ class RadicalExecutionBackend(BaseBackend):
 
     def link_implicit_data_deps(self, src_task: dict, dst_task: dict) -> None:
         """Symlink ``src_task``'s sandbox files into ``dst_task``'s (a ``pre_exec`` step)."""
-        src = src_task["uid"]
+        src = _rp_tasks.PREFIX + src_task["uid"]  # its sandbox's name
         cmd = (f'for f in "$RP_PILOT_SANDBOX/{src}"/*; do case "$(basename "$f")" in '
                f'{src}*) ;; *) ln -sf "$f" "$RP_TASK_SANDBOX" ;; esac; done')
         kwargs = dst_task.setdefault("task_backend_specific_kwargs", {})

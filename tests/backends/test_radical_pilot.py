@@ -210,3 +210,18 @@ def test_rhapsody_docs_example_runs_with_only_the_import_changed(tmp_path):
     assert task.state == "DONE" and task.stdout == "from the docs\n"
     assert backend.capacity() == 128  # the docs' cores (local.localhost fakes them)
     assert session_pids(sid) == []
+
+
+def test_policy_type_radical_and_registry_names():
+    from rhapsody_lab.backends import get_backend
+    from rhapsody_lab.backends.execution.radical_pilot import RadicalExecutionBackend as Path
+    from rhapsody_lab.policy.build import session_parts
+    from rhapsody_lab.resources import Allocation
+    assert Path is RadicalExecutionBackend
+    assert type(get_backend("radical_pilot")) is RadicalExecutionBackend
+    policy = {"backends": {"rp": {"type": "radical", "cores": 3}}, "default": "rp"}
+    (backend,), _router = session_parts(policy, Allocation(("n0",), (4,), (0,), "local"))
+    assert isinstance(backend, RadicalExecutionBackend) and backend.name == "rp"
+    assert backend.resources["cores"] == 3 and backend.raptor_mode
+    with pytest.raises(Exception, match="resources"):
+        RadicalExecutionBackend(resources="local.localhost")
