@@ -40,8 +40,8 @@ async def main(n: int, repeat: int) -> None:
                                                       t.exception) for t in bad])
 
             def raw() -> float:
+                t = time.perf_counter()  # building the descriptions counts, as for lab
                 tds = [rp.TaskDescription({"executable": "/bin/true"}) for _ in range(n)]
-                t = time.perf_counter()
                 rts = tmgr.submit_tasks(tds)
                 tmgr.wait_tasks([x.uid for x in rts], timeout=600)
                 assert all(x.state == rp.DONE for x in rts)
