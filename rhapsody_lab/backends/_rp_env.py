@@ -5,7 +5,9 @@ passes them on to every bridge, component and agent process it starts, so ``prep
 sets them in ``os.environ`` before the first import: everything on the loopback, no NTP
 probe, no profiling, RP's state under the session's work directory, and the running venv
 (``VIRTUAL_ENV``, its ``bin`` on ``PATH``) for the agent (else ``radical-pilot-agent_0`` is
-not found and the pilot fails with exit 127).
+not found and the pilot fails with exit 127). Left in ``$HOME``: PSI/J (RP's pilot
+launcher) writes two launcher scripts to ``~/.psij/work`` (its default is fixed from
+``$HOME`` at import, and importing it here, off the main thread, would cost it signals).
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["kill_session_processes", "pilot_description", "prepare", "redirect_psij",
-           "session_pids"]
+__all__ = ["kill_session_processes", "pilot_description", "prepare", "session_pids"]
 
 #: fixed settings (the user's own values win where they set one)
 _ENV = {"RADICAL_DEFAULT_IFACE": "lo", "RADICAL_UTILS_NTPHOST": "127.0.0.1",
@@ -37,25 +38,6 @@ def prepare(base: str) -> None:
     path = os.environ.get("PATH", "")
     if bindir not in path.split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + path if path else bindir
-
-
-def redirect_psij(base: str) -> None:
-    """Point PSI/J (RP's pilot launcher) at ``base/psij`` instead of ``~/.psij/work``.
-
-    PSI/J fixes its default work directory from ``$HOME`` when imported; RP's launcher is
-    forked from this process, so setting the default here is what it uses.
-    """
-    try:
-        from pathlib import Path
-
-        import psij
-    except ImportError:
-        return
-    work = Path(base) / "psij"
-    cfg = psij.JobExecutorConfig
-    cfg.DEFAULT_WORK_DIRECTORY = work
-    if cfg.DEFAULT is not None:
-        cfg.DEFAULT.work_directory = work
 
 
 def pilot_description(resources: dict, sandbox: str) -> dict[str, Any]:

@@ -24,13 +24,12 @@ def our_state(rp_state: str) -> str | None:
 def describe(rp: Any, task: dict, raptor_id: str | None) -> Any:
     """The ``rp.TaskDescription`` of ``task`` (``task_backend_specific_kwargs`` first)."""
     uid = task["uid"]
-    extra = dict(task.get("task_backend_specific_kwargs") or {})
-    td = rp.TaskDescription(from_dict=extra) if extra else rp.TaskDescription()
-    td.uid = PREFIX + uid
+    desc = dict(task.get("task_backend_specific_kwargs") or {})
+    desc["uid"] = PREFIX + uid
     if task.get("ranks") is not None:
-        td.ranks = int(task["ranks"])
+        desc["ranks"] = int(task["ranks"])
     if task.get("cores") is not None:
-        td.cores_per_rank = int(task["cores"])
+        desc["cores_per_rank"] = int(task["cores"])
     if task.get("function") is not None:
         if task.get("is_service"):
             raise TaskValidationError(uid, "is_service: a function cannot be a service "
@@ -39,19 +38,19 @@ def describe(rp: Any, task: dict, raptor_id: str | None) -> Any:
             raise TaskValidationError(uid, "function tasks on RADICAL-Pilot run in raptor: "
                                       "create the backend with raptor_config= (e.g. "
                                       "{'masters': [{'workers': [{'ranks': 1}]}]})", "function")
-        td.mode = rp.TASK_FUNCTION
-        td.function = rp.PythonTask(task["function"], list(task.get("args") or ()),
-                                    dict(task.get("kwargs") or {}))
-        td.raptor_id = raptor_id
+        desc["mode"] = rp.TASK_FUNCTION
+        desc["function"] = rp.PythonTask(task["function"], list(task.get("args") or ()),
+                                         dict(task.get("kwargs") or {}))
+        desc["raptor_id"] = raptor_id
     else:
         executable = task.get("executable")
         if not executable:
             raise TaskValidationError(uid, "a task needs an executable or a function",
                                       "executable")
-        td.mode = rp.TASK_SERVICE if task.get("is_service") else rp.TASK_EXECUTABLE
-        td.executable = executable
-        td.arguments = [str(a) for a in task.get("arguments") or ()]
-    return td
+        desc["mode"] = rp.TASK_SERVICE if task.get("is_service") else rp.TASK_EXECUTABLE
+        desc["executable"] = executable
+        desc["arguments"] = [str(a) for a in task.get("arguments") or ()]
+    return rp.TaskDescription(desc)  # one typed construction (attribute sets are slow)
 
 
 def fill_outcome(task: dict, rp_task: Any, state: str) -> None:

@@ -118,7 +118,6 @@ class RadicalExecutionBackend(BaseBackend):
             raise BackendError(self.name, f"radical.pilot is not installed ({exc}); "
                                "pip install 'rhapsody_lab[radical]'") from exc
         self._rp = rp
-        _rp_env.redirect_psij(base)
         self.session = rp.Session(cfg={"base": base, "client_sandbox": base})
         self._say(f"session {self.session.uid}")
         self.pilot_manager = rp.PilotManager(self.session)
