@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # labextension/src is newer than rhapsody_lab/labextension; npm downloads are cached here
 export npm_config_cache ?= $(HOME)/.cache/npm
 LABEXT_SRC := labextension/package.json $(wildcard labextension/src/*.ts labextension/src/style/*)
-EXTRAS ?= test,dask,dashboard,notebook,dragon,inference,asyncflow,flux,telemetry
+EXTRAS ?= test,dask,dashboard,notebook,dragon,inference,asyncflow,flux,telemetry,radical
 
 .PHONY: demo test lint bench venv clean flux
 

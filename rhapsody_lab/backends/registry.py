@@ -31,6 +31,8 @@ class BackendRegistry:
         "dragon": f"{_HERE}.dragon.DragonExecutionBackend",
         "dragon_v3": f"{_HERE}.dragon.DragonExecutionBackend",  # RHAPSODY's older name
         "flux": f"{_HERE}.flux.FluxExecutionBackend",
+        "radical_pilot": f"{_HERE}.radical_pilot.RadicalExecutionBackend",
+        "radical": f"{_HERE}.radical_pilot.RadicalExecutionBackend",  # RHAPSODY maps it
         "noop": f"{_HERE}.noop.NoopExecutionBackend",
         "vllm": f"{_HERE}.inference.vllm.VllmInferenceBackend",
         "dragon_vllm": f"{_HERE}.inference.vllm.DragonVllmInferenceBackend",
@@ -95,6 +97,7 @@ CLASS_NAMES: dict[str, str] = {
     "DragonExecutionBackend": "dragon",
     "DragonExecutionBackendV3": "dragon",
     "FluxExecutionBackend": "flux",
+    "RadicalExecutionBackend": "radical_pilot",
     "NoopExecutionBackend": "noop",
     "VllmInferenceBackend": "vllm",
     "DragonVllmInferenceBackend": "dragon_vllm",

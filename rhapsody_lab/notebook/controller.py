@@ -8,6 +8,7 @@ stream. Everything that touches the session runs on the loop thread; cells only 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +30,8 @@ BACKEND_KINDS = {
     "dask": "a Dask LocalCluster (DaskExecutionBackend)",
     "flux": "a Flux instance (FluxExecutionBackend): $FLUX_URI's, else `flux start "
             "--test-size=N` (N = --workers, default 1)",
+    "radical": "a RADICAL-Pilot pilot on local.localhost (RadicalExecutionBackend) of "
+               "--workers cores, with raptor for functions; prints the pilot's start-up",
 }
 _TERMINAL = (DONE, FAILED, CANCELED)  # in the order the widget shows them
 _PROGRESS_AFTER = 0.3  # a wait shorter than this shows no progress bar
@@ -54,6 +57,10 @@ def make_backend(kind: str, workers: int | None) -> Any:
     if kind == "flux":
         from ..backends.flux import FluxExecutionBackend
         return FluxExecutionBackend(test_size=workers or 1)
+    if kind == "radical":
+        from ..backends.radical_pilot import DEFAULT_RAPTOR, RadicalExecutionBackend
+        return RadicalExecutionBackend({"cores": workers or os.cpu_count() or 1},
+                                       DEFAULT_RAPTOR, progress=print)
     raise SessionError(f"unknown backend {kind!r}; choose from {sorted(BACKEND_KINDS)}")
 
 

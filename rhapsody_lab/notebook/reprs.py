@@ -179,7 +179,7 @@ def session_html(session: Session, stats: Mapping | None = None) -> str:
     state = "closed" if session.closed else "open"
     rows = "".join(
         f"<tr><td>{escape(name)}</td><td>{escape(type(b).__name__)}</td>"
-        f"<td>{escape(str(getattr(b, '_backend_state', '?')))}</td>"
+        f"<td>{escape(_backend_state(b))}</td>"
         f"<td>{_capacity(b)}</td></tr>" for name, b in session.backends.items())
     counts = ""
     if stats is not None:
@@ -207,15 +207,22 @@ def session_mimebundle(session: Session, include: Any = None, exclude: Any = Non
 
 
 # -- backends --------------------------------------------------------------------------
+def _backend_state(backend: Any) -> str:
+    """The backend's state, with its pilot's where it has one (RP: start-up is slow)."""
+    state = str(getattr(backend, "_backend_state", "?"))
+    pilot = getattr(backend, "pilot_state", None)
+    return f"{state} (pilot {pilot})" if pilot else state
+
+
 def backend_text(backend: BaseBackend) -> str:
-    state = getattr(backend, "_backend_state", "?")
+    state = _backend_state(backend)
     live = len(backend.live_task_states())
     return (f"<{type(backend).__name__} {backend.name} {state} slots={_capacity(backend)} "
             f"live_tasks={live} runs={','.join(sorted(backend.task_kinds))}>")
 
 
 def backend_html(backend: BaseBackend) -> str:
-    rows = [("name", backend.name), ("state", getattr(backend, "_backend_state", "?")),
+    rows = [("name", backend.name), ("state", _backend_state(backend)),
             ("slots", _capacity(backend)),
             ("live tasks", str(len(backend.live_task_states()))),
             ("runs", ", ".join(sorted(backend.task_kinds)))]

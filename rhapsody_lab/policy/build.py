@@ -87,6 +87,14 @@ def build_backends(policy: Policy) -> list:
                 backend = cls(name=b.name, **opts)
             elif b.type == "flux":  # its own instance or $FLUX_URI's; Flux places the jobs
                 backend = backend_class("flux")(name=b.name, **opts)
+            elif b.type == "radical":  # one RP pilot of the share's cores (+ raptor)
+                from ..backends.radical_pilot import DEFAULT_RAPTOR
+                res = {"resource": "local.localhost", "cores": max(1, b.cores),
+                       **opts.pop("resources", {})}
+                if b.gpus:
+                    res.setdefault("gpus", b.gpus)
+                raptor = opts.pop("raptor_config", DEFAULT_RAPTOR)
+                backend = backend_class("radical_pilot")(res, raptor, name=b.name, **opts)
             else:  # vllm, dragon-vllm
                 cls = backend_class("vllm" if b.type == "vllm" else "dragon_vllm")
                 if "base_url" in opts:

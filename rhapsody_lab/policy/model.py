@@ -17,6 +17,7 @@ BACKEND_TYPES: dict[str, frozenset[str]] = {
     "dask-slurm": frozenset({"function", "executable"}),
     "dragon": frozenset({"function", "executable"}),
     "flux": frozenset({"function", "executable"}),
+    "radical": frozenset({"function", "executable"}),
     "vllm": frozenset({"ai"}),
     "dragon-vllm": frozenset({"ai"}),
 }

@@ -28,6 +28,8 @@ PATHS: dict[str, tuple[str, ...]] = {
     "backends.data": ("DataBackend", "RedisDataBackend", "DragonDataBackend"),
     "backends.data.base": ("DataBackend",),
     "backends.data.redis": ("RedisDataBackend",),
+    # radical.pilot is imported only when the backend starts
+    "backends.execution.radical_pilot": ("RadicalExecutionBackend",),
 }
 
 #: paths whose runtime library is optional (importing them needs it, as in RHAPSODY)

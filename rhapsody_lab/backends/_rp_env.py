@@ -1,0 +1,98 @@
+"""RADICAL-Pilot's process environment, pilot description and leftover processes.
+
+RP reads its settings from environment variables when ``radical.utils`` is imported and
+passes them on to every bridge, component and agent process it starts, so ``prepare``
+sets them in ``os.environ`` before the first import: everything on the loopback, no NTP
+probe, no profiling, RP's state under the session's work directory, and the running venv
+(``VIRTUAL_ENV``, its ``bin`` on ``PATH``) for the agent (else ``radical-pilot-agent_0`` is
+not found and the pilot fails with exit 127). Left in ``$HOME``: PSI/J (RP's pilot
+launcher) writes two launcher scripts to ``~/.psij/work`` (its default is fixed from
+``$HOME`` at import, and importing it here, off the main thread, would cost it signals).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+__all__ = ["kill_session_processes", "pilot_description", "prepare", "session_pids"]
+
+#: fixed settings (the user's own values win where they set one)
+_ENV = {"RADICAL_DEFAULT_IFACE": "lo", "RADICAL_UTILS_NTPHOST": "127.0.0.1",
+        "RADICAL_PROFILE": "FALSE", "RADICAL_REPORT": "FALSE"}
+
+
+def prepare(base: str) -> None:
+    """Set RP's environment (before ``import radical.pilot``); ``base``: its state dir."""
+    os.makedirs(base, exist_ok=True)
+    for key, value in _ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("RADICAL_BASE", base)
+    os.environ.setdefault("RADICAL_CONFIG_USER_DIR", base)
+    if sys.prefix != sys.base_prefix:  # a venv: the agent runs RP from it
+        os.environ.setdefault("VIRTUAL_ENV", sys.prefix)
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if bindir not in path.split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + path if path else bindir
+
+
+def pilot_description(resources: dict, sandbox: str) -> dict[str, Any]:
+    """RHAPSODY's resources dict as a pilot description (defaults: this machine)."""
+    desc: dict[str, Any] = {"resource": "local.localhost", "runtime": 30,
+                            "cores": os.cpu_count() or 1}
+    desc.update(resources)
+    # exit_on_error SIGTERMs the client process (the kernel) when the pilot fails
+    desc["exit_on_error"] = False
+    desc.setdefault("sandbox", sandbox)
+    return desc
+
+
+def session_pids(sid: str) -> list[int]:
+    """Processes (not this one) whose command line or environment names RP session ``sid``."""
+    me, found = os.getpid(), []
+    needle = sid.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        for part in ("cmdline", "environ"):
+            try:
+                with open(f"/proc/{entry}/{part}", "rb") as f:
+                    if needle in f.read():
+                        found.append(int(entry))
+                        break
+            except OSError:
+                continue
+    return found
+
+
+def kill_session_processes(sid: str, grace: float = 2.0) -> int:
+    """End every process of RP session ``sid`` (TERM, then KILL); returns how many."""
+    pids = session_pids(sid)
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = [p for p in pids if _alive(p)]
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
