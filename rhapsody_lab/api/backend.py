@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import BackendError, SessionError, TaskExecutionError
+from .errors import BackendError, BackendNotStartedError, SessionError, TaskExecutionError
 from .lifecycle import DONE_RUN, TaskLifecycle
 from .state_map import StateMapper
 from .states import CANCELED, FAILED, SUBMITTED
@@ -221,8 +221,9 @@ class BaseBackend(TaskLifecycle, ABC):
     def _ensure_running(self) -> None:
         if self._backend_state != "RUNNING":
             if self._backend_state == "NEW":
-                raise BackendError(self.name, "not initialised; `await backend` first (a "
-                                   "Session does it for you on submit)")
+                raise BackendNotStartedError(
+                    self.name, f"{type(self).__name__} must be awaited before use: not "
+                    "initialised; `await backend` first (a Session does it for you on submit)")
             raise BackendError(self.name, f"backend is {self._backend_state.lower()}; "
                                "it accepts no more tasks")
 

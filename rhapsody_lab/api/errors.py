@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BackendNotStartedError",
     "ResourceError",
     "RhapsodyError",
     "SessionError",
@@ -30,6 +31,10 @@ class BackendError(RhapsodyError):
     def __init__(self, backend_name: str, message: str):
         self.backend_name = backend_name
         super().__init__(f"Backend '{backend_name}' failed: {message}")
+
+
+class BackendNotStartedError(BackendError, RuntimeError):
+    """A backend used before ``await backend``; a RuntimeError, as RHAPSODY raises."""
 
 
 class TaskValidationError(RhapsodyError, ValueError):

@@ -217,10 +217,15 @@ class Submission:
         if self._task_index is not None:  # uid -> task for the telemetry (telemetry_hooks)
             self._task_index.update(zip(map(_UID, tasks), tasks, strict=True))
         try:
-            return await self._bind_and_hand_off(tasks, routed, claim, loop, last_yield)
+            futures = await self._bind_and_hand_off(tasks, routed, claim, loop, last_yield)
         finally:
             if claim.owner is None:  # no background hand-off took it over
                 _unclaim(claim)
+        if self._task_index is not None:
+            # RHAPSODY's telemetry sees TaskSubmitted as submit_tasks returns, not at the
+            # stream's next tick (one coalesced flush per call)
+            self.events.flush_soon()
+        return futures
 
     def _claim(self, tasks: list, uids: set[str], used: set[BaseBackend], yielded: bool
                ) -> _Claim:
