@@ -7,8 +7,8 @@ and the ratio lab/raw throughput (goal >= 0.9). Needs ``rhapsody_lab[radical]``.
 from __future__ import annotations
 
 import argparse
-import collections
 import asyncio
+import collections
 import tempfile
 import time
 
