@@ -23,14 +23,14 @@ from typing import Any
 
 from ..api.backend import BaseBackend, record_failure
 from ..api.errors import BackendError, SessionError
-from ..api.states import FAILED
+from ..api.states import FAILED, TERMINAL_STATES
 from . import _rp_env, _rp_tasks
 
 __all__ = ["DEFAULT_RAPTOR", "RadicalExecutionBackend"]
 
 log = logging.getLogger(__name__)
 
-_PILOT_FINAL = ("FAILED", "CANCELED", "DONE")
+_PILOT_FINAL = TERMINAL_STATES  # RP's final pilot states carry the same names
 
 #: one raptor master with one one-rank worker: enough to run function tasks
 DEFAULT_RAPTOR: dict = {"masters": [{"ranks": 1, "workers": [{"ranks": 1}]}]}
