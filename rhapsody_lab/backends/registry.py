@@ -32,6 +32,7 @@ class BackendRegistry:
         "dragon_v3": f"{_HERE}.dragon.DragonExecutionBackend",  # RHAPSODY's older name
         "flux": f"{_HERE}.flux.FluxExecutionBackend",
         "noop": f"{_HERE}.noop.NoopExecutionBackend",
+        "orbit": f"{_HERE}.orbit.OrbitExecutionBackend",
         "vllm": f"{_HERE}.inference.vllm.VllmInferenceBackend",
         "dragon_vllm": f"{_HERE}.inference.vllm.DragonVllmInferenceBackend",
     }
@@ -96,6 +97,7 @@ CLASS_NAMES: dict[str, str] = {
     "DragonExecutionBackendV3": "dragon",
     "FluxExecutionBackend": "flux",
     "NoopExecutionBackend": "noop",
+    "OrbitExecutionBackend": "orbit",
     "VllmInferenceBackend": "vllm",
     "DragonVllmInferenceBackend": "dragon_vllm",
 }

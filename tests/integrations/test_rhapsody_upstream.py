@@ -63,7 +63,7 @@ EXCLUDED_FILES = {
         "RHAPSODY's private vLLM config module (backends.ai.config); ours is tests/inference",
     "tests/unit/test_backend_execution_radical_pilot.py": "RADICAL-Pilot backend: separate branch",
     "tests/unit/test_backend_execution_orbit.py":
-        "mocks radical.orbit's client inside the backend module; ours: tests/backends/test_orbit.py",
+        "mocks radical.orbit's client in the backend module (ours: tests/backends/test_orbit.py)",
     "tests/performance/": "timing benchmarks, not behaviour (bench/ measures ours)",
     "tests/integration/test-hpc/": "needs a multi-node HPC allocation",
 }
