@@ -34,6 +34,7 @@ class BackendRegistry:
         "radical_pilot": f"{_HERE}.radical_pilot.RadicalExecutionBackend",
         "radical": f"{_HERE}.radical_pilot.RadicalExecutionBackend",  # RHAPSODY maps it
         "noop": f"{_HERE}.noop.NoopExecutionBackend",
+        "orbit": f"{_HERE}.orbit.OrbitExecutionBackend",
         "vllm": f"{_HERE}.inference.vllm.VllmInferenceBackend",
         "dragon_vllm": f"{_HERE}.inference.vllm.DragonVllmInferenceBackend",
     }
@@ -99,6 +100,7 @@ CLASS_NAMES: dict[str, str] = {
     "FluxExecutionBackend": "flux",
     "RadicalExecutionBackend": "radical_pilot",
     "NoopExecutionBackend": "noop",
+    "OrbitExecutionBackend": "orbit",
     "VllmInferenceBackend": "vllm",
     "DragonVllmInferenceBackend": "dragon_vllm",
 }
