@@ -327,7 +327,7 @@ class Service:
         # the group may hold children (vLLM's engine core) after the leader is gone
         _signal_group(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
+            proc.wait(30)  # SIGKILLed: it dies, but a large server can take seconds under load
         self.returncode = proc.returncode
         _LIVE.discard(self)
 
