@@ -139,6 +139,22 @@ class BaseBackend(TaskLifecycle, ABC):
     async def _stop(self) -> None:
         """Stop the runtime; tasks left in ``_live`` afterwards become CANCELED."""
 
+    def fail_live(self, reason: str) -> None:
+        """The runtime is lost: every task still live FAILS with ``reason`` (on the loop).
+
+        Outcomes already reported are drained first and stay as they are; the backend's
+        state becomes FAILED; each task's stderr and exception name the reason.
+        """
+        self._drain()
+        if self._backend_state == "RUNNING":
+            self._backend_state = "FAILED"
+        now = time.time()
+        for task in list(self._live.values()):
+            task["stderr"] = (task.get("stderr") or "") + f"[rhapsody_lab] {reason}"
+            task["exception"] = BackendError(self.name, f"task {task['uid']}: {reason}")
+            self._claims.pop(task["uid"], None)
+            self._finish(task, FAILED, now)
+
     # -- what the session uses ---------------------------------------------------------
     def attach(self, emit: Callable[[tuple], None], wake: Callable[[], None] | None = None,
                work_dir: str | None = None, emit_run: Callable[..., None] | None = None,

@@ -278,17 +278,9 @@ class FluxExecutionBackend(BaseBackend):
             pass
 
     def _fail_all(self, reason: str) -> None:
-        self._drain()  # outcomes already reported stay as they are
         if self.broker is not None and not self.broker.broker_pids():
             reason = f"the Flux broker of this backend's instance died ({reason})"
             threading.Thread(target=self.broker.kill_leftovers, daemon=True).start()
         else:
             reason = f"lost the Flux instance at {self.uri} ({reason})"
-        if self._backend_state == "RUNNING":
-            self._backend_state = "FAILED"
-        now = time.time()
-        for task in list(self._live.values()):
-            task["stderr"] = (task.get("stderr") or "") + f"[rhapsody_lab] {reason}"
-            task["exception"] = BackendError(self.name, f"task {task['uid']}: {reason}")
-            self._claims.pop(task["uid"], None)
-            self._finish(task, FAILED, now)
+        self.fail_live(reason)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..api.backend import BaseBackend, record_failure
 from ..api.errors import BackendError, SessionError
-from ..api.states import FAILED, TERMINAL_STATES
+from ..api.states import TERMINAL_STATES
 from . import _rp_env, _rp_tasks
 
 __all__ = ["DEFAULT_RAPTOR", "RadicalExecutionBackend"]
@@ -196,20 +196,9 @@ class RadicalExecutionBackend(BaseBackend):
                 self._pilot_failed:
             self._pilot_failed = True
             try:
-                self._loop.call_soon_threadsafe(self._fail_all, f"pilot {pilot.uid} {state}")
+                self._loop.call_soon_threadsafe(self.fail_live, f"pilot {pilot.uid} {state}")
             except RuntimeError:
                 pass
-
-    def _fail_all(self, reason: str) -> None:
-        self._drain()
-        if self._backend_state == "RUNNING":
-            self._backend_state = "FAILED"
-        now = time.time()
-        for task in list(self._live.values()):
-            task["stderr"] = (task.get("stderr") or "") + f"[rhapsody_lab] {reason}"
-            task["exception"] = BackendError(self.name, f"task {task['uid']}: {reason}")
-            self._claims.pop(task["uid"], None)
-            self._finish(task, FAILED, now)
 
     # -- tasks ---------------------------------------------------------------------------
     def check_task(self, task: dict) -> None:
