@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from flux_site import require_flux
 
 from rhapsody_lab.api import ComputeTask, Session
 from rhapsody_lab.api.errors import (
@@ -23,15 +24,8 @@ from rhapsody_lab.api.errors import (
 )
 from rhapsody_lab.backends import ConcurrentExecutionBackend, FluxExecutionBackend, get_backend
 from rhapsody_lab.backends._flux_broker import ManagedBroker, session_pids
-from rhapsody_lab.backends._flux_env import find_install, import_flux, missing_reason
 
-_INSTALL = find_install()
-if _INSTALL is None:
-    pytest.skip(missing_reason(), allow_module_level=True)
-try:
-    import_flux(_INSTALL)
-except ImportError as _exc:
-    pytest.skip(str(_exc), allow_module_level=True)
+_INSTALL = require_flux()
 
 
 # -- task functions (module level: the runner imports this module by name) --------------

@@ -7,19 +7,13 @@ the instance's cores. Skipped where flux-core or its bindings are missing.
 from __future__ import annotations
 
 import pytest
+from flux_site import require_flux
 
 from rhapsody_lab.api import ComputeTask, Session
 from rhapsody_lab.backends import FluxExecutionBackend
 from rhapsody_lab.backends._flux_broker import session_pids
-from rhapsody_lab.backends._flux_env import find_install, import_flux, missing_reason
 
-_INSTALL = find_install()
-if _INSTALL is None:
-    pytest.skip(missing_reason(), allow_module_level=True)
-try:
-    import_flux(_INSTALL)
-except ImportError as _exc:
-    pytest.skip(str(_exc), allow_module_level=True)
+_INSTALL = require_flux()
 
 BROKERS = 4
 

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from flux_site import require_flux
 from rh_nb_helpers import run
 
 from rhapsody_lab.backends._flux_broker import session_pids
-from rhapsody_lab.backends._flux_env import find_install, import_flux, missing_reason
 
-_INSTALL = find_install()
-if _INSTALL is None:
-    pytest.skip(missing_reason(), allow_module_level=True)
-try:
-    import_flux(_INSTALL)
-except ImportError as _exc:
-    pytest.skip(str(_exc), allow_module_level=True)
+_INSTALL = require_flux()
 
 
 def test_start_backend_flux_runs_cells_and_maps_as_flux_jobs(ip, monkeypatch):

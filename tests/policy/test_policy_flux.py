@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from flux_site import require_flux
 
 from rhapsody_lab.api import ComputeTask, Session
 from rhapsody_lab.api.errors import SessionError
 from rhapsody_lab.backends._flux_broker import session_pids
-from rhapsody_lab.backends._flux_env import find_install, import_flux, missing_reason
 from rhapsody_lab.resources import Allocation
 
-_INSTALL = find_install()
-if _INSTALL is None:
-    pytest.skip(missing_reason(), allow_module_level=True)
-try:
-    import_flux(_INSTALL)
-except ImportError as _exc:
-    pytest.skip(str(_exc), allow_module_level=True)
+_INSTALL = require_flux()
 
 FOUR = Allocation(("n0",), (4,), (0,), "local")
 POLICY = {
