@@ -31,17 +31,23 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
 
 @pytest.fixture
 def no_children():
-    """Assert a test leaves no child process of this interpreter behind."""
+    """Assert a test leaves no child process of this interpreter behind.
+
+    Children alive when the test starts (a session-scoped fixture's server, such as the
+    shared vLLM server of ``tests/inference``) are not the test's and are not counted.
+    """
+    before = child_processes()
     yield
     import time
     deadline = time.time() + 5
     while time.time() < deadline:
-        kids = _children()
+        kids = _children(before)
         if not kids:
             return
         time.sleep(0.1)
     pytest.fail(f"child processes left behind: {kids}")
 
 
-def _children() -> list[str]:
-    return [f"{pid}:{cmd}" for pid, cmd in child_processes().items()]
+def _children(before: dict[int, str]) -> list[str]:
+    return [f"{pid}:{cmd}" for pid, cmd in child_processes().items()
+            if before.get(pid) != cmd]

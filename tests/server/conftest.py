@@ -7,11 +7,8 @@ server's event loop.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F403
-from real_env import child_processes
 
 from rhapsody_lab.server.registry import ENV_BASE_URL, ENV_DIR
 
@@ -28,19 +25,3 @@ def registry(tmp_path, monkeypatch):
 @pytest.fixture
 def jp_server_config(registry):
     return {"ServerApp": {"jpserver_extensions": {"rhapsody_lab.server": True}}}
-
-
-def _children() -> set[int]:
-    return set(child_processes())
-
-
-@pytest.fixture
-def no_new_children():
-    """Fail if the test leaves a child process behind (ones alive before it are not its:
-    a session-scoped fixture elsewhere, e.g. a vLLM server, may hold one)."""
-    before = _children()
-    yield
-    deadline = time.monotonic() + 5
-    while (left := _children() - before) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not left, f"child processes left behind: {sorted(left)}"

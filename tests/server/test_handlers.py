@@ -53,7 +53,7 @@ async def _wait_for(predicate, timeout: float = 30.0):
 
 @pytest.fixture
 def live(registry, jp_base_url, tmp_path, jp_serverapp, jp_asyncio_loop,
-         no_new_children):
+         no_children):
     """A real Session with a real dashboard behind the proxy, announced in the registry."""
     session = Session([ConcurrentExecutionBackend(max_workers=2)], work_dir=tmp_path)
     publisher = Publisher(session, directory=registry, base_url=jp_base_url, interval=0.2)
