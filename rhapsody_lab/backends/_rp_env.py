@@ -5,9 +5,14 @@ passes them on to every bridge, component and agent process it starts, so ``prep
 sets them in ``os.environ`` before the first import: everything on the loopback, no NTP
 probe, no profiling, RP's state under the session's work directory, and the running venv
 (``VIRTUAL_ENV``, its ``bin`` on ``PATH``) for the agent (else ``radical-pilot-agent_0`` is
-not found and the pilot fails with exit 127). Left in ``$HOME``: PSI/J (RP's pilot
-launcher) writes two launcher scripts to ``~/.psij/work`` (its default is fixed from
-``$HOME`` at import, and importing it here, off the main thread, would cost it signals).
+not found and the pilot fails with exit 127). ``release`` puts the kernel's environment
+back when the last RP backend of the process has closed. Left in ``$HOME``: PSI/J (RP's
+pilot launcher, run in an RP component process) deploys its two launcher scripts once per
+user to ``~/.psij/work/<hash>/`` (its default is fixed from ``$HOME`` at import, and RP
+passes it no configuration); they hold no session data. RP's id counters go to
+``$RADICAL_BASE/.radical/utils/<sid>/`` with ``RADICAL_BASE`` as it was when
+``radical.utils`` was first imported in the process: the first RP backend's state dir, or
+``~/.radical`` if the user imported ``radical.pilot`` before any backend started.
 """
 
 from __future__ import annotations
@@ -15,29 +20,68 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
-__all__ = ["kill_session_processes", "pilot_description", "prepare", "session_pids"]
+__all__ = ["kill_session_processes", "pilot_description", "prepare", "release", "session_pids"]
 
 #: fixed settings (the user's own values win where they set one)
 _ENV = {"RADICAL_DEFAULT_IFACE": "lo", "RADICAL_UTILS_NTPHOST": "127.0.0.1",
         "RADICAL_PROFILE": "FALSE", "RADICAL_REPORT": "FALSE"}
 
 
+#: variables that name the state directory of the backend being started
+_BASE_KEYS = ("RADICAL_BASE", "RADICAL_CONFIG_USER_DIR")
+_lock = threading.Lock()
+_users = 0
+#: the kernel's values before the first ``prepare`` (None: unset)
+_saved: dict[str, str | None] = {}
+
+
 def prepare(base: str) -> None:
-    """Set RP's environment (before ``import radical.pilot``); ``base``: its state dir."""
+    """Set RP's environment (before ``import radical.pilot``); ``base``: its state dir.
+
+    Each call holds the environment until its ``release``; the state directory is this
+    backend's (a second backend of the kernel does not write into the first one's), unless
+    the user had set ``RADICAL_BASE`` themselves.
+    """
+    global _users
     os.makedirs(base, exist_ok=True)
-    for key, value in _ENV.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("RADICAL_BASE", base)
-    os.environ.setdefault("RADICAL_CONFIG_USER_DIR", base)
-    if sys.prefix != sys.base_prefix:  # a venv: the agent runs RP from it
-        os.environ.setdefault("VIRTUAL_ENV", sys.prefix)
-    bindir = os.path.dirname(sys.executable)
-    path = os.environ.get("PATH", "")
-    if bindir not in path.split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + path if path else bindir
+    with _lock:
+        if _users == 0:
+            _saved.clear()
+            _saved.update({k: os.environ.get(k) for k in
+                           (*_ENV, *_BASE_KEYS, "VIRTUAL_ENV", "PATH")})
+        _users += 1
+        for key, value in _ENV.items():
+            os.environ.setdefault(key, value)
+        for key in _BASE_KEYS:
+            if _saved[key] is None:
+                os.environ[key] = base
+        if sys.prefix != sys.base_prefix:  # a venv: the agent runs RP from it
+            os.environ.setdefault("VIRTUAL_ENV", sys.prefix)
+        bindir = os.path.dirname(sys.executable)
+        path = os.environ.get("PATH", "")
+        if bindir not in path.split(os.pathsep):
+            os.environ["PATH"] = bindir + os.pathsep + path if path else bindir
+
+
+def release() -> None:
+    """End one ``prepare``; the last one puts back the variables as they were before."""
+    global _users
+    with _lock:
+        if _users == 0:
+            return
+        _users -= 1
+        if _users:
+            return
+        for key, value in _saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _saved.clear()
 
 
 def pilot_description(resources: dict, sandbox: str) -> dict[str, Any]:

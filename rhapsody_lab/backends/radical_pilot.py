@@ -72,6 +72,7 @@ class RadicalExecutionBackend(BaseBackend):
         self.pilot_state: str | None = None
         self.progress_log: list[tuple[float, str]] = []
         self.session: Any = None           # rp.Session, once started
+        self._env_held = False             # holds _rp_env.prepare until _close_rp
         self.pilot_manager: Any = None
         self.task_manager: Any = None
         self.resource_pilot: Any = None
@@ -112,6 +113,7 @@ class RadicalExecutionBackend(BaseBackend):
         """On a thread: session, managers, pilot (wait until active), raptor."""
         base = self._rp_dir()
         _rp_env.prepare(base)
+        self._env_held = True
         try:
             import radical.pilot as rp
         except ImportError as exc:
@@ -161,8 +163,13 @@ class RadicalExecutionBackend(BaseBackend):
 
     async def _close_rp(self) -> None:
         session = self.session
-        if session is None:
-            return
+        if session is not None:
+            await self._close_session(session)
+        if self._env_held:  # the kernel's environment as it was (when no RP backend is left)
+            self._env_held = False
+            _rp_env.release()
+
+    async def _close_session(self, session: Any) -> None:
         sid = session.uid
         try:
             await asyncio.wait_for(asyncio.to_thread(session.close, download=False), 60)

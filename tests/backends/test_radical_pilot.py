@@ -55,6 +55,7 @@ def rp(tmp_path_factory):
     """(loop, session, backend): one pilot of 2 cores with one raptor master and worker."""
     work = tmp_path_factory.mktemp("rp")
     lines: list[str] = []
+    environ = dict(os.environ)
     lp = _Loop()
     backend = RadicalExecutionBackend({"resource": "local.localhost", "cores": 2,
                                        "runtime": 15},
@@ -67,6 +68,7 @@ def rp(tmp_path_factory):
         return session
     session = lp.run(start(), timeout=280)
     backend.test_lines = lines
+    backend.test_environ = environ
     yield lp, session, backend
     lp.run(backend.shutdown(), timeout=120)
     lp.close()
@@ -158,6 +160,12 @@ def test_zz_shutdown_leaves_no_process_of_the_session(rp):
     while time.time() < deadline and session_pids(sid):
         time.sleep(0.2)
     assert session_pids(sid) == []
+    # the kernel's environment is as it was before the backend started (no VIRTUAL_ENV,
+    # PATH or RADICAL_* of RP's left behind)
+    keys = set(backend.test_environ) | set(os.environ)
+    changed = {k for k in keys if os.environ.get(k) != backend.test_environ.get(k)
+               and (k in ("PATH", "VIRTUAL_ENV") or k.startswith("RADICAL_"))}
+    assert not changed, changed
 
 
 def _rhapsody_docs_snippet() -> str:
@@ -210,6 +218,10 @@ def test_rhapsody_docs_example_runs_with_only_the_import_changed(tmp_path):
     assert task.state == "DONE" and task.stdout == "from the docs\n"
     assert backend.capacity() == 128  # the docs' cores (local.localhost fakes them)
     assert session_pids(sid) == []
+    # this session's RP state and sandbox went under its own work dir (not the first one's)
+    assert os.path.isdir(tmp_path / ".rhapsody-radical" / sid)
+    assert os.path.isdir(tmp_path / ".rhapsody-radical" / "sandbox" / "radical.pilot.sandbox"
+                         / sid)
 
 
 def test_policy_type_radical_and_registry_names():
