@@ -24,7 +24,14 @@ export interface ISessionInfo {
   pid: number;
   kernel_id: string | null;
   path: string | null;
-  backends: { [name: string]: { capacity: number | null; kind: string } };
+  backends: {
+    [name: string]: {
+      capacity: number | null;
+      kind: string;
+      state?: string | null;
+      pilot?: string | null;
+    };
+  };
   counts: { [state: string]: number };
   total: number;
   dashboard: { [plot: string]: string };
@@ -84,7 +91,13 @@ class SessionCard {
     this._title.title = `pid ${s.pid}${s.kernel_id ? `, kernel ${s.kernel_id}` : ''}`;
     this._path.textContent = s.path ?? '';
     this._backends.textContent = Object.entries(s.backends)
-      .map(([name, b]) => (b.capacity ? `${name} (${b.capacity} slots)` : name))
+      .map(([name, b]) => {
+        const notes = [
+          b.capacity ? `${b.capacity} slots` : '',
+          b.pilot ? `pilot ${b.pilot}` : '' // RADICAL-Pilot: start-up takes a while
+        ].filter(Boolean);
+        return notes.length ? `${name} (${notes.join(', ')})` : name;
+      })
       .join(', ');
     const rank = (state: string) => {
       const i = order.indexOf(state);

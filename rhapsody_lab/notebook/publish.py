@@ -85,12 +85,7 @@ class Publisher:
 
     def entry(self) -> dict[str, Any]:
         s = self.session
-        backends = {}
-        for name, b in list(s.backends.items()):
-            try:
-                backends[name] = {"capacity": int(b.capacity()), "kind": type(b).__name__}
-            except Exception:
-                backends[name] = {"capacity": None, "kind": type(b).__name__}
+        backends = {name: _backend_entry(b) for name, b in list(s.backends.items())}
         for _ in range(3):
             try:
                 counts = s.counts()  # the loop thread may be updating it
@@ -161,3 +156,16 @@ class Publisher:
 
     def __repr__(self) -> str:
         return f"<Publisher {self.key} -> {self.directory}>"
+
+
+def _backend_entry(backend: Any) -> dict[str, Any]:
+    """A backend as the sidebar lists it: slots, class, state and its pilot's (RP)."""
+    try:
+        capacity: int | None = int(backend.capacity())
+    except Exception:
+        capacity = None
+    pilot = getattr(backend, "pilot_state", None)
+    return {"capacity": capacity, "kind": type(backend).__name__,
+            "state": str(getattr(backend, "_backend_state", "")) or None,
+            "pilot": None if pilot is None else str(pilot)}
+

@@ -87,6 +87,14 @@ def test_start_up_progress_and_sandbox_under_work_dir(rp):
     assert backend.capacity() == 2
 
 
+def test_the_sidebar_entry_shows_the_pilot_state(rp, tmp_path):
+    from rhapsody_lab.notebook.publish import Publisher
+    _, session, backend = rp
+    entry = Publisher(session, directory=tmp_path).entry()["backends"][backend.name]
+    assert entry["pilot"] == "PMGR_ACTIVE" and entry["state"] == "RUNNING"
+    assert entry["capacity"] == 2 and entry["kind"] == "RadicalExecutionBackend"
+
+
 def test_executables_stdout_and_exit_codes(rp):
     lp, session, _backend = rp
     tasks = [ComputeTask(executable="/bin/echo", arguments=["hello", "rp"]),

@@ -57,6 +57,8 @@ def test_a_kernel_session_is_announced_and_withdrawn(tmp_path):
                                    if e["counts"].get("DONE") == 1])[0]
         assert entry["uid"] == "k1" and entry["kernel_id"] == kid
         assert entry["backends"]["concurrent"]["capacity"] == 2
+        assert entry["backends"]["concurrent"]["state"] == "RUNNING"
+        assert entry["backends"]["concurrent"]["pilot"] is None  # only RP's have one
         assert entry["dashboard"] is None and entry["pid"] != os.getpid()
         _run(kc, "%rhapsody stop")
         assert read_entries(registry) == {}
