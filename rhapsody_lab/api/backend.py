@@ -6,7 +6,8 @@ with ``submit_tasks`` (returning once they are queued, never waiting for them to
 utilisation. Its workers only ``report`` what happened; the task life cycle and the one
 drain (``api.lifecycle.TaskLifecycle``, a base of ``BaseBackend``) turn the reports into
 state changes. A new backend writes ``_start``, ``submit_tasks``, ``cancel_task``,
-``_stop`` and where its outcomes come from; nothing else.
+``_stop`` and where its outcomes come from; nothing else. A backend written for RHAPSODY
+(a subclass of ``api.contract.BackendContract`` only) runs through ``api.adopted``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import logging
 import os
 import time
 import traceback
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .contract import BackendContract
 from .errors import BackendError, BackendNotStartedError, SessionError, TaskExecutionError
 from .lifecycle import DONE_RUN, TaskLifecycle
 from .state_map import StateMapper
@@ -32,8 +34,12 @@ CANCELED_CLAIM = object()  # a claim marker: the task was canceled before a work
 log = logging.getLogger(__name__)
 
 
-class BaseBackend(TaskLifecycle, ABC):
-    """Shared life cycle, callbacks, task bookkeeping and drain of a backend."""
+class BaseBackend(TaskLifecycle, BackendContract):
+    """Shared life cycle, callbacks, task bookkeeping and drain of a backend.
+
+    RHAPSODY's contract (``api.contract``) with five of its methods implemented here; a
+    subclass writes ``_start``, ``capacity``, ``submit_tasks`` and ``cancel_task``.
+    """
 
     #: Task kinds this backend runs: "function", "executable", "ai".
     task_kinds: frozenset[str] = frozenset({"function", "executable"})

@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import gcfreeze
+from .adopted import adopt
 from .backend import BaseBackend
+from .contract import BackendContract
 from .data import DataBackends, is_data_backend
 from .dict_tasks import future_of
 from .errors import SessionError
@@ -66,7 +68,7 @@ class Session(Submission, TelemetryHooks):
         self._router: Any = None  # a policy's router (api.routing), set by from_policy
         self._dict_tasks: dict[str, tuple[dict, asyncio.Future]] = {}  # uid -> plain dict
         self.created = time.time()
-        if isinstance(backends, BaseBackend) or is_data_backend(backends):
+        if isinstance(backends, BackendContract) or is_data_backend(backends):
             backends = [backends]
         if backends is not None:
             if not isinstance(backends, Iterable) or isinstance(backends, str | dict):
@@ -92,11 +94,19 @@ class Session(Submission, TelemetryHooks):
         return session
 
     def add_backend(self, backend: BaseBackend) -> None:
-        """Register ``backend``; tasks reach it by ``task.backend = backend.name``."""
+        """Register ``backend``; tasks reach it by ``task.backend = backend.name``.
+
+        A backend written for RHAPSODY (only its ``BaseBackend`` contract) is registered
+        wrapped (``api.adopted.AdoptedBackend``; the object given is its ``inner``).
+        """
         if self._closed:
             raise SessionError(f"session {self.uid} is closed; create a new Session")
         if is_data_backend(backend):  # a data backend (api.data): started and closed only
             return self.data_backends.add(backend, self)
+        if isinstance(backend, BackendContract) and not isinstance(backend, BaseBackend):
+            if any(getattr(b, "inner", None) is backend for b in self.backends.values()):
+                return
+            backend = adopt(backend)  # written for RHAPSODY: run through api.adopted
         if not isinstance(backend, BaseBackend):
             hint = " (did you pass the class? write ConcurrentExecutionBackend())" \
                 if isinstance(backend, type) else ""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api.backend import BaseBackend
 from ..api.session import Session
 from ..api.state_map import StateMapper, TasksMainStates
+from .base import BaseBackend
 from .registry import (
     BACKENDS,
     CLASS_NAMES,

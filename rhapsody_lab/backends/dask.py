@@ -223,15 +223,18 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
         _validate_task_kwargs(task)
         if task.get("executable") is not None:
             exec_options(task)
+
+    def _unmet(self, task: dict) -> ResourceError | None:
+        """Why no worker of a LocalCluster we built can run ``task`` (it never grows new
+        kinds of workers), or None; a task asking for what no worker has FAILS with it."""
         res = (task.get("task_backend_specific_kwargs") or {}).get("resources")
-        if res and self._owns_cluster and self._worker_resources is not None:
-            # a LocalCluster we built never grows new kinds of workers: refuse now
-            if not any(all(w.get(k, 0) >= v for k, v in res.items())
-                       for w in self._worker_resources):
-                raise ResourceError(task["uid"], ",".join(res),
-                                    f"no worker of this LocalCluster offers {res}; give its "
-                                    f"workers resources, e.g. DaskExecutionBackend("
-                                    f"resources={{'resources': {res}}})")
+        if not res or any(all(w.get(k, 0) >= v for k, v in res.items())
+                          for w in self._worker_resources or ()):
+            return None
+        return ResourceError(task["uid"], "task_backend_specific_kwargs.resources",
+                             f"no worker of this LocalCluster offers {res} (workers have "
+                             f"{self._worker_resources}); give its workers resources, e.g. "
+                             f"DaskExecutionBackend(resources={{'resources': {res}}})")
 
     def _check_alive(self) -> None:
         client = self.client
@@ -250,7 +253,22 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
         for task in tasks:
             self.check_task(task)
         self._accept(tasks)
-        self._submit_q.put(list(tasks))
+        if self._owns_cluster and self._worker_resources is not None:
+            tasks = self._fail_unmet(tasks)
+        if tasks:
+            self._submit_q.put(list(tasks))
+
+    def _fail_unmet(self, tasks: Sequence[dict]) -> list[dict]:
+        """FAIL the tasks no worker can run (with the reason); returns the others."""
+        kept, now = [], time.time()
+        for task in tasks:
+            exc = self._unmet(task)
+            if exc is None:
+                kept.append(task)
+                continue
+            task.update(exception=exc, stdout="", stderr=f"[rhapsody_lab] {exc}", exit_code=1)
+            self._finish(task, FAILED, now)
+        return kept
 
     async def cancel_task(self, uid: str) -> bool:
         """Cancel ``uid``: True (CANCELED) unless it is a function that already started.

@@ -332,10 +332,24 @@ async def test_per_task_dask_resources():
         end = {e[1]: e[0] for e in events if e[2] == "DONE"}
         a, b = sorted(gpu, key=lambda t: span[t.uid])
         assert span[b.uid] >= end[a.uid] - 0.05
+        # what no worker of the LocalCluster offers FAILS (RHAPSODY's way), naming the
+        # field and the request; the other tasks of the same call run
+        tpu = [ComputeTask(function=square, args=(1,),
+                           task_backend_specific_kwargs={"resources": {"TPU": 1}}),
+               ComputeTask(executable="/bin/echo", arguments=["t"],
+                           task_backend_specific_kwargs={"resources": {"GPU": 2}})]
+        fine = ComputeTask(function=square, args=(3,),
+                           task_backend_specific_kwargs={"resources": {"GPU": 1}})
+        await session.submit_tasks([tpu[0], fine, tpu[1]])
+        await session.wait_tasks([*tpu, fine], timeout=30)
+        assert fine.state == "DONE" and fine.return_value == 9
+        for task, want in zip(tpu, ("{'TPU': 1}", "{'GPU': 2}"), strict=True):
+            assert task.state == "FAILED" and task.exit_code == 1 and task.stdout == ""
+            assert isinstance(task.exception, ResourceError)
+            assert "task_backend_specific_kwargs.resources" in str(task.exception)
+            assert want in task.stderr and want in str(task.exception)
         with pytest.raises(ResourceError, match="TPU"):
-            await session.submit_tasks([ComputeTask(
-                function=square, args=(1,),
-                task_backend_specific_kwargs={"resources": {"TPU": 1}})])
+            await tpu[0]
         with pytest.raises(TaskValidationError, match="resources"):
             await session.submit_tasks([ComputeTask(
                 function=square, args=(1,),

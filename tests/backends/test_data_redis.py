@@ -60,7 +60,7 @@ def _redis_pids() -> dict[int, str]:
 @needs_redis
 async def test_start_ready_set_get_and_shutdown_leaves_nothing(tmp_path, no_children):
     before = set(_redis_pids())
-    backend = RedisDataBackend(work_dir=tmp_path / "data")
+    backend = RedisDataBackend(work_dir=tmp_path / "data", unix_socket=True)
     with pytest.raises(DataBackendNotReadyError, match=r"await backend\.start"):
         _ = backend.endpoints
     assert await backend.ready() is False
@@ -101,7 +101,7 @@ async def test_start_ready_set_get_and_shutdown_leaves_nothing(tmp_path, no_chil
 
 @needs_redis
 async def test_session_starts_it_puts_data_under_work_dir_and_closes_it(tmp_path, no_children):
-    redis = RedisDataBackend(name="store")
+    redis = RedisDataBackend(name="store", unix_socket=True)
     work = tmp_path / "work"
     session = Session([ConcurrentExecutionBackend(), redis], uid="s1", work_dir=work)
     assert list(session.backends) == ["concurrent"] and list(session.data_backends) == ["store"]
@@ -137,19 +137,31 @@ async def test_session_keeps_a_started_backend_running_until_close(tmp_path, no_
 
 
 @needs_redis
-async def test_several_nodes_and_tcp(tmp_path, no_children):
-    async with RedisDataBackend(hosts=["localhost"] * 3, work_dir=tmp_path / "m") as multi:
+async def test_several_nodes_and_tcp_by_default(tmp_path, no_children):
+    async with RedisDataBackend(hosts=["localhost"] * 3, work_dir=tmp_path / "m",
+                                unix_socket=True) as multi:
         eps = multi.endpoints
         assert len({e.unix_socket for e in eps}) == 3
         await _cmd(eps[0], ("SET", "only", "here"))
         assert await _cmd(eps[1], ("EXISTS", "only")) == [0]  # independent keyspaces
-    async with RedisDataBackend(unix_socket=False, work_dir=tmp_path / "t") as tcp:
-        (ep,) = tcp.endpoints
-        assert ep.host == "127.0.0.1" and ep.port > 0 and ep.unix_socket is None
-        assert ep.serialize() == f"redis://:{ep.password}@127.0.0.1:{ep.port}/0"
+    # RHAPSODY's default: TCP, a free port per server, the host as named
+    async with RedisDataBackend(hosts=["localhost"] * 3, work_dir=tmp_path / "t") as tcp:
+        eps = tcp.endpoints
+        assert len({e.port for e in eps}) == 3 and all(e.port > 0 for e in eps)
+        ep = eps[0]
+        assert ep.host == "localhost" and ep.unix_socket is None
+        assert ep.serialize() == f"redis://:{ep.password}@localhost:{ep.port}/0"
+        assert ep.client_kwargs() == {"host": "localhost", "port": ep.port,
+                                      "password": ep.password}
         assert await _cmd(ep, ("PING",)) == [b"PONG"]
+        assert await tcp.ready() is True
         with pytest.raises(RuntimeError, match="NOAUTH"):
             await _cmd(ep, ("KEYS", "*"), password=None)
+        conf = (tmp_path / "t" / "node0" / "redis.conf").read_text()
+        assert f"port {ep.port}" in conf and "bind 127.0.0.1" in conf
+    async with RedisDataBackend(hosts=["127.0.0.1"], work_dir=tmp_path / "u") as by_ip:
+        (ep,) = by_ip.endpoints
+        assert ep.host == "127.0.0.1" and await _cmd(ep, ("PING",)) == [b"PONG"]
 
 
 @needs_redis
@@ -256,7 +268,7 @@ async def test_another_user_can_neither_connect_nor_read(no_children):
 
 
 async def _probe_as_other_user(shared: str) -> None:
-    async with RedisDataBackend(work_dir=shared) as unix_b, \
+    async with RedisDataBackend(work_dir=shared, unix_socket=True) as unix_b, \
             RedisDataBackend(unix_socket=False, work_dir=os.path.join(shared, "t")) as tcp_b:
         ep, tep = unix_b.endpoints[0], tcp_b.endpoints[0]
         await _cmd(tep, ("SET", "secret", "value"))
@@ -318,7 +330,7 @@ LEAVE_RUNNING = r'''
 import asyncio, sys
 from rhapsody_lab.backends.data import RedisDataBackend
 async def main():
-    b = await RedisDataBackend(work_dir=sys.argv[1])
+    b = await RedisDataBackend(work_dir=sys.argv[1], unix_socket=True)
     print(b.endpoints[0].unix_socket, flush=True)
 asyncio.run(main())  # exits without shutdown()
 '''

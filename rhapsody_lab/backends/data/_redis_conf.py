@@ -2,8 +2,9 @@
 
 Each server reads its settings (password included) from a ``redis.conf`` of mode 0600 in
 its own data folder (mode 0700), never from its command line, which every user of the
-host can read in ``/proc``. A local server listens on a Unix socket (mode 0700) inside a
-fresh 0700 folder of this user, and on no TCP port unless one is asked for.
+host can read in ``/proc``. A local server listens on the loopback, on a free TCP port
+(RHAPSODY's default; the password guards it), or with ``unix_socket=True`` only on a Unix
+socket (mode 0700) inside a fresh 0700 folder of this user.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def check_args(hosts: Any, port: Any, cmd: Any, redis_server_path: Any, extra_ar
                     "must be a str of at least 16 characters without spaces, quotes or \\ "
                     "(or None: a random one), e.g. secrets.token_urlsafe(32)")
     if unix_socket is None:
-        unix_socket = port is None and cmd is None
+        unix_socket = False  # RHAPSODY's default: TCP, a free port per server
     elif not isinstance(unix_socket, bool):
         raise _fail("unix_socket", unix_socket, "must be True, False or None (automatic)")
     elif unix_socket and (port is not None or cmd is not None):

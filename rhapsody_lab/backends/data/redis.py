@@ -1,8 +1,9 @@
 """RedisDataBackend: one or more independent, private ``redis-server`` processes.
 
-``RedisDataBackend()`` starts one local server on a Unix socket (mode 0700, in a fresh 0700
-folder) with a random password; its data and log go to a 0700 folder under the session's
-``work_dir``. ``port=`` serves TCP on the loopback instead; ``cmd=`` (with ``{config}``)
+``RedisDataBackend()`` starts one local server on the loopback, on a free TCP port (as
+RHAPSODY does; ``port=`` picks it), with a random password; its data and log go to a 0700
+folder under the session's ``work_dir``. ``unix_socket=True`` serves a Unix socket (mode
+0700, in a fresh 0700 folder) and no TCP port instead; ``cmd=`` (with ``{config}``)
 launches on other hosts (``srun ...``). Every server needs the password (in the endpoint).
 """
 
@@ -77,7 +78,8 @@ class RedisDataBackend(DataBackend):
         with ``{host}``, ``{port}``, ``{config}``, run without a shell; ``env`` is added to
         this process's environment; ``work_dir``: the data folder (default: under the
         session's ``work_dir``, or ``./rhapsody_lab.data.<hex>``); ``password``: at least
-        16 characters (default: random); ``unix_socket``: default for local servers."""
+        16 characters (default: random); ``unix_socket=True``: a private Unix socket and
+        no TCP port (local servers only; default: TCP on a free port, as in RHAPSODY)."""
         super().__init__(name=name)
         args = check_args(hosts, port, cmd, redis_server_path, extra_args, env, work_dir,
                           password, unix_socket, dict(
@@ -134,14 +136,15 @@ class RedisDataBackend(DataBackend):
         if self._unix:
             self._socket_dir = private_socket_dir()
         self._planned = []
+        taken: set[int] = set()
         for i, host in enumerate(self._hosts):
             if self._unix:
                 ep = RedisEndpoint("localhost", 0, os.path.join(self._socket_dir, f"node{i}.sock"),
                                    self._password)
             else:
-                port = self._port or free_port("127.0.0.1")
-                ep = RedisEndpoint("127.0.0.1" if self._cmd is None else host, port, None,
-                                   self._password)
+                port = self._port or _free_port(taken)
+                ep = RedisEndpoint(_endpoint_host(host) if self._cmd is None else host, port,
+                                   None, self._password)
             self._planned.append(ep)
         try:
             _raise_first(await asyncio.gather(
@@ -245,6 +248,21 @@ class RedisDataBackend(DataBackend):
                     await proc.wait()
         finally:
             _LIVE.pop(proc.pid, None)
+
+
+def _free_port(taken: set[int]) -> int:
+    """A free loopback port, none of ``taken`` (the servers of one start differ)."""
+    while True:
+        port = free_port("127.0.0.1")
+        if port not in taken:
+            taken.add(port)
+            return port
+
+
+def _endpoint_host(host: str) -> str:
+    """What a client of a local server (bound to 127.0.0.1) connects to: the name given
+    when it is the loopback's (RHAPSODY's endpoints say ``localhost``), else 127.0.0.1."""
+    return host if host in ("localhost", "127.0.0.1") else "127.0.0.1"
 
 
 def _raise_first(results: list) -> None:
