@@ -86,7 +86,8 @@ async def test_sessions_lists_a_live_session_with_counts_and_proxied_plots(
     s = await _wait_for(listed)
     assert s["uid"] == session.uid and s["pid"] == os.getpid()
     assert s["backends"] == {"concurrent": {"capacity": 2,
-                                            "kind": "ConcurrentExecutionBackend"}}
+                                            "kind": "ConcurrentExecutionBackend",
+                                            "state": "RUNNING", "pilot": None}}
     assert s["total"] == 20 and s["dashboard_error"] is None
     prefix = dashboard_prefix(jp_base_url, publisher.key)
     assert set(s["dashboard"]) >= {"task-states", "utilisation", "throughput", "task-stream"}
