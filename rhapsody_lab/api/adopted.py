@@ -21,16 +21,9 @@ from .contract import BackendContract
 from .errors import SessionError
 from .states import CANCELED, FAILED, QUEUED, RUNNING, STATES, TERMINAL_STATES
 
-__all__ = ["AdoptedBackend", "adopt"]
+__all__ = ["AdoptedBackend"]
 
 log = logging.getLogger(__name__)
-
-
-def adopt(backend: Any) -> Any:
-    """``backend`` as a session runs it: an engine backend as is, RHAPSODY's kind wrapped."""
-    if isinstance(backend, BackendContract) and not isinstance(backend, BaseBackend):
-        return AdoptedBackend(backend)
-    return backend
 
 
 class AdoptedBackend(BaseBackend):

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import gcfreeze
-from .adopted import adopt
+from .adopted import AdoptedBackend
 from .backend import BaseBackend
 from .contract import BackendContract
 from .data import DataBackends, is_data_backend
@@ -106,7 +106,7 @@ class Session(Submission, TelemetryHooks):
         if isinstance(backend, BackendContract) and not isinstance(backend, BaseBackend):
             if any(getattr(b, "inner", None) is backend for b in self.backends.values()):
                 return
-            backend = adopt(backend)  # written for RHAPSODY: run through api.adopted
+            backend = AdoptedBackend(backend)  # written for RHAPSODY
         if not isinstance(backend, BaseBackend):
             hint = " (did you pass the class? write ConcurrentExecutionBackend())" \
                 if isinstance(backend, type) else ""

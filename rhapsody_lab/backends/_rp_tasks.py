@@ -7,7 +7,7 @@ from typing import Any
 from ..api.errors import TaskExecutionError, TaskValidationError
 from ..api.states import CANCELED, DONE, FAILED, RUNNING
 
-__all__ = ["PREFIX", "describe", "fill_outcome", "our_state"]
+__all__ = ["PREFIX", "describe", "fill_outcome", "our_state", "our_uid"]
 
 #: RP uids of our tasks: RP's own ids (``task.000012`` for a raw TaskManager's tasks on
 #: the same session) must not collide with ours
@@ -19,6 +19,11 @@ _STATES = {"AGENT_EXECUTING": RUNNING, "DONE": DONE, "FAILED": FAILED, "CANCELED
 
 def our_state(rp_state: str) -> str | None:
     return _STATES.get(rp_state)
+
+
+def our_uid(rp_uid: str) -> str | None:
+    """The uid of our task behind RP task ``rp_uid`` (None: a raptor master/worker)."""
+    return rp_uid[len(PREFIX):] if rp_uid.startswith(PREFIX) else None
 
 
 def describe(rp: Any, task: dict, raptor_id: str | None) -> Any:

@@ -234,7 +234,7 @@ class RadicalExecutionBackend(BaseBackend):
                 await asyncio.to_thread(self.task_manager.submit_tasks, descs)
             except Exception as exc:
                 for td in descs:
-                    task = self._live.get(td.uid[len(_rp_tasks.PREFIX):])
+                    task = self._live.get(_rp_tasks.our_uid(td.uid))
                     if task is not None:
                         self.report(task, record_failure(task, exc), time.time())
 
@@ -250,9 +250,7 @@ class RadicalExecutionBackend(BaseBackend):
         ours = _rp_tasks.our_state(state)
         if ours is None:
             return
-        uid = rp_task.uid
-        task = self._live.get(uid[len(_rp_tasks.PREFIX):]) \
-            if uid.startswith(_rp_tasks.PREFIX) else None
+        task = self._live.get(_rp_tasks.our_uid(rp_task.uid))
         if task is None:
             return  # a raptor master/worker, or a task already final here
         if ours != "RUNNING":

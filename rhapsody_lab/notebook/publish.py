@@ -168,4 +168,3 @@ def _backend_entry(backend: Any) -> dict[str, Any]:
     return {"capacity": capacity, "kind": type(backend).__name__,
             "state": str(getattr(backend, "_backend_state", "")) or None,
             "pilot": None if pilot is None else str(pilot)}
-

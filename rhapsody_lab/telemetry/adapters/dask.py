@@ -17,9 +17,8 @@ class _Host:
 
     def __init__(self) -> None:
         self.workers: list[str] = []
-        self.cpu = self.threads = 0.0
-        self.used = self.limit = 0.0
-        self.cpu_seen = self.memory_seen = False
+        self.cpu = self.threads = 0.0  # threads > 0: some worker reported its CPU
+        self.used = self.limit = 0.0   # limit > 0: some worker reported its memory
         self.read = self.write = 0.0
         self.deltas = False
         self.gpu: list[float] = []
@@ -49,12 +48,10 @@ class DaskTelemetryAdapter(PollingAdapter):
             metrics = info.get("metrics", {})
             cpu = metrics.get("cpu")
             if cpu is not None:
-                h.cpu_seen = True
                 h.cpu += float(cpu)
                 h.threads += max(1, int(info.get("nthreads") or 1))
             limit, used = info.get("memory_limit") or 0, metrics.get("memory")
             if limit and used is not None:
-                h.memory_seen = True
                 h.used += used
                 h.limit += limit
             read, write = metrics.get("read_bytes"), metrics.get("write_bytes")
@@ -75,8 +72,8 @@ class DaskTelemetryAdapter(PollingAdapter):
             gpu = max(h.gpu) if h.gpu else None
             events.append(make_event(
                 ResourceUpdate, **base,
-                cpu_percent=min(100.0, h.cpu / h.threads) if h.cpu_seen else None,
-                memory_percent=100.0 * h.used / h.limit if h.memory_seen else None,
+                cpu_percent=min(100.0, h.cpu / h.threads) if h.threads else None,
+                memory_percent=100.0 * h.used / h.limit if h.limit else None,
                 gpu_percent=gpu,
                 disk_read_bytes=h.read if h.deltas else None,
                 disk_write_bytes=h.write if h.deltas else None,
