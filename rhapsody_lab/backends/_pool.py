@@ -11,7 +11,9 @@ alike. So the tasks it held become *suspects*: new work waits, and each suspect 
 alone in a fresh pool, one after the other. A suspect that breaks the pool while alone is
 the culprit and fails (with its worker's exit code or signal); the others finish as if
 nothing happened. Each task runs alone at most once, so a culprit fails on its second
-crash and nothing loops.
+crash and nothing loops. Tasks that had not reached the pool when it broke (it can break
+between two batches of one ``send``) are not suspects: they wait again, first in line, for
+its replacement.
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ class PoolFeeder:
                 items = [(self.blob(t["function"]), t["args"], t["kwargs"]) for t in batch]
                 fut = self.executor.submit(call_batch, items, [t["uid"] for t in batch],
                                            self.starts)
+            except BrokenProcessPool:
+                # a worker died since this call began: the rest never reached the pool,
+                # so they wait again (first in line) and go to its replacement
+                self.pending.extendleft(reversed(tasks[i:]))
+                self._wake()
+                return
             except Exception as exc:  # e.g. an unpicklable function: fail these tasks only
                 if len(batch) > 1:
                     for t in batch:

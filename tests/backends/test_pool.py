@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 from rhapsody_lab.api import ComputeTask, Session
@@ -68,6 +69,58 @@ async def test_two_crashing_tasks_fail_each_with_its_own_cause():
 async def test_two_crashing_tasks_in_one_batch():
     culprits = {40: "kill", 41: "exit"}  # neighbours: lost in the same pool work item
     _check(await _backlog(300, culprits), culprits)
+
+
+class _Echo:
+    """What a ``_PoolBreaker`` becomes in the worker: returns its argument."""
+
+    def __call__(self, i: int) -> int:
+        return i
+
+
+class _PoolBreaker:
+    """A task function whose pickling kills every worker of ``pool`` and waits for the break.
+
+    The feeder pickles a function while it builds a batch, so this breaks the pool between
+    two batches of one ``send``: the batches before it are in the pool, it and the ones
+    after it are not yet.
+    """
+
+    def __init__(self, backend: ConcurrentExecutionBackend):
+        self.backend = backend
+        self.fired = False
+
+    def __call__(self, i: int) -> int:  # never runs here: the worker gets an _Echo
+        return i
+
+    def __reduce__(self):
+        if not self.fired:
+            self.fired = True
+            pool = self.backend._feeder.executor
+            for proc in list(pool._processes.values()):
+                os.kill(proc.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not pool._broken and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert pool._broken, "the killed pool never noticed"
+        return (_Echo, ())
+
+
+async def test_a_pool_broken_between_two_batches_loses_no_task():
+    """Tasks not yet in the pool when it broke go to its replacement; none fails."""
+    backend = ConcurrentExecutionBackend(ProcessPoolExecutor(max_workers=2))
+    breaker = _PoolBreaker(backend)
+    async with Session([backend]) as session:
+        # a short backlog goes task by task: one send of ten single-task batches
+        tasks = [ComputeTask(function=maybe_die, args=(i, {})) for i in range(4)]
+        tasks += [ComputeTask(function=breaker, args=(i,)) for i in range(4, 10)]
+        await session.submit_tasks(tasks)
+        await session.wait_tasks(tasks, timeout=180)
+    assert breaker.fired
+    states = [t.state for t in tasks]
+    assert states == ["DONE"] * 10, [(i, t.state, t.get("stderr")) for i, t in enumerate(tasks)
+                                      if t.state != "DONE"][:3]
+    assert [t.return_value for t in tasks] == list(range(10))
 
 
 def test_describe_exit_names_signals():
