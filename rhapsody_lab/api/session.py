@@ -23,6 +23,7 @@ from .dict_tasks import future_of
 from .errors import SessionError
 from .events import EventStream, Subscriber
 from .extensions import provider
+from .service_hooks import ServiceHooks
 from .state_manager import TaskStateManager
 from .states import CANCELED, NEW
 from .statistics import Statistics
@@ -37,7 +38,7 @@ _FLUSH_BUDGET = 0.004  # seconds of event delivery per backend batch
 _FLUSH_LIMIT = 4_000  # events delivered per flush call (bounds one loop callback)
 
 
-class Session(Submission, TelemetryHooks):
+class Session(Submission, TelemetryHooks, ServiceHooks):
     """Connects tasks to backends; ``async with Session([backend]) as s: ...``.
 
     ``work_dir`` (default: the current folder) is created if missing, like ``mkdir -p``.
@@ -57,7 +58,6 @@ class Session(Submission, TelemetryHooks):
         self._stats = Statistics()
         self.events.subscribe(self._stats, inline=True, on_runs=self._stats.fold_items)
         self._closed = False
-        self._services: Any = None  # a ServiceSet, created with the first service
         self._pending: list[_HandOff] = []  # big submits still being handed to backends
         self._handoffs: set[asyncio.Task] = set()
         self._gc_held = False  # this session holds the process-wide gc freeze (gcfreeze)
@@ -272,38 +272,6 @@ class Session(Submission, TelemetryHooks):
         except ImportError as exc:
             raise SessionError(f"the dashboard needs Bokeh ({exc}); install it with "
                                "pip install 'rhapsody-lab[dashboard]'") from exc
-
-    # -- services ----------------------------------------------------------------------
-    @property
-    def services(self) -> Any:
-        """The long-running services (``rhapsody_lab.services.ServiceSet``) of this session."""
-        if self._services is None:
-            from .service_set import ServiceSet
-            self._services = ServiceSet()
-        return self._services
-
-    async def start_service(self, name: str, command: list[str], **options: Any) -> Any:
-        """Start a service (a server process with a readiness check) and wait until ready.
-
-        ``options`` go to ``rhapsody_lab.services.Service``: ``ready_url``, ``endpoint``,
-        ``env``, ``log_file``, ``startup_timeout``...; it is stopped by ``close()``.
-        """
-        self._check_open()
-        if not isinstance(name, str) or not name:
-            raise SessionError(f"service name must be a non-empty string, got {name!r}")
-        if isinstance(command, str) or not command:
-            raise SessionError(f"service command must be a non-empty list of strings, got "
-                               f"{command!r}; e.g. ['python', '-m', 'http.server', '8000']")
-        options.setdefault("log_file", os.path.join(self.work_dir, f"{self.uid}.{name}.log"))
-        return await self.services.start(name, command, **options)
-
-    def get_service(self, name: str) -> Any:
-        """The service called ``name`` (its ``endpoint``, ``state``, ``tail()``)."""
-        return self.services.get(name)
-
-    async def stop_service(self, name: str) -> None:
-        """Stop the service called ``name`` (SIGTERM to its process group, then SIGKILL)."""
-        await self.services.stop(name)
 
     def counts(self) -> dict[str, int]:
         """Tasks by state as delivered so far (cheap: never flushes the event backlog)."""

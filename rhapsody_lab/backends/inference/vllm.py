@@ -25,7 +25,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 import aiohttp
 
@@ -35,6 +34,7 @@ from ...api.states import CANCELED, DONE, FAILED, RUNNING
 from ...api.task import AITask, BaseTask
 from ...services import Service
 from ._config import int_field, load_config
+from ._openai import answer_of, error_message, request_for
 from ._server import ManagedServer, default_vllm_python, vllm_home
 
 __all__ = ["DragonVllmInferenceBackend", "VllmInferenceBackend", "default_vllm_python",
@@ -293,28 +293,6 @@ class VllmInferenceBackend(ManagedServer, BaseBackend):
         return True  # a request already sent is left to finish; its answer is dropped
 
     # -- senders -----------------------------------------------------------------------
-    def _payload(self, task: dict, prompt: str) -> tuple[str, dict]:
-        model = task.get("model") or self.served_model_name
-        body: dict[str, Any] = {"model": model}
-        if self.api == "chat":
-            msgs = []
-            if task.get("system_prompt"):
-                msgs.append({"role": "system", "content": task["system_prompt"]})
-            msgs.append({"role": "user", "content": prompt})
-            body["messages"] = msgs
-            url = f"{self._endpoint}/chat/completions"
-        else:
-            sp = task.get("system_prompt")
-            body["prompt"] = f"{sp}\n\n{prompt}" if sp else prompt
-            url = f"{self._endpoint}/completions"
-        for key in ("temperature", "max_tokens", "top_p", "top_k"):
-            v = task.get(key)
-            if v is not None:
-                body[key] = v
-        if task.get("stop_sequences"):
-            body["stop"] = list(task["stop_sequences"])
-        return url, body
-
     async def _sender(self, slot: int) -> None:
         get = self._queue.get
         live = self._live
@@ -363,7 +341,8 @@ class VllmInferenceBackend(ManagedServer, BaseBackend):
     async def _request(self, task: dict, prompt: str) -> tuple[str, dict]:
         if self._failure is not None:
             raise self._failure
-        url, body = self._payload(task, prompt)
+        url, body = request_for(self.api, self._endpoint, self.served_model_name, task,
+                                prompt)
         try:
             async with self._http.post(url, json=body) as r:
                 raw = await r.read()
@@ -384,21 +363,17 @@ class VllmInferenceBackend(ManagedServer, BaseBackend):
             raise BackendError(self.name, f"endpoint {self._endpoint} unreachable or "
                                f"connection lost: {type(exc).__name__}: {exc}") from exc
         if status != 200:
-            msg = _error_message(raw)
+            msg = error_message(raw)
             if status >= 500:
                 raise BackendError(self.name, f"endpoint {self._endpoint} answered HTTP "
                                    f"{status}: {msg}")
             raise TaskExecutionError(task["uid"], f"endpoint {self._endpoint} refused the "
                                      f"request (HTTP {status}): {msg}")
         try:
-            data = json.loads(raw)
-            choice = data["choices"][0]
-            text = choice["message"]["content"] if self.api == "chat" else choice["text"]
+            return answer_of(self.api, raw)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise BackendError(self.name, f"endpoint {self._endpoint} sent an answer that "
                                f"is not OpenAI-compatible: {raw[:200]!r}") from exc
-        usage = data.get("usage") or {}
-        return text if text is not None else "", usage
 
     # -- completion --------------------------------------------------------------------
     def _fail(self, task: dict, exc: BaseException, now: float, slot: object = None) -> None:
@@ -431,15 +406,4 @@ class DragonVllmInferenceBackend(VllmInferenceBackend):
     process, exactly as for ``VllmInferenceBackend``; ``placement="dragon"`` outside Dragon
     raises ``BackendError``. Multi-node (``num_nodes > 1``) servers are not placed yet.
     """
-
-
-def _error_message(raw: bytes) -> str:
-    try:
-        data = json.loads(raw)
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            return str(err.get("message") or err)[:500]
-        return str(err)[:500]
-    except (ValueError, AttributeError):
-        return raw[:500].decode(errors="replace")
 
