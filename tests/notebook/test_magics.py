@@ -285,3 +285,12 @@ def test_unbalanced_quote_is_a_usage_error_not_part_of_the_uid(ip, capsys):
     assert "session" not in ip.user_ns or ip.user_ns["session"].uid != '"abc'
     run(ip, '%rhapsody start --name "my run"')
     assert ip.user_ns["session"].uid == "my run"
+
+
+def test_an_unawaited_verb_displays_nothing(ip):
+    """Under a kernel's autoawait a verb returns an awaitable; left in a cell's last line it
+    shows nothing (issue 21.7: it printed ``<%rhapsody start: <rhapsody running ...>>``)."""
+    from rhapsody_lab.notebook._magic_text import _Settle
+
+    data, meta = ip.display_formatter.format(_Settle("start", None))
+    assert data == {} and meta == {}
