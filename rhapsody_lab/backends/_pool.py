@@ -102,9 +102,9 @@ class PoolFeeder:
                                            self.starts)
             except BrokenProcessPool:
                 # a worker died since this call began: the rest never reached the pool,
-                # so they wait again (first in line) and go to its replacement
+                # so they wait again (first in line); the pump that called us sends them
+                # on (the next send replaces the pool) once there is room
                 self.pending.extendleft(reversed(tasks[i:]))
-                self._wake()
                 return
             except Exception as exc:  # e.g. an unpicklable function: fail these tasks only
                 if len(batch) > 1:
