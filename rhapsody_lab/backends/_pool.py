@@ -212,15 +212,18 @@ class PoolFeeder:
         # the task died before the callback was added (then it runs late, on the loop).
         # The dead one's pipes close a moment before it can be reaped: give it a little time.
         procs = list((getattr(executor, "_processes", None) or {}).values())
-        code = None
+        # A worker the pool terminated may be reaped first: wait for a code other than
+        # SIGTERM until every worker has ended (then SIGTERM was the dead one's own).
+        codes: set = set()
         deadline = time.monotonic() + 1.0
         while procs and time.monotonic() < deadline:
-            codes = {p.exitcode for p in procs} - {None}
-            if codes:
-                own = codes - {-signal.SIGTERM}
-                code = own.pop() if len(own) == 1 else -signal.SIGTERM if not own else None
+            ended = [p.exitcode for p in procs]
+            codes = set(ended) - {None}
+            if codes - {-signal.SIGTERM} or None not in ended:
                 break
             time.sleep(0.005)
+        own = codes - {-signal.SIGTERM}
+        code = own.pop() if len(own) == 1 else None if own or not codes else -signal.SIGTERM
         uid = task["uid"]
         exc = BackendError(self.name, f"the worker process died ({describe_exit(code)}) "
                            f"while task {uid} ran alone in the pool: the task crashed it "
