@@ -59,10 +59,7 @@ from .._net import free_port
 from . import extensions
 from .errors import BackendError, ResourceError
 from .http_check import http_get
-
-_NOT_UNDER_DRAGON = ("placement='dragon' needs a Dragon runtime in this process; start the "
-                     "script with `dragon -s script.py` (single node) or `dragon script.py` "
-                     "inside an allocation, or use placement='local'")
+from .placement import resolve_placement
 
 __all__ = ["Service", "free_port", "http_get", "resolve_placement"]
 
@@ -381,22 +378,6 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _under_dragon() -> bool:
-    return bool(os.environ.get("DRAGON_MY_PUID") and os.environ.get("DRAGON_INF_PD"))
-
-
-def resolve_placement(placement: str, name: str = "service", host: str | None = None) -> str:
-    """``"dragon"`` or ``"local"``: what ``placement`` (and a pinned ``host``) mean here."""
-    if placement == "local":
-        return "local"
-    if _under_dragon():
-        return "dragon"
-    if placement == "dragon" or host is not None:
-        what = "placement='dragon'" if placement == "dragon" else f"host={host!r}"
-        raise BackendError(name, _NOT_UNDER_DRAGON.replace("placement='dragon'", what, 1))
-    return "local"
 
 
 @atexit.register

@@ -17,6 +17,7 @@ from typing import Any
 from . import gcfreeze
 from .adopted import AdoptedBackend
 from .backend import BaseBackend
+from .claims import HandOff, unclaim
 from .contract import BackendContract
 from .data import DataBackends, is_data_backend
 from .dict_tasks import future_of
@@ -27,7 +28,7 @@ from .service_hooks import ServiceHooks
 from .state_manager import TaskStateManager
 from .states import CANCELED, NEW
 from .statistics import Statistics
-from .submission import Submission, _HandOff, _unclaim
+from .submission import Submission
 from .task import BaseTask
 from .telemetry_hooks import TelemetryHooks
 
@@ -58,7 +59,7 @@ class Session(Submission, TelemetryHooks, ServiceHooks):
         self._stats = Statistics()
         self.events.subscribe(self._stats, inline=True, on_runs=self._stats.fold_items)
         self._closed = False
-        self._pending: list[_HandOff] = []  # big submits still being handed to backends
+        self._pending: list[HandOff] = []  # big submits still being handed to backends
         self._handoffs: set[asyncio.Task] = set()
         self._gc_held = False  # this session holds the process-wide gc freeze (gcfreeze)
         self._gc_waves = False  # big submits overlapped: no freeze again until idle
@@ -308,7 +309,7 @@ class Session(Submission, TelemetryHooks, ServiceHooks):
                 if task["state"] == NEW:
                     self._cancel_unhanded(task, backend, "session closed before it reached "
                                           "its backend")
-            _unclaim(pending.claim)  # its job may be canceled before it ever ran
+            unclaim(pending.claim)  # its job may be canceled before it ever ran
         results = await asyncio.gather(*(b.shutdown() for b in self.backends.values()),
                                        return_exceptions=True)
         results += await self.data_backends.shutdown_all()  # after the tasks using them

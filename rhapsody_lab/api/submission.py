@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from itertools import repeat, starmap
 from typing import Any
 
-from . import bulk, dict_tasks, gcfreeze
+from . import bulk, claims, dict_tasks, gcfreeze
 from .backend import BaseBackend, _kind
 from .errors import SessionError, TaskValidationError
 from .states import NEW, SUBMITTED
@@ -26,10 +26,6 @@ from .task import BaseTask, ComputeTask
 
 __all__ = ["Submission"]
 
-# The uids of every submit_tasks call (any session of this process) from its last check
-# until all its tasks are with their backends: a NEW task with a future bound to it is in
-# one of these, so a second submit of it is refused without a pass over futures.
-_claimed: list[_Claim] = []
 _CHUNK = 2_000  # tasks handed to backends between two yields to the event loop
 _HANDOFF_CHUNK = 2_000  # tasks handed to backends per step of the background hand-off
 _YIELD_AFTER = 0.005  # seconds of submit work between two yields to the event loop
@@ -220,7 +216,7 @@ class Submission:
             futures = await self._bind_and_hand_off(tasks, routed, claim, loop, last_yield)
         finally:
             if claim.owner is None:  # no background hand-off took it over
-                _unclaim(claim)
+                claims.unclaim(claim)
         if self._task_index is not None:
             # RHAPSODY's telemetry sees TaskSubmitted as submit_tasks returns, not at the
             # stream's next tick (one coalesced flush per call)
@@ -228,14 +224,10 @@ class Submission:
         return futures
 
     def _claim(self, tasks: list, uids: set[str], used: set[BaseBackend], yielded: bool
-               ) -> _Claim:
+               ) -> claims.Claim:
         """Refuse a task already submitted or a uid in use, else claim the uids: check and
         claim in one step (no await), so two concurrent submits never both pass."""
-        clash = [c for c in _claimed if not c.uids.isdisjoint(uids)]
-        if clash and any(c.session is not self for c in clash):
-            mine = set(map(id, tasks))  # uids are per session: other sessions clash only
-            clash = [c for c in clash if c.session is self or  # by the same task objects
-                     not mine.isdisjoint(map(id, c.tasks))]
+        clash = claims.clashes(self, uids, tasks)
         if clash or len(uids) != len(tasks) or \
                 any(not b._live.keys().isdisjoint(uids) for b in used) or \
                 (yielded and (any(map(_FUTURE, tasks)) or set(map(_STATE, tasks)) != {NEW})):
@@ -249,11 +241,11 @@ class Submission:
             raise TaskValidationError(self._duplicate_uid(tasks), "another task with this "
                                       "uid is already submitted; leave uid unset for an "
                                       "automatic one", field="uid")
-        claim = _Claim(self, uids, tasks)
-        _claimed.append(claim)
+        claim = claims.Claim(self, uids, tasks)
+        claims.claimed.append(claim)
         return claim
 
-    async def _bind_and_hand_off(self, tasks: list, routed: list, claim: _Claim,
+    async def _bind_and_hand_off(self, tasks: list, routed: list, claim: claims.Claim,
                                  loop: asyncio.AbstractEventLoop, last_yield: float
                                  ) -> list[asyncio.Future]:
         # 2. bind a future to every task; the first ones become SUBMITTED now, the rest as
@@ -288,7 +280,7 @@ class Submission:
         self._mark_submitted(tasks[:first], routed[:first], now)
         await self._hand_off(tasks[:first], routed[:first])
         if len(tasks) > first:
-            pending = claim.owner = _HandOff(claim, tasks[first:], routed[first:])
+            pending = claim.owner = claims.HandOff(claim, tasks[first:], routed[first:])
             self._pending.append(pending)
             job = loop.create_task(self._hand_off_all(pending, now))
             self._handoffs.add(job)
@@ -364,7 +356,7 @@ class Submission:
             except Exception as exc:  # the backend refused: fail these tasks, keep the rest
                 backend._refuse(group, exc)
 
-    async def _hand_off_all(self, job: _HandOff, now: float) -> None:
+    async def _hand_off_all(self, job: claims.HandOff, now: float) -> None:
         try:
             while job.next < len(job.tasks) and not self._closed:
                 await asyncio.sleep(0)
@@ -375,36 +367,4 @@ class Submission:
                 await self._hand_off(part, routed)
         finally:
             self._pending.remove(job)
-            _unclaim(job.claim)
-
-
-def _unclaim(claim: _Claim) -> None:
-    try:
-        _claimed.remove(claim)
-    except ValueError:
-        pass  # already dropped (a closed session's)
-
-
-class _Claim:
-    """The uids of one ``submit_tasks`` call until its tasks are with their backends."""
-
-    __slots__ = ("owner", "session", "tasks", "uids")
-
-    def __init__(self, session: Any, uids: set[str], tasks: list):
-        self.session = session
-        self.uids = uids
-        self.tasks = tasks
-        self.owner: _HandOff | None = None  # the background hand-off, once it takes over
-
-
-class _HandOff:
-    """The part of one big ``submit_tasks`` call not yet handed to its backends."""
-
-    __slots__ = ("claim", "next", "routed", "tasks", "uids")
-
-    def __init__(self, claim: _Claim, tasks: list, routed: list):
-        self.claim = claim
-        self.uids = claim.uids
-        self.tasks = tasks
-        self.routed = routed
-        self.next = 0
+            claims.unclaim(job.claim)

@@ -36,7 +36,7 @@ class BackendRegistry:
         "noop": f"{_HERE}.noop.NoopExecutionBackend",
         "orbit": f"{_HERE}.orbit.OrbitExecutionBackend",
         "vllm": f"{_HERE}.inference.vllm.VllmInferenceBackend",
-        "dragon_vllm": f"{_HERE}.inference.vllm.DragonVllmInferenceBackend",
+        "dragon_vllm": f"{_HERE}.inference.dragon_vllm.DragonVllmInferenceBackend",
     }
 
     @classmethod

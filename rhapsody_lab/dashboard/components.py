@@ -18,7 +18,8 @@ from bokeh.transform import factor_cmap
 from ..api.errors import SessionError
 from ..api.states import SHOWN_STATES
 from ..observe import HIST_BINS, HIST_LOW, HIST_PER_DECADE
-from ..observe.metrics import STATES, Metrics, attach_metrics, hist_range
+from ..observe.attach import attach_metrics
+from ..observe.metrics import STATES, Metrics, hist_range
 from ..observe.process import RemoteMetrics
 from .base import _FIG, SERIES_COLORS, STATE_COLORS, Component
 from .resources import Resources

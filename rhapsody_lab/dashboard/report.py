@@ -31,7 +31,7 @@ def _metrics(source: Any) -> Metrics:
     if isinstance(source, str | os.PathLike):
         return load(source)
     if hasattr(source, "events") and hasattr(source, "backends"):
-        from ..observe.metrics import attach_metrics
+        from ..observe.attach import attach_metrics
         return attach_metrics(source).sync()
     raise SessionError(f"report source must be a journal path, a Metrics or a Session, "
                        f"got {type(source).__name__}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from IPython.core import magic_arguments as ma
@@ -21,6 +20,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_exp
 
 from ..api import AITask, ComputeTask, Session
 from ..api.errors import SessionError
+from ._magic_options import _backend, _bind, _help, _targets
 from ._magic_text import (
     _check_name,
     _describe,
@@ -39,29 +39,6 @@ from .reprs import session_text, statistics_text
 __all__ = ["VERBS", "RhapsodyMagics", "overview"]
 
 CELL_VERBS = ("task", "ai")
-
-
-# -- reusable option groups (decorators) -----------------------------------------------
-def _help(f: Callable) -> Callable:
-    return ma.argument("-h", "--help", action="store_true", help="show this help")(f)
-
-
-def _backend(f: Callable) -> Callable:
-    return ma.argument("-b", "--backend", metavar="NAME", default=None,
-                       help="the session backend to run on (default: the first that can)")(f)
-
-
-def _bind(default: str) -> Callable:
-    def deco(f: Callable) -> Callable:
-        return ma.argument("name", nargs="?", default=default, metavar="NAME",
-                           help=f"variable to bind the result to (default: {default})")(f)
-    return deco
-
-
-def _targets(f: Callable) -> Callable:
-    return ma.argument("targets", nargs="*", metavar="TASKS",
-                       help="names (or expressions) of tasks or lists of tasks; "
-                            "none means every task of the session")(f)
 
 
 @magics_class

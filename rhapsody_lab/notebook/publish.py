@@ -73,7 +73,7 @@ class Publisher:
             return self
         if self.wants_dashboard:
             try:
-                from ..observe.metrics import attach_metrics
+                from ..observe.attach import attach_metrics
                 self._metrics = attach_metrics(self.session)  # from now on, events count
             except Exception as exc:  # no dashboard extra: the sessions list still works
                 self.dashboard_error = f"{type(exc).__name__}: {exc}"

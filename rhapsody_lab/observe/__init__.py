@@ -12,8 +12,9 @@ kernel only marshals event batches onto a pipe, so observing 100,000 tasks does 
 compete with task dispatch for the GIL; pass ``process=False`` to fold in the kernel.
 """
 
+from .attach import attach_metrics
 from .journal import Journal, attach_journal, load, load_dataframe, read_events
-from .metrics import HIST_BINS, HIST_LOW, HIST_PER_DECADE, STATES, Metrics, attach_metrics
+from .metrics import HIST_BINS, HIST_LOW, HIST_PER_DECADE, STATES, Metrics
 
 __all__ = [
            "HIST_BINS",

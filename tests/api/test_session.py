@@ -172,6 +172,7 @@ async def test_concurrent_submits_of_the_same_tasks(monkeypatch, n, yield_after)
     """Two submit_tasks calls of one list at once (each may pause while routing or binding):
     exactly one is accepted, and every one of its futures resolves."""
     import rhapsody_lab.api.submission as session_module
+    from rhapsody_lab.api import claims
     if yield_after is not None:  # pause after every chunk, as a huge call does
         monkeypatch.setattr(session_module, "_YIELD_AFTER", yield_after)
     async with Session([ConcurrentExecutionBackend(max_workers=2)]) as s, \
@@ -186,13 +187,14 @@ async def test_concurrent_submits_of_the_same_tasks(monkeypatch, n, yield_after)
                    for e in refused)
         await asyncio.wait_for(asyncio.gather(*accepted[0]), 60)
         assert {t.state for t in tasks} == {"DONE"}
-        assert not session_module._claimed
+        assert not claims.claimed
 
 
 async def test_a_canceled_submit_leaves_its_tasks_unbound(monkeypatch):
     """Canceling submit_tasks while it binds futures: the caller never got them, so the
     tasks stay NEW and unbound, and a later submit of them runs them all."""
     import rhapsody_lab.api.submission as session_module
+    from rhapsody_lab.api import claims
     monkeypatch.setattr(session_module, "_YIELD_AFTER", 0.0)
     async with Session([ConcurrentExecutionBackend(max_workers=2)]) as s:
         tasks = [ComputeTask(function=int) for _ in range(5000)]
@@ -203,7 +205,7 @@ async def test_a_canceled_submit_leaves_its_tasks_unbound(monkeypatch):
         with pytest.raises(asyncio.CancelledError):
             await job
         assert {t.state for t in tasks} == {"NEW"}
-        assert all(t._future is None for t in tasks) and not session_module._claimed
+        assert all(t._future is None for t in tasks) and not claims.claimed
         await s.submit_tasks(tasks[:20])
         with pytest.raises(SessionError, match="already submitted"):
             await s.submit_tasks(tasks)  # holds the 20 just submitted

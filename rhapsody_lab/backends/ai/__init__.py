@@ -9,6 +9,6 @@ __all__ = ["DragonVllmInferenceBackend", "VllmInferenceBackend"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from ..inference import vllm
-        return getattr(vllm, name)
+        from .. import inference
+        return getattr(inference, name)
     raise AttributeError(f"module 'rhapsody_lab.backends.ai' has no attribute {name!r}")

@@ -1,5 +1,6 @@
 """RHAPSODY's module path ``backends.ai.vllm``."""
 
-from ..inference.vllm import DragonVllmInferenceBackend, VllmInferenceBackend
+from ..inference.dragon_vllm import DragonVllmInferenceBackend
+from ..inference.vllm import VllmInferenceBackend
 
 __all__ = ["DragonVllmInferenceBackend", "VllmInferenceBackend"]

@@ -13,7 +13,10 @@ __all__ = ["DragonVllmInferenceBackend", "VllmInferenceBackend"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import vllm
-        return getattr(vllm, name)
+    if name == "VllmInferenceBackend":
+        from .vllm import VllmInferenceBackend
+        return VllmInferenceBackend
+    if name == "DragonVllmInferenceBackend":
+        from .dragon_vllm import DragonVllmInferenceBackend
+        return DragonVllmInferenceBackend
     raise AttributeError(f"module 'rhapsody_lab.backends.inference' has no attribute {name!r}")
