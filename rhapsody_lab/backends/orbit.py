@@ -132,7 +132,8 @@ class OrbitExecutionBackend(BaseBackend):
             await asyncio.to_thread(link.open)
         except Exception as exc:
             raise BackendError(self.name, f"could not open a {self.plugin_name!r} session "
-                               f"through the ORBIT broker {link.broker_url}: {exc}") from exc
+                               f"through the ORBIT broker {link.broker_url or '(no broker_url)'}: "
+                               f"{exc}") from exc
         self._link = link
         self.broker_url, self.endpoint_name = link.broker_url, link.endpoint
 

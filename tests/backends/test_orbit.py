@@ -92,10 +92,15 @@ def test_bad_argument_is_named(kwargs, field):
 
 
 @needs_orbit
-async def test_no_broker_refuses_at_start_naming_it(tmp_path):
-    port_url = "https://127.0.0.1:9"  # nothing listens there
-    with pytest.raises(BackendError, match="broker_cert|cert"):  # no certificate to pin
-        await OrbitExecutionBackend(broker_url=port_url, start_timeout=1)
+async def test_missing_url_or_certificate_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.radical/orbit/ files
+    for var in ("RADICAL_ORBIT_BROKER_URL", "RADICAL_ORBIT_BROKER_CERT",
+                "RADICAL_ORBIT_BROKER_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(BackendError, match=r"\(no broker_url\): Broker URL required"):
+        await OrbitExecutionBackend(start_timeout=1)
+    with pytest.raises(BackendError, match=r"broker https://127\.0\.0\.1:9: TLS cert required"):
+        await OrbitExecutionBackend(broker_url="https://127.0.0.1:9", start_timeout=1)
 
 
 @needs_orbit
