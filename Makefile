@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # labextension/src is newer than rhapsody_lab/labextension; npm downloads are cached here
 export npm_config_cache ?= $(HOME)/.cache/npm
 LABEXT_SRC := labextension/package.json $(wildcard labextension/src/*.ts labextension/src/style/*)
-EXTRAS ?= test,dask,dashboard,notebook,dragon,inference,asyncflow,flux,telemetry,radical
+EXTRAS ?= test,dask,dashboard,notebook,dragon,inference,asyncflow,flux,telemetry,radical,orbit
 
 .PHONY: demo test lint bench venv clean flux
 
