@@ -4,6 +4,7 @@ session's journals they are appended to."""
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from . import events as ev
@@ -44,8 +45,14 @@ class ResourceFeeds:
         """Append a reading to the journals of the session (``observe.journal``)."""
         if self._session is None:
             return
+        # no import here (a poller thread): importing observe while the loop thread
+        # imports it too could meet a partly initialised module; a journal exists only
+        # once attach_journal has imported observe.journal
+        journal_module = sys.modules.get("rhapsody_lab.observe.journal")
+        journals_of = getattr(journal_module, "journals_of", None)
+        if journals_of is None:
+            return
         try:
-            from ..observe.journal import journals_of
             from ._fold import resource_row
             for journal in journals_of(self._session()):
                 journal.write_resources([resource_row(event)])
