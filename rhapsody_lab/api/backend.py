@@ -121,6 +121,13 @@ class BaseBackend(TaskLifecycle, BackendContract):
         return self._backend_state
 
     @property
+    def backend_state(self) -> str:
+        """The life-cycle state now, read without awaiting (``await state()`` says the
+        same): ``"NEW"``, ``"STARTING"``, ``"RUNNING"``, ``"SHUTDOWN"`` or ``"FAILED"``.
+        Safe from any thread (a plain read); for displays, registries, reprs."""
+        return self._backend_state
+
+    @property
     def is_running(self) -> bool:
         return self._backend_state == "RUNNING"
 

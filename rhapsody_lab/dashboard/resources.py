@@ -14,7 +14,7 @@ import os
 import weakref
 from typing import Any
 
-from bokeh.models import ColumnDataSource, HoverTool, Range1d
+from bokeh.models import ColumnDataSource, HoverTool, Label, Range1d
 from bokeh.plotting import figure
 
 from ..api.errors import SessionError
@@ -102,6 +102,11 @@ class Resources(Component):
         self.root = figure(title=WAITING_TITLE, x_axis_type="datetime", name=self.name,
                            y_range=Range1d(0, 105), **{**_FIG, **fig})
         self.root.yaxis.axis_label = "percent"
+        # until the first line: a note in the plot (and Bokeh does not warn, in the
+        # kernel's output, of a plot without renderers)
+        self.note = Label(x=12, y=50, x_units="screen", text="waiting for resource readings",
+                          text_color="#757575", text_font_size="13px")
+        self.root.add_layout(self.note)
         self.root.add_tools(HoverTool(tooltips=[("series", "$name"), ("value", "@value{0.0}"),
                                                 ("time", "@time{%T}")],
                                       formatters={"@time": "datetime"}))
@@ -144,4 +149,5 @@ class Resources(Component):
                 self.root.legend.location = "top_left"
                 self.root.legend.click_policy = "hide"
                 self.root.title.text = TITLE
+                self.note.visible = False
             src.stream(data, rollover=self.rollover)

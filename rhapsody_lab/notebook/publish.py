@@ -166,5 +166,5 @@ def _backend_entry(backend: Any) -> dict[str, Any]:
         capacity = None
     pilot = getattr(backend, "pilot_state", None)
     return {"capacity": capacity, "kind": type(backend).__name__,
-            "state": str(getattr(backend, "_backend_state", "")) or None,
+            "state": str(getattr(backend, "backend_state", "")) or None,
             "pilot": None if pilot is None else str(pilot)}

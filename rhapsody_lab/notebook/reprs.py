@@ -209,7 +209,7 @@ def session_mimebundle(session: Session, include: Any = None, exclude: Any = Non
 # -- backends --------------------------------------------------------------------------
 def _backend_state(backend: Any) -> str:
     """The backend's state, with its pilot's where it has one (RP: start-up is slow)."""
-    state = str(getattr(backend, "_backend_state", "?"))
+    state = str(getattr(backend, "backend_state", "?"))
     pilot = getattr(backend, "pilot_state", None)
     return f"{state} (pilot {pilot})" if pilot else state
 

@@ -97,7 +97,7 @@ class SessionPanel:
         tracker = self.ctl.tracker if self.ctl.session is session else None
         key = (session.closed, tracker.changed if tracker else None,
                session.events.emitted_total, session.events.pending,
-               tuple(getattr(b, "_backend_state", "") for b in session.backends.values()))
+               tuple(getattr(b, "backend_state", "") for b in session.backends.values()))
         if key == self._seen:
             return
         if session.events.pending > _BACKLOG and not session.closed:
@@ -110,7 +110,7 @@ class SessionPanel:
         self.title.value = f"<b>rhapsody_lab session {session.uid}</b> — {state}"
         rows = "".join(
             f"<tr><td>{name}</td><td>{type(b).__name__}</td>"
-            f"<td>{getattr(b, '_backend_state', '?')}</td><td>{_capacity(b)}</td></tr>"
+            f"<td>{getattr(b, 'backend_state', '?')}</td><td>{_capacity(b)}</td></tr>"
             for name, b in session.backends.items())
         self.backends.value = ("<table><tr><th>backend</th><th>type</th><th>state</th>"
                                f"<th>slots</th></tr>{rows}</table>")

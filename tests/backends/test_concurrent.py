@@ -208,6 +208,38 @@ async def test_capacity_and_state():
     assert await backend.state() == "SHUTDOWN"
 
 
+def read_state(backend):
+    return backend.backend_state  # in a worker: a plain read from another thread
+
+
+async def test_backend_state_property_follows_the_life_cycle():
+    backend = ConcurrentExecutionBackend(ProcessPoolExecutor(max_workers=2))
+    assert backend.backend_state == "NEW"
+    starting = asyncio.ensure_future(backend.initialize())
+    await asyncio.sleep(0)  # the pool's worker processes are still starting
+    assert backend.backend_state == "STARTING" == await backend.state()
+    await starting
+    try:
+        assert backend.backend_state == "RUNNING" == await backend.state()
+        async with Session([ConcurrentExecutionBackend(name="threads", max_workers=1)]) as s:
+            task = ComputeTask(function=read_state, args=(backend,), backend="threads")
+            await s.submit_tasks([task])
+            await s.wait_tasks([task])
+            assert task["return_value"] == "RUNNING"
+        with pytest.raises(AttributeError):
+            backend.backend_state = "RUNNING"  # read-only
+    finally:
+        await backend.shutdown()
+    assert backend.backend_state == "SHUTDOWN" == await backend.state()
+
+    closed = ThreadPoolExecutor(max_workers=1)
+    closed.shutdown()
+    broken = ConcurrentExecutionBackend(closed)
+    with pytest.raises(BackendError, match="could not start"):
+        await broken.initialize()
+    assert broken.backend_state == "FAILED"
+
+
 def _alive(pid_: int) -> bool:
     try:
         with open(f"/proc/{pid_}/stat") as f:

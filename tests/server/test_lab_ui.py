@@ -1,6 +1,7 @@
 """JupyterLab in a real browser: a notebook starts a session with the magic, the sidebar
 lists it with live counts, a button opens a dashboard plot panel that renders and updates
-and comes back after a page reload.
+and comes back after a page reload; the "resources" panel of a session whose telemetry
+polls the node draws its CPU and memory lines.
 
 Drives Debian's Chromium (``/usr/bin/chromium``) with Playwright against a real
 ``jupyter lab`` started here on a free port with a token; screenshots go to
@@ -59,15 +60,41 @@ DONE_IN_PLOT = """() => {
 }"""
 
 
+RESOURCE_CELLS = [
+    "%load_ext rhapsody_lab\n%rhapsody start --name res-demo --workers 2",
+    "telemetry = await session.start_telemetry(resource_poll_interval=0.2)\n"
+    "from rhapsody_lab import ComputeTask\n\n"
+    "def spin(n):\n    return sum(i * i for i in range(n))\n\n"
+    "futures = await session.submit_tasks([ComputeTask(function=spin, args=(300_000,))\n"
+    "                                      for _ in range(40)])",
+]
+
+# the resources plot as the browser holds it: its title and each line renderer's values,
+# by series name (None until the document loaded)
+RESOURCES_IN_PLOT = """() => {
+  const doc = window.Bokeh && window.Bokeh.documents && window.Bokeh.documents[0];
+  if (!doc) { return null; }
+  const out = {title: null, series: {}};
+  for (const m of doc.all_models) {
+    if (m.name === 'resources' && m.title) { out.title = m.title.text; }
+    if (m.glyph === undefined || !m.name || !m.data_source) { continue; }
+    const data = m.data_source.data;
+    const values = data instanceof Map ? data.get('value') : data['value'];
+    out.series[m.name] = Array.from(values || [], Number);
+  }
+  return out;
+}"""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _notebook(path: Path) -> None:
+def _notebook(path: Path, sources: list[str]) -> None:
     cells = [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {},
-              "outputs": [], "source": src} for i, src in enumerate(CELLS)]
+              "outputs": [], "source": src} for i, src in enumerate(sources)]
     path.write_text(json.dumps({
         "cells": cells, "nbformat": 4, "nbformat_minor": 5,
         "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
@@ -80,10 +107,14 @@ def lab(tmp_path):
     pytest.importorskip("playwright", reason="playwright is not installed (test extra)")
     root = tmp_path / "root"
     root.mkdir()
-    _notebook(root / "ui.ipynb")
+    _notebook(root / "ui.ipynb", CELLS)
+    _notebook(root / "resources.ipynb", RESOURCE_CELLS)
     news = tmp_path / "settings" / "@jupyterlab" / "apputils-extension"
     news.mkdir(parents=True)  # no "get notified about Jupyter news?" toast in screenshots
     (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    tracker = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)  # a notebook's own kernel starts without a "Select Kernel"
+    (tracker / "tracker.jupyterlab-settings").write_text('{"autoStartDefaultKernel": true}')
     port, token = _free_port(), "rhapsody-ui-test-token"
     env = dict(os.environ,
                JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
@@ -126,6 +157,24 @@ def lab(tmp_path):
         log.close()
 
 
+def _run_cell(page, cells, i: int) -> None:
+    """Run code cell ``i`` (Shift+Enter, retried: a key press while Lab settles is lost)
+    and wait until it finished without writing to stderr."""
+    from playwright.sync_api import expect
+    prompt = cells.nth(i).locator(".jp-InputPrompt")
+    for _attempt in range(5):
+        cells.nth(i).locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            expect(prompt).not_to_have_text("[ ]:", timeout=3_000)
+            break
+        except AssertionError:
+            continue
+    expect(prompt).to_have_text(re.compile(r"\[\d+\]"))
+    expect(cells.nth(i).locator(".jp-OutputArea-output[data-mime-type="
+                                "'application/vnd.jupyter.stderr']")).to_have_count(0)
+
+
 def test_sidebar_lists_the_session_and_opens_a_live_plot(lab):
     from playwright.sync_api import expect, sync_playwright
 
@@ -150,19 +199,7 @@ def test_sidebar_lists_the_session_and_opens_a_live_plot(lab):
             # run the notebook: %load_ext, %rhapsody start, 200 tasks
             cells = page.locator(".jp-Notebook .jp-CodeCell")
             for i in range(len(CELLS)):
-                prompt = cells.nth(i).locator(".jp-InputPrompt")
-                for _attempt in range(5):  # a key press while Lab still settles is lost
-                    cells.nth(i).locator(".jp-InputArea-editor").click()
-                    page.keyboard.press("Shift+Enter")
-                    try:
-                        expect(prompt).not_to_have_text("[ ]:", timeout=3_000)
-                        break
-                    except AssertionError:
-                        continue
-                expect(prompt).to_have_text(re.compile(r"\[\d+\]"))
-                expect(cells.nth(i).locator(".jp-OutputArea-output[data-mime-type="
-                                            "'application/vnd.jupyter.stderr']")
-                       ).to_have_count(0)
+                _run_cell(page, cells, i)
 
             card = sidebar.locator(".rh-lab-session[data-uid='ui-demo']")
             expect(card).to_be_visible()
@@ -241,6 +278,79 @@ def test_sidebar_lists_the_session_and_opens_a_live_plot(lab):
             assert list(lab["registry"].glob("*.json")) == []
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "lab-failure.png"))
+            raise
+        finally:
+            browser.close()
+
+
+def test_resources_panel_draws_cpu_and_memory_once_telemetry_polls(lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    from rhapsody_lab.dashboard.resources import TITLE, WAITING_TITLE
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    expect.set_options(timeout=30_000)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        try:
+            page.set_default_timeout(30_000)
+            page.goto(f"{lab['base']}lab/tree/resources.ipynb?token={lab['token']}")
+            tab = page.locator('li.lm-TabBar-tab[data-id="rhapsody-lab-sessions"]')
+            expect(tab).to_be_visible()
+            expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+                   ).to_be_visible()
+            tab.click()
+            cells = page.locator(".jp-Notebook .jp-CodeCell")
+            _run_cell(page, cells, 0)  # %rhapsody start: no telemetry yet
+
+            # the panel opened before telemetry runs says so
+            card = page.locator("#rhapsody-lab-sessions .rh-lab-session[data-uid='res-demo']")
+            button = card.locator("button.rh-lab-plot-button[data-plot='resources']")
+            expect(button).to_be_visible()
+            button.click()
+            panel = page.locator(".rh-lab-plot[data-plot='resources']")
+            expect(panel).to_be_visible()
+            expect(panel.locator("iframe")).to_have_attribute(
+                "src", re.compile(r"/lab-test/rhapsody-lab/dashboard/.+/resources$"))
+            frame = page.frame_locator(".rh-lab-plot[data-plot='resources'] iframe")
+            expect(frame.locator("canvas").first).to_be_visible()
+            plot = next(f for f in page.frames if f.url.endswith("/resources"))
+            deadline = time.monotonic() + 20
+            while (shown := plot.evaluate(RESOURCES_IN_PLOT)) is None:
+                assert time.monotonic() < deadline, "the resources document never loaded"
+                time.sleep(0.3)
+            assert shown["title"] == WAITING_TITLE and not shown["series"], shown
+
+            # the user starts telemetry (and some tasks): the open panel picks it up
+            _run_cell(page, cells, 1)
+            deadline = time.monotonic() + 30
+            counts: list[int] = []
+            while time.monotonic() < deadline:
+                shown = plot.evaluate(RESOURCES_IN_PLOT)
+                n = sum(len(v) for v in shown["series"].values())
+                if n and (not counts or n > counts[-1]):
+                    counts.append(n)
+                if len(counts) >= 3:
+                    break
+                time.sleep(0.4)
+            assert len(counts) >= 3, (counts, shown)  # readings keep arriving
+            assert shown["title"] == TITLE
+            kinds = {name.rsplit(" ", 1)[-1] for name in shown["series"]}
+            assert {"cpu", "memory"} <= kinds, shown["series"].keys()
+            values = [v for vs in shown["series"].values() for v in vs]
+            assert all(0.0 <= v <= 100.0 for v in values), values
+            assert any(v > 0.0 for v in shown["series"][next(
+                n for n in shown["series"] if n.endswith(" memory"))])
+            expect(frame.locator("canvas").first).to_be_visible()
+            # nothing went to the notebook's stderr (Bokeh warned of the empty plot once)
+            expect(page.locator(".jp-OutputArea-output[data-mime-type="
+                                "'application/vnd.jupyter.stderr']")).to_have_count(0)
+            page.wait_for_timeout(500)  # let the last streamed rows paint
+            page.screenshot(path=str(ARTIFACTS / "lab-resources-panel.png"))
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "lab-resources-failure.png"))
             raise
         finally:
             browser.close()
