@@ -100,6 +100,18 @@ def _dask_available() -> bool:
     return True
 
 
+def _flux_available() -> bool:
+    from rhapsody_lab.backends._flux_env import find_install, import_flux
+    install = find_install()
+    if install is None:
+        return False
+    try:
+        import_flux(install)
+    except ImportError:
+        return False
+    return True
+
+
 def test_tutorial_all_parts_with_an_inference_server(fake_endpoint, monkeypatch):
     monkeypatch.setenv("RHAPSODY_INFERENCE_ENDPOINT", fake_endpoint)
     nb = execute(read("rhapsody-tutorial.ipynb"))
@@ -112,6 +124,12 @@ def test_tutorial_all_parts_with_an_inference_server(fake_endpoint, monkeypatch)
     assert "Task 3 [Compute]" in text
     if _dask_available():
         assert "--- dask ---" in text and "on dask" in text
+    if _flux_available():  # CI builds flux-core (.ci/setup.d/45-flux.sh)
+        assert "DONE on flux: hello from a Flux job" in text
+        assert re.search(r"DONE on flux: 3\.1\d*", text)  # estimate_pi, run as a Flux job
+        assert re.search(r"DONE on flux: rank [01], rank [01]", text)
+    else:
+        assert "Flux skipped: Backend 'flux' failed: no flux-core install found" in text
     assert "Telemetry tasks : {'submitted': 32" in text and "'completed': 32" in text
     assert re.search(r"Node \S+: CPU \d+ %, memory \d+ %", text)
     plot = find(nb, "from IPython.display import display")
