@@ -17,7 +17,7 @@ for both; by default it is off, as the backend does on an instance of its own).
 Usage: python bench/bench_flux.py [--n 2000] [--reps 2] [--cli 40] [--validate]
 
 Measured on the 2-core machine, quiet (load ~2.7, the instance's own jobs), 2,000 jobs, 2
-alternating reps (8 Dec 2026): raw 29.0 jobs/s, lab 28.3 tasks/s, ratio 0.97x (pairs 1.01x and
+alternating reps (7 Dec 2026): raw 29.0 jobs/s, lab 28.3 tasks/s, ratio 0.97x (pairs 1.01x and
 0.92x), driver CPU 1.42 ms per task; ``flux submit`` CLI loop 5.3 jobs/s. Both paths slow
 down alike as the instance ages (raw 35.7 -> 22.4, lab 35.9 -> 20.7 jobs/s from the first
 rep to the second): Flux's own, not the lab path's (the broker's kvs thread took 6-9 ms per
