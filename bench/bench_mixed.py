@@ -36,7 +36,8 @@ Measured on the 2-core machine (defaults, medians of the ABA runs, 22 Nov 2026):
   0.78, Dragon 0.997; overall 1.40x the one-after-another throughput, 101% of the ideal
   overlap. Quiet (load ~1, 7 Dec 2026): exe (Flux) 1.01x, fn (Dragon) 1.00x, ai 0.47x;
   utilisation together Flux 0.83 (each job's ~30 ms shell start-up in a 0.2 s task), Dragon
-  0.998; overall 1.31x, 100% of the ideal overlap. With D=0.02 s Flux's ~30 ms per job start-up caps the exe share at 0.15-0.22.
+  0.998; overall 1.31x, 100% of the ideal overlap. With D=0.02 s Flux's ~30 ms per job
+  start-up caps the exe share at 0.15-0.22.
 - under ``dragon -s`` with ``--fn-backend dragon`` (load ~3, 1 rep): together vs alone
   throughput exe 0.96x, fn 0.99x, ai 0.66x; share utilisation together exe 0.84, Dragon
   0.99; overall 1.65x the one-after-another throughput, 99% of the ideal overlap (1.66x).

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..api.errors import TaskValidationError
+from . import _spawn
 from ._exits import describe_exit
 
 __all__ = ["ExecOptions", "capture_dir", "exec_options", "kill_group", "run_executable",
@@ -24,6 +25,9 @@ __all__ = ["ExecOptions", "capture_dir", "exec_options", "kill_group", "run_exec
 
 _KNOWN = ("cwd", "env", "shell", "timeout")
 _TERM_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
+#: a child still running after this long is announced (``still_running``); a shorter one
+#: ends first, so its start and end reach the loop together, in one wake
+RUNNING_NOTICE = 0.002
 
 
 class ExecOptions(tuple):
@@ -110,16 +114,18 @@ def _terminate(proc: subprocess.Popen) -> None:
 
 def run_executable(task: dict, opts: ExecOptions,
                    register: Callable[[subprocess.Popen | None], Any] | None = None,
-                   capture: str | None = None) -> str:
+                   capture: str | None = None,
+                   still_running: Callable[[], Any] | None = None) -> str:
     """Run ``task``'s executable, fill stdout/stderr/exit_code; return DONE or FAILED.
 
     ``register(proc)`` is called once the child exists (so it can be cancelled) and
     ``register(None)`` once it has ended. With ``capture`` (a folder, see ``capture_dir``)
     the output goes to ``<capture>/<uid>.stdout`` and ``.stderr``, whose paths become the
-    task's ``stdout`` and ``stderr`` (RHAPSODY's ``capture_stdio``).
+    task's ``stdout`` and ``stderr`` (RHAPSODY's ``capture_stdio``). ``still_running()`` is
+    called once if the child runs longer than ``RUNNING_NOTICE`` seconds.
     """
     if capture is None:
-        return _run(task, opts, register, subprocess.PIPE, subprocess.PIPE)
+        return _run(task, opts, register, subprocess.PIPE, subprocess.PIPE, still_running)
     base = os.path.join(capture, str(task["uid"]))
     paths = (f"{base}.stdout", f"{base}.stderr")
     try:
@@ -128,7 +134,7 @@ def run_executable(task: dict, opts: ExecOptions,
         return _spawn_failed(task, 126, f"capture_stdio: cannot write {paths[0]}: {exc}")
     try:
         with out, open(paths[1], "w+b") as err:
-            state = _run(task, opts, register, out, err)
+            state = _run(task, opts, register, out, err, still_running)
             note = task["stderr"].lstrip("\n")  # only our own words: the output is in files
             if note:
                 end = err.seek(0, os.SEEK_END)  # past what the child wrote (a shared offset)
@@ -139,19 +145,26 @@ def run_executable(task: dict, opts: ExecOptions,
     return state
 
 
-def _run(task: dict, opts: ExecOptions, register: Any, out: Any, err: Any) -> str:
+def _run(task: dict, opts: ExecOptions, register: Any, out: Any, err: Any,
+         still_running: Any = None) -> str:
     cwd, env, shell, timeout = opts
     exe = task["executable"]
     args = [str(a) for a in task["arguments"]]
-    if shell:
-        cmd: Any = " ".join([exe, *args])
-    else:
-        cmd = [exe, *args]
-    if env is not None:
-        env = {**os.environ, **env}
     try:
-        proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err, start_new_session=True)
+        if _spawn.usable(cwd, env):  # the lean path (see _spawn); Popen for the rest
+            argv = ["/bin/sh", "-c", " ".join([exe, *args])] if shell else [exe, *args]
+            merged = None if env is None else {**os.environ, **env}
+            files = [None if f is subprocess.PIPE else f.fileno() for f in (out, err)]
+            try:
+                out, err, code, timed_out = _spawn.run_child(
+                    argv, merged, files[0], files[1], timeout, register, still_running,
+                    RUNNING_NOTICE, _TERM_GRACE)
+            finally:
+                if register is not None:
+                    register(None)
+        else:
+            out, err, code, timed_out = _popen(exe, args, opts, register, out, err,
+                                               still_running)
     except FileNotFoundError as exc:
         missing = cwd if (cwd and not os.path.isdir(cwd)) else exe
         what = "working directory" if missing == cwd else "executable"
@@ -160,11 +173,39 @@ def _run(task: dict, opts: ExecOptions, register: Any, out: Any, err: Any) -> st
         return _spawn_failed(task, 126, f"cannot execute {exe}: {exc.strerror}")
     except OSError as exc:
         return _spawn_failed(task, 126, f"cannot start {shlex.join([exe, *args])}: {exc}")
+    task["stdout"] = "" if out is None else out.decode(errors="replace")
+    task["stderr"] = "" if err is None else err.decode(errors="replace")  # None: to a file
+    task["exit_code"] = code
+    if timed_out:
+        from ..api.errors import TaskExecutionError
+        task["stderr"] += f"\n[rhapsody_lab] timed out after {timeout}s; process group killed"
+        task["exception"] = TaskExecutionError(task["uid"], f"timed out after {timeout}s", code)
+        return "FAILED"
+    if code < 0:
+        # A signal ended it: say which, not just "exit code -9". In stderr, which the
+        # task's TaskExecutionError quotes (on every backend, Dask's workers included);
+        # no exception here, as a cancel (SIGTERM from us) makes this CANCELED instead.
+        sep = "\n" if task["stderr"] and not task["stderr"].endswith("\n") else ""
+        task["stderr"] += f"{sep}[rhapsody_lab] {describe_exit(code)}"
+        return "FAILED"
+    return "DONE" if code == 0 else "FAILED"
+
+
+def _popen(exe: str, args: list[str], opts: ExecOptions, register: Any, out: Any, err: Any,
+           still_running: Any) -> tuple[bytes | None, bytes | None, int, bool]:
+    """The child through ``subprocess.Popen`` (a ``cwd``, or an ``env`` setting ``PATH``):
+    ``(stdout, stderr, returncode, timed_out)``; OSError if it cannot start."""
+    cwd, env, shell, timeout = opts
+    cmd: Any = " ".join([exe, *args]) if shell else [exe, *args]
+    if env is not None:
+        env = {**os.environ, **env}
+    proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=out, stderr=err, start_new_session=True)
     if register is not None:
         register(proc)
+    timed_out = False
     try:
-        out, err = proc.communicate(timeout=timeout)
-        timed_out = False
+        out, err = _communicate(proc, timeout, still_running)
     except subprocess.TimeoutExpired:
         timed_out = True
         _terminate(proc)
@@ -172,23 +213,21 @@ def _run(task: dict, opts: ExecOptions, register: Any, out: Any, err: Any) -> st
     finally:
         if register is not None:
             register(None)
-    task["stdout"] = "" if out is None else out.decode(errors="replace")
-    task["stderr"] = "" if err is None else err.decode(errors="replace")  # None: to a file
-    task["exit_code"] = proc.returncode
-    if timed_out:
-        from ..api.errors import TaskExecutionError
-        task["stderr"] += f"\n[rhapsody_lab] timed out after {timeout}s; process group killed"
-        task["exception"] = TaskExecutionError(task["uid"], f"timed out after {timeout}s",
-                                               proc.returncode)
-        return "FAILED"
-    if proc.returncode < 0:
-        # A signal ended it: say which, not just "exit code -9". In stderr, which the
-        # task's TaskExecutionError quotes (on every backend, Dask's workers included);
-        # no exception here, as a cancel (SIGTERM from us) makes this CANCELED instead.
-        sep = "\n" if task["stderr"] and not task["stderr"].endswith("\n") else ""
-        task["stderr"] += f"{sep}[rhapsody_lab] {describe_exit(proc.returncode)}"
-        return "FAILED"
-    return "DONE" if proc.returncode == 0 else "FAILED"
+    return out, err, proc.returncode, timed_out
+
+
+def _communicate(proc: subprocess.Popen, timeout: float | None, still_running: Any) -> tuple:
+    """``proc.communicate(timeout)``, calling ``still_running()`` once the child has run for
+    ``RUNNING_NOTICE`` seconds (a retried communicate loses no output)."""
+    if still_running is not None:
+        first = RUNNING_NOTICE if timeout is None else min(RUNNING_NOTICE, timeout)
+        try:
+            return proc.communicate(timeout=first)
+        except subprocess.TimeoutExpired:
+            still_running()
+            if timeout is not None:
+                timeout = max(0.0, timeout - first)
+    return proc.communicate(timeout=timeout)
 
 
 def _spawn_failed(task: dict, code: int, message: str) -> str:

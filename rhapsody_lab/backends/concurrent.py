@@ -32,6 +32,14 @@ __all__ = ["ConcurrentExecutionBackend"]
 
 _CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
 _PUMP_CHUNK = 512      # process-pool tasks handed over per loop callback
+#: the drain tick: while executables end, the loop drains every this many seconds and
+#: the workers do not wake it (they do once a tick found nothing: the next end starts the
+#: ticks again). At the spawn limit (~2,000 ends/s) the loop wakes 500 times a second, not
+#: once or twice per task, and leaves the GIL and the cores to spawning: with ``_spawn``,
+#: /bin/true x1000 went from 0.68-0.87 to 0.82-1.02 of 2 threads of subprocess.run
+#: (bench/bench_concurrent.py). A DONE shows at most a tick later; a lone task after a quiet
+#: spell is drained at once.
+_EXEC_TICK = 0.002
 
 
 def _default_workers() -> int:
@@ -67,6 +75,7 @@ class ConcurrentExecutionBackend(BaseBackend):
         self._threads: list[threading.Thread] = []
         self._procs = ProcessTable()
         self._pump_scheduled = False
+        self._ticking = False  # the loop drains every _EXEC_TICK (see _exec_ended)
         self._starts: StartListener | None = None  # process pools: workers say who starts
         self._feeder = PoolFeeder(executor, self._workers, self._name, self.report,
                                   self._wake_drain) if self._processes else None
@@ -160,6 +169,7 @@ class ConcurrentExecutionBackend(BaseBackend):
         claims = self._claims
         done = self._done.append
         clock = time.time
+        wake = self._wake_drain
         while True:
             task = get()
             if task is None:
@@ -168,23 +178,52 @@ class ConcurrentExecutionBackend(BaseBackend):
             if claims.setdefault(uid, slot) is _CANCELED:
                 continue
             done((task, RUNNING, clock(), slot))
-            if not self._wake_pending:  # a long task shows RUNNING while it runs
-                self._wake_drain()
             fn = task["function"]
             if fn is not None:
+                if not self._wake_pending:  # a long task shows RUNNING while it runs
+                    self._wake_drain()
                 state = _run_function(task, fn)
             else:
-                try:
+                try:  # RUNNING reaches the loop once the child runs past RUNNING_NOTICE
                     state = run_executable(task, exec_options(task),
                                            self._procs.register_for(uid),
-                                           capture_dir(task, self._work_dir))
+                                           capture_dir(task, self._work_dir), wake)
                 except Exception as exc:  # never lose a task to an unexpected error
                     state = record_failure(task, exc)
                 if self._procs.was_killed(uid):
                     state = CANCELED
                     self._procs.forget(uid)
             done((task, state, clock(), slot))
-            self._wake_drain()
+            if fn is None:
+                self._exec_ended()
+            else:
+                self._wake_drain()
+
+    def _exec_ended(self) -> None:
+        """From a worker, after appending an executable's outcome: wake the loop unless the
+        drain ticks run (a tick that stops re-checks the outcomes, so none is left)."""
+        if self._ticking or self._wake_pending:
+            return
+        self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain_and_tick)  # type: ignore[attr-defined]
+        except RuntimeError:  # loop closed: the session is gone
+            pass
+
+    def _drain_and_tick(self) -> None:
+        self._drain()
+        if not self._ticking:
+            self._ticking = True
+            self._loop.call_later(_EXEC_TICK, self._tick)  # type: ignore[attr-defined]
+
+    def _tick(self) -> None:
+        if self._done:
+            self._drain()
+            self._loop.call_later(_EXEC_TICK, self._tick)  # type: ignore[attr-defined]
+            return
+        self._ticking = False  # then workers wake the loop again; one may have just
+        if self._done:         # appended while it read _ticking as still True
+            self._drain()
 
     def _started_in_pool(self, uid: str, t: float, pid: int) -> None:
         """Listener thread: a process-pool worker started ``uid`` (its result repeats it)."""
