@@ -1,13 +1,14 @@
 """A lean child process: ``os.posix_spawnp`` in a new session, pipes and a pidfd polled.
 
-``subprocess.Popen`` + ``communicate`` spends ~150 us of Python per child (argument
-checks, an error pipe, a selector object, ``waitpid`` locking), all of it holding the GIL
-that the event loop and the other worker threads need. Here one ``posix_spawnp`` call
-(vfork + exec inside glibc), one ``poll`` loop over the two pipes and the child's pidfd,
-and one ``waitpid``. Measured on the 2-core machine (``bench/bench_concurrent.py``,
-``/bin/true`` x1000, 2 worker threads): 1.04-1.33x a loop of ``subprocess.run``, bare;
-through the backend it takes ``/bin/true`` from 0.52-0.71 to 0.82-1.02 of 2 threads of
-``subprocess.run`` (with the drain gap of ``concurrent.py``).
+``subprocess.Popen`` + ``communicate`` spends ~150 us of Python per child (argument checks,
+an error pipe, a selector object, ``waitpid`` locking), all of it holding the GIL that the
+event loop and the other worker threads need. Here one ``posix_spawnp`` call (vfork + exec
+inside glibc), one ``poll`` loop over the two pipes (and the child's pidfd, with a timeout
+or output to files), and one ``waitpid``. Measured on the 2-core machine: single-threaded,
+155-166 us of parent CPU per ``/bin/true`` against 196-213 us for ``subprocess.run``;
+through the concurrent backend (with its drain ticks), ``/bin/true`` x1000 went from 0.65 to
+0.85-0.92 of 2 threads of ``subprocess.run`` (``bench/bench_concurrent.py`` and 5
+alternating reps).
 
 It covers what ``run_executable`` needs when ``cwd`` is not set and ``env`` does not
 change ``PATH`` (``posix_spawnp`` has no chdir in Python 3.11, and it searches the

@@ -35,10 +35,10 @@ _PUMP_CHUNK = 512      # process-pool tasks handed over per loop callback
 #: the drain tick: while executables end, the loop drains every this many seconds and
 #: the workers do not wake it (they do once a tick found nothing: the next end starts the
 #: ticks again). At the spawn limit (~2,000 ends/s) the loop wakes 500 times a second, not
-#: once or twice per task, and leaves the GIL and the cores to spawning: with ``_spawn``,
-#: /bin/true x1000 went from 0.68-0.87 to 0.82-1.02 of 2 threads of subprocess.run
-#: (bench/bench_concurrent.py). A DONE shows at most a tick later; a lone task after a quiet
-#: spell is drained at once.
+#: once or twice per task (loop CPU per task 80 -> 30 us), and leaves the GIL and the cores
+#: to spawning: with ``_spawn``, /bin/true x1000 went from 0.65 to 0.85-0.92 of 2 threads of
+#: subprocess.run (bench/bench_concurrent.py). A DONE shows at most a tick later; a lone
+#: task after a quiet spell is drained at once.
 _EXEC_TICK = 0.002
 
 
