@@ -217,8 +217,9 @@ class TaskLifecycle:
         self._done.append((task, state, t, slot))
         self._wake_drain()
 
-    def _wake_drain(self) -> None:
-        """From any thread: run ``self._drain()`` on the loop, at most once per batch.
+    def _wake_drain(self, drain: Callable[[], Any] | None = None) -> None:
+        """From any thread: run ``self._drain()`` (or ``drain``, which calls it) on the
+        loop, at most once per batch.
 
         A backend appends outcomes to a deque, then calls this; its ``_drain`` clears
         ``_wake_pending`` first and then empties the deque, so no outcome is left behind.
@@ -227,7 +228,8 @@ class TaskLifecycle:
             return
         self._wake_pending = True
         try:
-            self._loop.call_soon_threadsafe(self._drain)  # type: ignore[attr-defined]
+            self._loop.call_soon_threadsafe(  # type: ignore[attr-defined]
+                self._drain if drain is None else drain)
         except RuntimeError:  # loop closed: the session is gone, nothing to deliver to
             pass
 

@@ -56,6 +56,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._net import free_port
+from .._procgroup import signal_group
 from . import extensions
 from .errors import BackendError, ResourceError
 from .http_check import http_get
@@ -316,13 +317,13 @@ class Service:
         if proc is None:
             return
         if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
+            signal_group(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 pass
         # the group may hold children (vLLM's engine core) after the leader is gone
-        _signal_group(proc.pid, signal.SIGKILL)
+        signal_group(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(30)  # SIGKILLed: it dies, but a large server can take seconds under load
         self.returncode = proc.returncode
@@ -338,7 +339,7 @@ class Service:
                     self._watcher.join(10)  # exit callbacks called on return
             return
         if self._proc is not None and self._proc.returncode is None:
-            _signal_group(self._proc.pid, signal.SIGKILL)
+            signal_group(self._proc.pid, signal.SIGKILL)
             if self._watcher is not None:
                 self._watcher.join(5)  # reaped (and exit callbacks called) on return
 
@@ -364,20 +365,13 @@ class Service:
             self._exited.set()
             if not self._stopping:
                 self.state = "FAILED"
-                _signal_group(proc.pid, signal.SIGKILL)  # no orphans of a dead leader
+                signal_group(proc.pid, signal.SIGKILL)  # no orphans of a dead leader
         for cb in list(self._exit_callbacks):
             try:
                 cb(self)
             except Exception:  # pragma: no cover - a callback must not kill the watcher
                 import logging
                 logging.getLogger(__name__).exception("exit callback of %s failed", self.name)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @atexit.register

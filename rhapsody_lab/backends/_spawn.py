@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._procgroup import signal_group
+
 __all__ = ["Child", "run_child", "usable"]
 
 _AVAILABLE = hasattr(os, "posix_spawnp") and hasattr(os, "pidfd_open")
@@ -98,13 +100,6 @@ def _environ() -> Any:
     (``os.environ`` itself is decoded and re-encoded item by item: ~50 us per child)."""
     data = getattr(os.environ, "_data", None)
     return data if isinstance(data, dict) else os.environ
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run_child(argv: list[str], env: dict | None, out: int | None, err: int | None,
@@ -191,12 +186,12 @@ def _collect(child: Child, pipes: dict[int, list[bytes]], timeout: float | None,
             if deadline is not None and now >= deadline:
                 if not timed_out:  # first SIGTERM, then SIGKILL after the grace
                     timed_out, deadline = True, now + grace
-                    _signal_group(child.pid, signal.SIGTERM)
+                    signal_group(child.pid, signal.SIGTERM)
                 else:
                     deadline = None
-                    _signal_group(child.pid, signal.SIGKILL)
+                    signal_group(child.pid, signal.SIGKILL)
     except BaseException:
-        _signal_group(child.pid, signal.SIGKILL)  # never leave it running unreaped
+        signal_group(child.pid, signal.SIGKILL)  # never leave it running unreaped
         raise
     finally:
         if pidfd >= 0:
@@ -204,5 +199,5 @@ def _collect(child: Child, pipes: dict[int, list[bytes]], timeout: float | None,
         _, status = os.waitpid(child.pid, 0)
         child._reaped(os.waitstatus_to_exitcode(status))
     if timed_out:  # the leader may be gone while its group lives on
-        _signal_group(child.pid, signal.SIGKILL)
+        signal_group(child.pid, signal.SIGKILL)
     return timed_out

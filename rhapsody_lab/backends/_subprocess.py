@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .._procgroup import signal_group
 from ..api.errors import TaskValidationError
 from . import _spawn
 from ._exits import describe_exit
@@ -94,12 +95,9 @@ def spill_to_files(task: dict, folder: str | None) -> None:
     task["stdout"], task["stderr"] = paths
 
 
-def kill_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+def kill_group(proc: subprocess.Popen | _spawn.Child, sig: int = signal.SIGTERM) -> None:
     """Signal the process group of ``proc`` (its children included)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    signal_group(proc.pid, sig)
 
 
 def _terminate(proc: subprocess.Popen) -> None:

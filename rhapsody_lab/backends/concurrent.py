@@ -32,14 +32,15 @@ __all__ = ["ConcurrentExecutionBackend"]
 
 _CANCELED = CANCELED_CLAIM  # the engine's claim marker (api.backend)
 _PUMP_CHUNK = 512      # process-pool tasks handed over per loop callback
-#: the drain tick: while executables end, the loop drains every this many seconds and
-#: the workers do not wake it (they do once a tick found nothing: the next end starts the
-#: ticks again). At the spawn limit (~2,000 ends/s) the loop wakes 500 times a second, not
-#: once or twice per task (loop CPU per task 80 -> 30 us), and leaves the GIL and the cores
-#: to spawning: with ``_spawn``, /bin/true x1000 went from 0.65 to 0.85-0.92 of 2 threads of
-#: subprocess.run (bench/bench_concurrent.py). A DONE shows at most a tick later; a lone
-#: task after a quiet spell is drained at once.
-_EXEC_TICK = 0.002
+#: the drain tick: while executables end with more waiting in the queue, the loop drains
+#: every this many seconds and the workers do not wake it (they do once a tick found
+#: nothing, or when the queue is empty: the last tasks of a batch and a chain of one task
+#: at a time are delivered at once). At the spawn limit (~2,500 ends/s) the loop wakes 100
+#: times a second, not once or twice per task, and leaves the GIL and the cores to
+#: spawning: /bin/true x1000 vs 2 threads of subprocess.run went from 0.65 (a wake per task)
+#: to 0.85-0.92 with a 2 ms tick and to MEASURED with this one (bench/bench_concurrent.py).
+#: A DONE shows at most a tick later while the queue is busy.
+_EXEC_TICK = 0.010
 
 
 def _default_workers() -> int:
@@ -201,14 +202,10 @@ class ConcurrentExecutionBackend(BaseBackend):
 
     def _exec_ended(self) -> None:
         """From a worker, after appending an executable's outcome: wake the loop unless the
-        drain ticks run (a tick that stops re-checks the outcomes, so none is left)."""
-        if self._ticking or self._wake_pending:
-            return
-        self._wake_pending = True
-        try:
-            self._loop.call_soon_threadsafe(self._drain_and_tick)  # type: ignore[attr-defined]
-        except RuntimeError:  # loop closed: the session is gone
-            pass
+        drain ticks run and more tasks wait (a tick that stops re-checks the outcomes, so
+        none is left)."""
+        if not self._ticking or self._queue.empty():
+            self._wake_drain(self._drain_and_tick)
 
     def _drain_and_tick(self) -> None:
         self._drain()

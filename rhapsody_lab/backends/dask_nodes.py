@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .._procgroup import signal_group
 from ..api.errors import BackendError, SessionError
 from .dask import DaskExecutionBackend
 
@@ -188,18 +189,11 @@ class DaskNodesBackend(DaskExecutionBackend):
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
-                _signal_group(p, signal.SIGTERM)
+                signal_group(p.pid, signal.SIGTERM)
                 try:
                     p.wait(5)
                 except subprocess.TimeoutExpired:
-                    _signal_group(p, signal.SIGKILL)
+                    signal_group(p.pid, signal.SIGKILL)
                     p.wait()
             log.close()
         self._procs = []
-
-
-def _signal_group(p: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(p.pid, sig)  # the launcher and what it started (its own session)
-    except ProcessLookupError:
-        pass

@@ -16,9 +16,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "rhapsody_lab"
 #: the engine layer (README of the spec): modules allowed to import each other
-ENGINE = ("rhapsody_lab.api", "rhapsody_lab.resources", "rhapsody_lab._net")
+ENGINE = ("rhapsody_lab.api", "rhapsody_lab.resources", "rhapsody_lab._net",
+          "rhapsody_lab._procgroup")
 ENGINE_FILES = [*sorted((PACKAGE / "api").rglob("*.py")), PACKAGE / "resources.py",
-                PACKAGE / "_net.py"]
+                PACKAGE / "_net.py", PACKAGE / "_procgroup.py"]
 THIRD_PARTY_OK = {"cloudpickle"}
 
 

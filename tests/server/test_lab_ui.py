@@ -10,6 +10,7 @@ Drives Debian's Chromium (``/usr/bin/chromium``) with Playwright against a real
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,7 +21,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,7 +178,10 @@ def _run_cell(page, cells, i: int) -> None:
                                 "'application/vnd.jupyter.stderr']")).to_have_count(0)
 
 
-def test_sidebar_lists_the_session_and_opens_a_live_plot(lab):
+@contextlib.contextmanager
+def _lab_page(lab, notebook: str, failure_png: str) -> Iterator[Any]:
+    """Headless Chromium on ``notebook`` in the lab, its kernel idle and the extension's
+    sidebar tab opened; a failure leaves ``failure_png`` in test-artifacts/."""
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -186,171 +192,159 @@ def test_sidebar_lists_the_session_and_opens_a_live_plot(lab):
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         try:
             page.set_default_timeout(30_000)
-            page.goto(f"{lab['base']}lab/tree/ui.ipynb?token={lab['token']}")
-            # the extension's sidebar tab is there; open it
+            page.goto(f"{lab['base']}lab/tree/{notebook}?token={lab['token']}")
             tab = page.locator('li.lm-TabBar-tab[data-id="rhapsody-lab-sessions"]')
             expect(tab).to_be_visible()
             expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
                    ).to_be_visible()
             tab.click()
-            sidebar = page.locator("#rhapsody-lab-sessions")
-            expect(sidebar).to_contain_text("No live sessions")
-
-            # run the notebook: %load_ext, %rhapsody start, 200 tasks
-            cells = page.locator(".jp-Notebook .jp-CodeCell")
-            for i in range(len(CELLS)):
-                _run_cell(page, cells, i)
-
-            card = sidebar.locator(".rh-lab-session[data-uid='ui-demo']")
-            expect(card).to_be_visible()
-            expect(card).to_contain_text("concurrent (2 slots)")
-            expect(card.locator(".rh-lab-count[data-state='DONE']")).to_be_visible()
-            first = int(card.locator(".rh-lab-count[data-state='DONE']").inner_text()
-                        .split()[-1])
-            expect(card.locator(".rh-lab-count[data-state='DONE']")).not_to_have_text(
-                f"DONE {first}")  # the counts refresh live
-            page.screenshot(path=str(ARTIFACTS / "lab-sidebar.png"))
-
-            # open the task-states plot in a main-area panel
-            card.locator("button.rh-lab-plot-button[data-plot='task-states']").click()
-            panel = page.locator(".rh-lab-plot[data-plot='task-states']")
-            expect(panel).to_be_visible()
-            frame = page.frame_locator(".rh-lab-plot[data-plot='task-states'] iframe")
-            expect(frame.locator("canvas").first).to_be_visible()
-            plot = next(f for f in page.frames if "/rhapsody-lab/dashboard/" in f.url)
-            assert "/lab-test/rhapsody-lab/dashboard/" in plot.url
-            deadline = time.monotonic() + 20
-            seen = []
-            while time.monotonic() < deadline:
-                done = plot.evaluate(DONE_IN_PLOT)
-                if done is not None and (not seen or done != seen[-1]):
-                    seen.append(done)
-                if len(seen) >= 3:
-                    break
-                time.sleep(0.3)
-            assert len(seen) >= 3 and seen == sorted(seen), seen  # the plot updates live
-            page.screenshot(path=str(ARTIFACTS / "lab-dashboard-panel.png"))
-
-            # the count chips follow the engine's state order, sent by the server
-            from rhapsody_lab.api.states import STATES
-            shown = card.locator(".rh-lab-count").evaluate_all(
-                "chips => chips.map(c => c.dataset.state)")
-            assert shown == [s for s in STATES if s in shown], shown
-
-            # after a page reload the plot panel comes back (the layout restorer)
-            workspaces = Path(lab["workspaces"])
-            deadline = time.monotonic() + 20
-            while not any("rhapsody-lab-plots" in f.read_text()
-                          for f in workspaces.glob("*.jupyterlab-workspace")):
-                assert time.monotonic() < deadline, "the workspace never saved the panel"
-                time.sleep(0.3)
-            page.reload()
-            restored = page.locator(".rh-lab-plot[data-plot='task-states']")
-            expect(restored).to_be_visible()
-            frame = page.frame_locator(".rh-lab-plot[data-plot='task-states'] iframe")
-            expect(frame.locator("canvas").first).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "lab-panel-restored.png"))
-            sidebar = page.locator("#rhapsody-lab-sessions")
-            card = sidebar.locator(".rh-lab-session[data-uid='ui-demo']")
-            if not card.is_visible():
-                page.locator('li.lm-TabBar-tab[data-id="rhapsody-lab-sessions"]').click()
-            expect(card).to_be_visible()
-            cells = page.locator(".jp-Notebook .jp-CodeCell")
-            expect(cells).to_have_count(len(CELLS))  # the unsaved empty cell is gone
-            cells.nth(len(CELLS) - 1).locator(".jp-InputArea-editor").click()
-            page.keyboard.press("Escape")
-            page.keyboard.press("b")  # a new cell below, for the stop
-            expect(cells).to_have_count(len(CELLS) + 1)
-
-            # the kernel announced itself (pid, kernel id) in the server's registry
-            entries = [json.loads(f.read_text()) for f in lab["registry"].glob("*.json")]
-            assert [e["uid"] for e in entries] == ["ui-demo"]
-            assert entries[0]["kernel_id"] and entries[0]["dashboard"]["prefix"].startswith(
-                "/lab-test/rhapsody-lab/dashboard/")
-
-            # stopping the session withdraws it from the sidebar
-            last = cells.nth(len(CELLS)).locator(".jp-InputArea-editor")
-            last.click()
-            page.keyboard.type("%rhapsody stop")
-            page.keyboard.press("Shift+Enter")
-            expect(card).to_have_count(0)
-            expect(sidebar).to_contain_text("No live sessions")
-            assert list(lab["registry"].glob("*.json")) == []
+            yield page
         except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "lab-failure.png"))
+            page.screenshot(path=str(ARTIFACTS / failure_png))
             raise
         finally:
             browser.close()
+
+
+def test_sidebar_lists_the_session_and_opens_a_live_plot(lab):
+    from playwright.sync_api import expect
+
+    with _lab_page(lab, "ui.ipynb", "lab-failure.png") as page:
+        sidebar = page.locator("#rhapsody-lab-sessions")
+        expect(sidebar).to_contain_text("No live sessions")
+
+        # run the notebook: %load_ext, %rhapsody start, 200 tasks
+        cells = page.locator(".jp-Notebook .jp-CodeCell")
+        for i in range(len(CELLS)):
+            _run_cell(page, cells, i)
+
+        card = sidebar.locator(".rh-lab-session[data-uid='ui-demo']")
+        expect(card).to_be_visible()
+        expect(card).to_contain_text("concurrent (2 slots)")
+        expect(card.locator(".rh-lab-count[data-state='DONE']")).to_be_visible()
+        first = int(card.locator(".rh-lab-count[data-state='DONE']").inner_text()
+                    .split()[-1])
+        expect(card.locator(".rh-lab-count[data-state='DONE']")).not_to_have_text(
+            f"DONE {first}")  # the counts refresh live
+        page.screenshot(path=str(ARTIFACTS / "lab-sidebar.png"))
+
+        # open the task-states plot in a main-area panel
+        card.locator("button.rh-lab-plot-button[data-plot='task-states']").click()
+        panel = page.locator(".rh-lab-plot[data-plot='task-states']")
+        expect(panel).to_be_visible()
+        frame = page.frame_locator(".rh-lab-plot[data-plot='task-states'] iframe")
+        expect(frame.locator("canvas").first).to_be_visible()
+        plot = next(f for f in page.frames if "/rhapsody-lab/dashboard/" in f.url)
+        assert "/lab-test/rhapsody-lab/dashboard/" in plot.url
+        deadline = time.monotonic() + 20
+        seen = []
+        while time.monotonic() < deadline:
+            done = plot.evaluate(DONE_IN_PLOT)
+            if done is not None and (not seen or done != seen[-1]):
+                seen.append(done)
+            if len(seen) >= 3:
+                break
+            time.sleep(0.3)
+        assert len(seen) >= 3 and seen == sorted(seen), seen  # the plot updates live
+        page.screenshot(path=str(ARTIFACTS / "lab-dashboard-panel.png"))
+
+        # the count chips follow the engine's state order, sent by the server
+        from rhapsody_lab.api.states import STATES
+        shown = card.locator(".rh-lab-count").evaluate_all(
+            "chips => chips.map(c => c.dataset.state)")
+        assert shown == [s for s in STATES if s in shown], shown
+
+        # after a page reload the plot panel comes back (the layout restorer)
+        workspaces = Path(lab["workspaces"])
+        deadline = time.monotonic() + 20
+        while not any("rhapsody-lab-plots" in f.read_text()
+                      for f in workspaces.glob("*.jupyterlab-workspace")):
+            assert time.monotonic() < deadline, "the workspace never saved the panel"
+            time.sleep(0.3)
+        page.reload()
+        restored = page.locator(".rh-lab-plot[data-plot='task-states']")
+        expect(restored).to_be_visible()
+        frame = page.frame_locator(".rh-lab-plot[data-plot='task-states'] iframe")
+        expect(frame.locator("canvas").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "lab-panel-restored.png"))
+        sidebar = page.locator("#rhapsody-lab-sessions")
+        card = sidebar.locator(".rh-lab-session[data-uid='ui-demo']")
+        if not card.is_visible():
+            page.locator('li.lm-TabBar-tab[data-id="rhapsody-lab-sessions"]').click()
+        expect(card).to_be_visible()
+        cells = page.locator(".jp-Notebook .jp-CodeCell")
+        expect(cells).to_have_count(len(CELLS))  # the unsaved empty cell is gone
+        cells.nth(len(CELLS) - 1).locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Escape")
+        page.keyboard.press("b")  # a new cell below, for the stop
+        expect(cells).to_have_count(len(CELLS) + 1)
+
+        # the kernel announced itself (pid, kernel id) in the server's registry
+        entries = [json.loads(f.read_text()) for f in lab["registry"].glob("*.json")]
+        assert [e["uid"] for e in entries] == ["ui-demo"]
+        assert entries[0]["kernel_id"] and entries[0]["dashboard"]["prefix"].startswith(
+            "/lab-test/rhapsody-lab/dashboard/")
+
+        # stopping the session withdraws it from the sidebar
+        last = cells.nth(len(CELLS)).locator(".jp-InputArea-editor")
+        last.click()
+        page.keyboard.type("%rhapsody stop")
+        page.keyboard.press("Shift+Enter")
+        expect(card).to_have_count(0)
+        expect(sidebar).to_contain_text("No live sessions")
+        assert list(lab["registry"].glob("*.json")) == []
 
 
 def test_resources_panel_draws_cpu_and_memory_once_telemetry_polls(lab):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from rhapsody_lab.dashboard.resources import TITLE, WAITING_TITLE
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    expect.set_options(timeout=30_000)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        try:
-            page.set_default_timeout(30_000)
-            page.goto(f"{lab['base']}lab/tree/resources.ipynb?token={lab['token']}")
-            tab = page.locator('li.lm-TabBar-tab[data-id="rhapsody-lab-sessions"]')
-            expect(tab).to_be_visible()
-            expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-                   ).to_be_visible()
-            tab.click()
-            cells = page.locator(".jp-Notebook .jp-CodeCell")
-            _run_cell(page, cells, 0)  # %rhapsody start: no telemetry yet
+    with _lab_page(lab, "resources.ipynb", "lab-resources-failure.png") as page:
+        cells = page.locator(".jp-Notebook .jp-CodeCell")
+        _run_cell(page, cells, 0)  # %rhapsody start: no telemetry yet
 
-            # the panel opened before telemetry runs says so
-            card = page.locator("#rhapsody-lab-sessions .rh-lab-session[data-uid='res-demo']")
-            button = card.locator("button.rh-lab-plot-button[data-plot='resources']")
-            expect(button).to_be_visible()
-            button.click()
-            panel = page.locator(".rh-lab-plot[data-plot='resources']")
-            expect(panel).to_be_visible()
-            expect(panel.locator("iframe")).to_have_attribute(
-                "src", re.compile(r"/lab-test/rhapsody-lab/dashboard/.+/resources$"))
-            frame = page.frame_locator(".rh-lab-plot[data-plot='resources'] iframe")
-            expect(frame.locator("canvas").first).to_be_visible()
-            plot = next(f for f in page.frames if f.url.endswith("/resources"))
-            deadline = time.monotonic() + 20
-            while (shown := plot.evaluate(RESOURCES_IN_PLOT)) is None:
-                assert time.monotonic() < deadline, "the resources document never loaded"
-                time.sleep(0.3)
-            assert shown["title"] == WAITING_TITLE and not shown["series"], shown
+        # the panel opened before telemetry runs says so
+        card = page.locator("#rhapsody-lab-sessions .rh-lab-session[data-uid='res-demo']")
+        button = card.locator("button.rh-lab-plot-button[data-plot='resources']")
+        expect(button).to_be_visible()
+        button.click()
+        panel = page.locator(".rh-lab-plot[data-plot='resources']")
+        expect(panel).to_be_visible()
+        expect(panel.locator("iframe")).to_have_attribute(
+            "src", re.compile(r"/lab-test/rhapsody-lab/dashboard/.+/resources$"))
+        frame = page.frame_locator(".rh-lab-plot[data-plot='resources'] iframe")
+        expect(frame.locator("canvas").first).to_be_visible()
+        plot = next(f for f in page.frames if f.url.endswith("/resources"))
+        deadline = time.monotonic() + 20
+        while (shown := plot.evaluate(RESOURCES_IN_PLOT)) is None:
+            assert time.monotonic() < deadline, "the resources document never loaded"
+            time.sleep(0.3)
+        assert shown["title"] == WAITING_TITLE and not shown["series"], shown
 
-            # the user starts telemetry (and some tasks): the open panel picks it up
-            _run_cell(page, cells, 1)
-            deadline = time.monotonic() + 30
-            counts: list[int] = []
-            while time.monotonic() < deadline:
-                shown = plot.evaluate(RESOURCES_IN_PLOT)
-                n = sum(len(v) for v in shown["series"].values())
-                if n and (not counts or n > counts[-1]):
-                    counts.append(n)
-                if len(counts) >= 3:
-                    break
-                time.sleep(0.4)
-            assert len(counts) >= 3, (counts, shown)  # readings keep arriving
-            assert shown["title"] == TITLE
-            kinds = {name.rsplit(" ", 1)[-1] for name in shown["series"]}
-            assert {"cpu", "memory"} <= kinds, shown["series"].keys()
-            values = [v for vs in shown["series"].values() for v in vs]
-            assert all(0.0 <= v <= 100.0 for v in values), values
-            assert any(v > 0.0 for v in shown["series"][next(
-                n for n in shown["series"] if n.endswith(" memory"))])
-            expect(frame.locator("canvas").first).to_be_visible()
-            # nothing went to the notebook's stderr (Bokeh warned of the empty plot once)
-            expect(page.locator(".jp-OutputArea-output[data-mime-type="
-                                "'application/vnd.jupyter.stderr']")).to_have_count(0)
-            page.wait_for_timeout(500)  # let the last streamed rows paint
-            page.screenshot(path=str(ARTIFACTS / "lab-resources-panel.png"))
-        except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "lab-resources-failure.png"))
-            raise
-        finally:
-            browser.close()
+        # the user starts telemetry (and some tasks): the open panel picks it up
+        _run_cell(page, cells, 1)
+        deadline = time.monotonic() + 30
+        counts: list[int] = []
+        while time.monotonic() < deadline:
+            shown = plot.evaluate(RESOURCES_IN_PLOT)
+            n = sum(len(v) for v in shown["series"].values())
+            if n and (not counts or n > counts[-1]):
+                counts.append(n)
+            if len(counts) >= 3:
+                break
+            time.sleep(0.4)
+        assert len(counts) >= 3, (counts, shown)  # readings keep arriving
+        assert shown["title"] == TITLE
+        kinds = {name.rsplit(" ", 1)[-1] for name in shown["series"]}
+        assert {"cpu", "memory"} <= kinds, shown["series"].keys()
+        values = [v for vs in shown["series"].values() for v in vs]
+        assert all(0.0 <= v <= 100.0 for v in values), values
+        assert any(v > 0.0 for v in shown["series"][next(
+            n for n in shown["series"] if n.endswith(" memory"))])
+        expect(frame.locator("canvas").first).to_be_visible()
+        # nothing went to the notebook's stderr (Bokeh warned of the empty plot once)
+        expect(page.locator(".jp-OutputArea-output[data-mime-type="
+                            "'application/vnd.jupyter.stderr']")).to_have_count(0)
+        page.wait_for_timeout(500)  # let the last streamed rows paint
+        page.screenshot(path=str(ARTIFACTS / "lab-resources-panel.png"))
