@@ -6,9 +6,11 @@ event loop and the other worker threads need. Here one ``posix_spawnp`` call (vf
 inside glibc), one ``poll`` loop over the two pipes (and the child's pidfd, with a timeout
 or output to files), and one ``waitpid``. Measured on the 2-core machine: single-threaded,
 155-166 us of parent CPU per ``/bin/true`` against 196-213 us for ``subprocess.run``;
-through the concurrent backend (with its drain ticks), ``/bin/true`` x1000 went from 0.65 to
-0.85-0.92 of 2 threads of ``subprocess.run`` (``bench/bench_concurrent.py`` and 5
-alternating reps).
+two threads of it alone run 1.02-1.08x two threads of ``subprocess.run``; through the
+concurrent backend (with its drain ticks), ``/bin/true`` x1000 went from 0.65 to 0.89-1.03
+of 2 threads of ``subprocess.run`` (``bench/bench_concurrent.py``, 7-11 interleaved reps).
+The GIL is held through ``posix_spawnp`` (~150 us of vfork + exec): a ctypes call that
+releases it measured no better (0.87 against 0.90), so there is none.
 
 It covers what ``run_executable`` needs when ``cwd`` is not set and ``env`` does not
 change ``PATH`` (``posix_spawnp`` has no chdir in Python 3.11, and it searches the

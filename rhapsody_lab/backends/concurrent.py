@@ -38,7 +38,8 @@ _PUMP_CHUNK = 512      # process-pool tasks handed over per loop callback
 #: at a time are delivered at once). At the spawn limit (~2,500 ends/s) the loop wakes 100
 #: times a second, not once or twice per task, and leaves the GIL and the cores to
 #: spawning: /bin/true x1000 vs 2 threads of subprocess.run went from 0.65 (a wake per task)
-#: to 0.85-0.92 with a 2 ms tick and to MEASURED with this one (bench/bench_concurrent.py).
+#: to 0.85-0.92 with a 2 ms tick, and to 0.89-1.03 with this one (medians of 7-11
+#: interleaved reps; bench/bench_concurrent.py). A 25 ms tick measured no better.
 #: A DONE shows at most a tick later while the queue is busy.
 _EXEC_TICK = 0.010
 
