@@ -15,6 +15,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
@@ -42,6 +43,30 @@ _PUMP_CHUNK = 512      # process-pool tasks handed over per loop callback
 #: interleaved reps; bench/bench_concurrent.py). A 25 ms tick measured no better.
 #: A DONE shows at most a tick later while the queue is busy.
 _EXEC_TICK = 0.010
+
+
+#: backends started and not shut down yet
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+_exit_hook: list[bool] = []
+
+
+def _release_at_exit() -> None:
+    """At interpreter exit, before ``concurrent.futures`` joins its executors' threads: the
+    workers of a backend never shut down leave and their children are killed (else the
+    join waits for workers in a ThreadPoolExecutor's threads forever, and the interpreter,
+    a notebook kernel, never exits; or children outlive it)."""
+    for backend in list(_LIVE):
+        backend._release_workers()
+
+
+def _hook_exit() -> None:
+    """Register ``_release_at_exit`` once. ``threading``'s exit hooks run newest first, so
+    it runs before ``concurrent.futures``' own (registered when that module loaded)."""
+    if not _exit_hook:
+        register = getattr(threading, "_register_atexit", None)
+        if register is not None:
+            register(_release_at_exit)
+        _exit_hook.append(True)
 
 
 def _default_workers() -> int:
@@ -100,6 +125,8 @@ class ConcurrentExecutionBackend(BaseBackend):
         if self._feeder is not None:
             self._starts = StartListener(self._started_in_pool)
             self._feeder.starts = self._starts.address
+        _hook_exit()
+        _LIVE.add(self)
         if isinstance(self.executor, ThreadPoolExecutor):
             for slot in range(self._workers):
                 self.executor.submit(self._worker, slot)
@@ -112,9 +139,7 @@ class ConcurrentExecutionBackend(BaseBackend):
 
     async def _stop(self) -> None:
         self._claim_all_canceled()
-        self._procs.kill_all()
-        for _ in range(self._workers):
-            self._queue.put(None)
+        self._release_workers()
         if self._feeder is not None:
             self._feeder.cancel_all()
             self.executor = self._feeder.executor  # it may have replaced a broken pool
@@ -130,6 +155,13 @@ class ConcurrentExecutionBackend(BaseBackend):
         if self._starts is not None:
             self._starts.close()
         self._drain()  # deliver what already finished before the rest become CANCELED
+
+    def _release_workers(self) -> None:
+        """Kill running executables' children and let every worker thread return."""
+        _LIVE.discard(self)
+        self._procs.kill_all()
+        for _ in range(self._workers):
+            self._queue.put(None)
 
     # -- submission --------------------------------------------------------------------
     def check_task(self, task: dict) -> None:
