@@ -13,12 +13,14 @@ import shlex
 import signal
 import subprocess
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from .._procgroup import signal_group
 from ..api.errors import TaskValidationError
 from . import _spawn
+from ._at_exit import before_thread_joins
 from ._exits import describe_exit
 
 __all__ = ["ExecOptions", "capture_dir", "exec_options", "kill_group", "run_executable",
@@ -237,6 +239,17 @@ def _spawn_failed(task: dict, code: int, message: str) -> str:
     return "FAILED"
 
 
+#: every process table alive (a backend's, a Dask worker's): their children die at exit
+_TABLES: weakref.WeakSet = weakref.WeakSet()
+
+
+def _kill_children_at_exit() -> None:
+    """No executable's child outlives the interpreter (a session never closed, a Dask
+    worker shut down while its tasks run): kill every group still running."""
+    for table in list(_TABLES):
+        table.kill_all()
+
+
 class ProcessTable:
     """Children of running executable tasks, by uid, so they can be cancelled."""
 
@@ -244,6 +257,8 @@ class ProcessTable:
         self._procs: dict[str, subprocess.Popen] = {}
         self._killed: set[str] = set()
         self._lock = threading.Lock()
+        _TABLES.add(self)
+        before_thread_joins(_kill_children_at_exit)
 
     def register_for(self, uid: str) -> Callable[[subprocess.Popen | None], None]:
         def register(proc: subprocess.Popen | None) -> None:

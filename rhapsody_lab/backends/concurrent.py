@@ -23,6 +23,7 @@ from typing import Any
 from ..api.backend import CANCELED_CLAIM, BaseBackend, record_failure, result_text
 from ..api.errors import SessionError
 from ..api.states import CANCELED, DONE, RUNNING
+from ._at_exit import before_thread_joins
 from ._options import check_keys
 from ._pool import PoolFeeder
 from ._pool_starts import StartListener
@@ -47,26 +48,15 @@ _EXEC_TICK = 0.010
 
 #: backends started and not shut down yet
 _LIVE: weakref.WeakSet = weakref.WeakSet()
-_exit_hook: list[bool] = []
 
 
 def _release_at_exit() -> None:
     """At interpreter exit, before ``concurrent.futures`` joins its executors' threads: the
-    workers of a backend never shut down leave and their children are killed (else the
-    join waits for workers in a ThreadPoolExecutor's threads forever, and the interpreter,
-    a notebook kernel, never exits; or children outlive it)."""
+    workers of a backend never shut down leave (else the join waits for workers in a
+    ThreadPoolExecutor's threads forever, and the interpreter, a notebook kernel, never
+    exits); their executables' children are killed by ``ProcessTable``'s own hook."""
     for backend in list(_LIVE):
         backend._release_workers()
-
-
-def _hook_exit() -> None:
-    """Register ``_release_at_exit`` once. ``threading``'s exit hooks run newest first, so
-    it runs before ``concurrent.futures``' own (registered when that module loaded)."""
-    if not _exit_hook:
-        register = getattr(threading, "_register_atexit", None)
-        if register is not None:
-            register(_release_at_exit)
-        _exit_hook.append(True)
 
 
 def _default_workers() -> int:
@@ -125,7 +115,7 @@ class ConcurrentExecutionBackend(BaseBackend):
         if self._feeder is not None:
             self._starts = StartListener(self._started_in_pool)
             self._feeder.starts = self._starts.address
-        _hook_exit()
+        before_thread_joins(_release_at_exit)
         _LIVE.add(self)
         if isinstance(self.executor, ThreadPoolExecutor):
             for slot in range(self._workers):

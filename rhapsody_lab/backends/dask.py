@@ -34,6 +34,7 @@ import queue
 import secrets
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +42,7 @@ from typing import Any
 from ..api.backend import BaseBackend
 from ..api.errors import BackendError, ResourceError, SessionError
 from ..api.states import CANCELED, FAILED, RUNNING
+from ._at_exit import before_thread_joins
 from ._dask_chunks import ChunkFeeder
 from ._dask_gate import claim
 from ._dask_tasks import (
@@ -55,6 +57,20 @@ from ._subprocess import _KNOWN as _EXEC_KEYS
 from ._subprocess import exec_options
 
 __all__ = ["DaskExecutionBackend"]
+
+#: backends started and not shut down yet
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+_EXIT_WAIT = 5.0  # seconds the interpreter's exit waits for the workers to kill children
+
+
+def _kill_children_at_exit() -> None:
+    """At exit, a session never closed: its executables' children on the workers are killed
+    (the workers' own exit can come too late: their nanny kills them first, and a child
+    in its own session outlives that), while the client and cluster are still up."""
+    for backend in list(_LIVE):
+        t = threading.Thread(target=backend._kill_running, daemon=True)
+        t.start()
+        t.join(_EXIT_WAIT)  # an unreachable scheduler must not hold the exit
 
 
 class DaskExecutionBackend(DaskThreads, BaseBackend):
@@ -140,6 +156,8 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
         except BaseException:
             await asyncio.to_thread(self._close, [], [])  # nothing we started stays up
             raise
+        before_thread_joins(_kill_children_at_exit)
+        _LIVE.add(self)
         for target, label in ((self._submitter, "submit"), (self._collector, "collect")):
             t = threading.Thread(target=target, daemon=True,
                                  name=f"rhapsody-{self.name}-{label}")
@@ -179,7 +197,17 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
         self._nthreads = sum(w.get("nthreads", 0) for w in workers)
         self._worker_resources = [dict(w.get("resources") or {}) for w in workers]
 
+    def _kill_running(self) -> None:
+        """Kill the children of this backend's running executables on the workers."""
+        client = self.client
+        execs = [uid for uid, t in list(self._live.items()) if t.get("executable") is not None]
+        if execs and client is not None and not isinstance(client, str):
+            with contextlib.suppress(Exception):
+                if client.status == "running":
+                    client.run(_kill_on_worker, execs)
+
     async def _stop(self) -> None:
+        _LIVE.discard(self)
         self._stopping = True
         self._submit_q.put(None)
         self._signal.set()

@@ -1,5 +1,6 @@
 """A session the user never closed does not keep the interpreter (a notebook kernel) from
-exiting, nor leave its executables' children behind, on every kind of concurrent backend.
+exiting, nor leave its executables' children behind: every kind of concurrent backend, and
+Dask (a LocalCluster the backend started).
 
 Each case runs a real interpreter that starts a backend, leaves a ``sleep 60`` executable
 running and more tasks queued, and returns from ``asyncio.run`` without closing anything.
@@ -19,15 +20,18 @@ SCRIPT = """
 import asyncio, os, sys, time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from rhapsody_lab.api import ComputeTask, Session
-from rhapsody_lab.backends import ConcurrentExecutionBackend
+from rhapsody_lab.backends import ConcurrentExecutionBackend, DaskExecutionBackend
 
 def square(x):
     return x * x
 
 async def main(kind, pidfile):
-    executor = {{"threads": ThreadPoolExecutor(2), "processes": ProcessPoolExecutor(2),
-                "own": None}}[kind]
-    session = Session([await ConcurrentExecutionBackend(executor)])
+    if kind == "dask":
+        backend = DaskExecutionBackend({{"n_workers": 1, "threads_per_worker": 2}})
+    else:
+        backend = ConcurrentExecutionBackend({{"threads": ThreadPoolExecutor(2),
+            "processes": ProcessPoolExecutor(2), "own": None}}[kind])
+    session = Session([await backend])
     first = ComputeTask(function=square, args=(3,))
     await session.submit_tasks([first])
     await first
@@ -55,8 +59,10 @@ def _alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.parametrize("kind", ["threads", "processes", "own"])
+@pytest.mark.parametrize("kind", ["threads", "processes", "own", "dask"])
 def test_an_unclosed_session_exits_and_leaves_no_child(kind, tmp_path):
+    if kind == "dask":
+        pytest.importorskip("distributed", reason="the dask extra is not installed")
     script = tmp_path / "leave.py"
     script.write_text(textwrap.dedent(SCRIPT.format()))
     pidfile = tmp_path / "sleep.pid"
