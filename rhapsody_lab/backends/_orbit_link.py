@@ -10,6 +10,8 @@ to callbacks. Every method here blocks on the network: the backend calls them th
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,12 @@ from radical.orbit.plugin_rhapsody import RhapsodyClient
 __all__ = ["OrbitLink"]
 
 log = logging.getLogger(__name__)
+
+#: the broker is probed every this many seconds (a request to the endpoint through it)...
+PROBE_EVERY = 5.0
+#: ...and declared lost, failing every live task, once it has not answered for this long
+#: (radical.orbit itself reconnects forever, and its calls wait across a reconnect)
+LOST_AFTER = 30.0
 
 
 class OrbitLink:
@@ -42,6 +50,7 @@ class OrbitLink:
         self._runtime: Any = None
         self._client: Any = None
         self._lost = False
+        self._closed = threading.Event()
 
     # -- opening and closing -----------------------------------------------------------
     def open(self) -> None:
@@ -66,6 +75,8 @@ class OrbitLink:
             runtime.stop()
             raise
         self._runtime, self._client = runtime, client
+        threading.Thread(target=self._watch_broker, daemon=True,
+                         name=f"orbit-watch-{self._participant}").start()
 
     def _choose(self, topology: dict[str, dict]) -> str:
         """The first present endpoint serving the plugin (not this participant)."""
@@ -80,6 +91,7 @@ class OrbitLink:
 
     def close(self) -> None:
         """Cancel what still runs, close the plugin session, leave the broker (blocks)."""
+        self._closed.set()
         client, runtime = self._client, self._runtime
         self._client = self._runtime = None
         if client is not None and not self._lost:
@@ -131,6 +143,28 @@ class OrbitLink:
             log.debug("ORBIT cancel %s failed: %s", uid, exc)
             return False
         return True
+
+    # -- the broker's liveness (a thread of its own) ------------------------------------
+    def _watch_broker(self) -> None:
+        """Probe the broker until closed; past ``LOST_AFTER`` without an answer, report
+        the link lost (a dead broker sends no topology change)."""
+        answered = time.monotonic()
+        while not self._closed.wait(PROBE_EVERY):
+            runtime, dst = self._runtime, self.endpoint
+            if runtime is None or self._lost:
+                return
+            try:  # any response, an error status included, proves the path is up
+                runtime.call(dst, "GET", f"/{self._plugin}/", timeout=PROBE_EVERY)
+                answered = time.monotonic()
+                continue
+            except Exception as exc:
+                log.debug("ORBIT probe of %s failed: %r", dst, exc)
+            silent = time.monotonic() - answered
+            if silent >= LOST_AFTER and not self._closed.is_set() and not self._lost:
+                self._lost = True
+                self._on_lost(f"the ORBIT broker {self.broker_url} has not answered for "
+                              f"{silent:.0f} s")
+                return
 
     # -- callbacks (the runtime's callback thread) -------------------------------------
     def _note(self, endpoint: str, plugin: str, topic: str, data: dict) -> None:

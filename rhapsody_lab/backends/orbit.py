@@ -7,7 +7,9 @@ seconds, at most ``batch_limit``); the endpoint runs them and notifies their sta
 Functions travel cloudpickled, so the endpoint needs the same Python minor version.
 An endpoint may run RHAPSODY or rhapsody_lab (``python -m
 rhapsody_lab.backends.orbit_endpoint``). Results come back through ORBIT's JSON wire: a
-tuple returned comes back as a list. ``cert``/``token`` (the broker's pinned TLS
+tuple returned comes back as a list. An endpoint that leaves the broker, or a broker that
+has not answered a probe for 30 s (``_orbit_link.LOST_AFTER``), fails every live task with
+the reason. ``cert``/``token`` (the broker's pinned TLS
 certificate, its ingress token) default to ``radical.orbit``'s own resolution
 (``$RADICAL_ORBIT_BROKER_CERT``/``_TOKEN``, then ``~/.radical/orbit/``).
 """

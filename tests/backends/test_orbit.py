@@ -215,3 +215,40 @@ async def test_a_lost_endpoint_fails_its_tasks(site):
         await session.wait_tasks([t], timeout=40)  # the broker's grace is 10 s
     assert t.state == "FAILED" and "'doomed' left the broker" in t.stderr
     assert isinstance(t.exception, BackendError)
+
+
+@pytest.mark.slow
+async def test_a_dead_broker_fails_live_tasks_and_close_returns(tmp_path, monkeypatch):
+    if not HAVE_ORBIT:
+        pytest.skip("radical.orbit is not installed (pip install 'rhapsody-lab[orbit]')")
+    import signal
+
+    from orbit_site import OrbitSite
+
+    from rhapsody_lab.backends import _orbit_link
+    monkeypatch.setattr(_orbit_link, "PROBE_EVERY", 1.0)
+    monkeypatch.setattr(_orbit_link, "LOST_AFTER", 5.0)
+    own = OrbitSite(tmp_path)
+    try:
+        await asyncio.to_thread(own.start_broker)
+        await asyncio.to_thread(own.start_endpoint, "lab-node")
+        backend = _backend(own, batch_window=0)
+        session = Session(backends=[backend])
+        healthy = ComputeTask(executable="/bin/sleep", arguments=["7"])  # past LOST_AFTER:
+        await session.submit_tasks([healthy])  # a broker that answers is never lost
+        await session.wait_tasks([healthy], timeout=40)
+        assert healthy.state == "DONE", healthy.stderr
+        t = ComputeTask(executable="/bin/sleep", arguments=["60"])
+        await session.submit_tasks([t])
+        await asyncio.sleep(1)
+        os.killpg(own.broker.pid, signal.SIGKILL)  # the broker dies; the endpoint lives
+        own.broker.wait(10)
+        own.broker = None
+        await session.wait_tasks([t], timeout=40)
+        assert t.state == "FAILED" and "has not answered for" in t.stderr, t.stderr
+        assert isinstance(t.exception, BackendError)
+        started = time.monotonic()
+        await asyncio.wait_for(session.close(), 30)  # the session is not held by it
+        assert time.monotonic() - started < 30
+    finally:
+        await asyncio.to_thread(own.stop)
