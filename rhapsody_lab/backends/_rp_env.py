@@ -6,7 +6,8 @@ sets them in ``os.environ`` before the first import: everything on the loopback,
 probe, no profiling, RP's state under the session's work directory, and the running venv
 (``VIRTUAL_ENV``, its ``bin`` on ``PATH``) for the agent (else ``radical-pilot-agent_0`` is
 not found and the pilot fails with exit 127). ``release`` puts the kernel's environment
-back when the last RP backend of the process has closed. Left in ``$HOME``: PSI/J (RP's
+back when the last RP backend of the process has closed: what it set, unless changed since,
+and its entry of ``PATH`` (the user's own changes to ``PATH`` stay). Left in ``$HOME``: PSI/J (RP's
 pilot launcher, run in an RP component process) deploys its two launcher scripts once per
 user to ``~/.psij/work/<hash>/`` (its default is fixed from ``$HOME`` at import, and RP
 passes it no configuration); they hold no session data. RP's id counters go to
@@ -35,8 +36,10 @@ _ENV = {"RADICAL_DEFAULT_IFACE": "lo", "RADICAL_UTILS_NTPHOST": "127.0.0.1",
 _BASE_KEYS = ("RADICAL_BASE", "RADICAL_CONFIG_USER_DIR")
 _lock = threading.Lock()
 _users = 0
-#: the kernel's values before the first ``prepare`` (None: unset)
+#: what the first ``prepare`` set (key -> value) and each key's value before (None: unset)
+_set: dict[str, str] = {}
 _saved: dict[str, str | None] = {}
+_path_entry: list[str] = []  # the directory ``prepare`` put at the front of PATH, if any
 
 
 def prepare(base: str) -> None:
@@ -49,22 +52,20 @@ def prepare(base: str) -> None:
     global _users
     os.makedirs(base, exist_ok=True)
     with _lock:
-        if _users == 0:
-            _saved.clear()
-            _saved.update({k: os.environ.get(k) for k in
-                           (*_ENV, *_BASE_KEYS, "VIRTUAL_ENV", "PATH")})
         _users += 1
-        for key, value in _ENV.items():
-            os.environ.setdefault(key, value)
-        for key in _BASE_KEYS:
-            if _saved[key] is None:
-                os.environ[key] = base
-        if sys.prefix != sys.base_prefix:  # a venv: the agent runs RP from it
-            os.environ.setdefault("VIRTUAL_ENV", sys.prefix)
+        wanted = {k: v for k, v in _ENV.items() if k not in os.environ}
+        wanted.update({k: base for k in _BASE_KEYS if k not in os.environ or k in _set})
+        if sys.prefix != sys.base_prefix and "VIRTUAL_ENV" not in os.environ:
+            wanted["VIRTUAL_ENV"] = sys.prefix  # a venv: the agent runs RP from it
+        for key, value in wanted.items():
+            if key not in _set:
+                _saved[key] = os.environ.get(key)
+            _set[key] = os.environ[key] = value
         bindir = os.path.dirname(sys.executable)
         path = os.environ.get("PATH", "")
         if bindir not in path.split(os.pathsep):
             os.environ["PATH"] = bindir + os.pathsep + path if path else bindir
+            _path_entry.append(bindir)
 
 
 def release() -> None:
@@ -76,12 +77,22 @@ def release() -> None:
         _users -= 1
         if _users:
             return
-        for key, value in _saved.items():
-            if value is None:
+        for key, value in _set.items():
+            if os.environ.get(key) != value:
+                continue  # changed since: the user's now
+            if _saved[key] is None:
                 os.environ.pop(key, None)
             else:
-                os.environ[key] = value
+                os.environ[key] = _saved[key]  # type: ignore[assignment]
+        parts = os.environ.get("PATH", "").split(os.pathsep)
+        for entry in _path_entry:  # only the entries added, other changes to PATH kept
+            if entry in parts:
+                parts.remove(entry)
+        if _path_entry:
+            os.environ["PATH"] = os.pathsep.join(parts)
+        _set.clear()
         _saved.clear()
+        _path_entry.clear()
 
 
 def pilot_description(resources: dict, sandbox: str) -> dict[str, Any]:
