@@ -302,16 +302,18 @@ def test_top_level_names_and_registry():
 
 
 def test_import_is_light_and_fast():
-    code = ("import time,sys; t=time.perf_counter(); import rhapsody_lab; "
-            "import rhapsody_lab.api; d=time.perf_counter()-t; "
+    # the import's CPU time: what it costs, robust when other tests load the machine (its
+    # wall time, shown too, also counts the time other processes had the cores)
+    code = ("import time,sys; t=time.perf_counter(); c=time.process_time(); "
+            "import rhapsody_lab; import rhapsody_lab.api; "
+            "cpu=time.process_time()-c; wall=time.perf_counter()-t; "
             "heavy=[m for m in ('dask','distributed','bokeh','IPython','dragon','cloudpickle') "
-            "if m in sys.modules]; print(d, heavy)")
-    best = min(float(subprocess.run([sys.executable, "-c", code], capture_output=True,
-                                    text=True, check=True, env={**os.environ}).stdout.split()[0])
-               for _ in range(3))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
-    assert out.strip().endswith("[]"), out
-    assert best < 0.3, f"import took {best:.3f}s"
+            "if m in sys.modules]; print(cpu, wall, heavy)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={**os.environ}).stdout for _ in range(3)]
+    assert all(out.strip().endswith("[]") for out in runs), runs
+    cpu, wall = min((float(out.split()[0]), float(out.split()[1])) for out in runs)
+    assert cpu < 0.3, f"import took {cpu:.3f}s of CPU ({wall:.3f}s wall)"
 
 
 async def test_cancel_and_close_while_a_big_submit_is_still_being_handed_over():
