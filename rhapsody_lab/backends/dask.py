@@ -69,7 +69,11 @@ def _kill_children_at_exit() -> None:
     in its own session outlives that), while the client and cluster are still up."""
     for backend in list(_LIVE):
         t = threading.Thread(target=backend._kill_running, daemon=True)
-        t.start()
+        try:
+            t.start()
+        except RuntimeError:  # no new threads this late (newer Pythons): ask inline
+            backend._kill_running()
+            continue
         t.join(_EXIT_WAIT)  # an unreachable scheduler must not hold the exit
 
 
