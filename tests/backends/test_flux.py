@@ -336,11 +336,12 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1560)
+@pytest.mark.timeout(2460)
 async def test_ten_thousand_null_jobs_all_done(no_children):
-    """Every one of 10,000 null jobs ends DONE. Flux's speed follows the machine's load
-    (an idle 2-core machine: ~35-60/s; CI under load: ~15/s), so the test fails on a stall
-    (no job finishing for 120 s) or past 1,500 s, not on a rate."""
+    """Every one of 10,000 null jobs ends DONE. Flux's speed follows the machine (an idle
+    2-core machine: ~35-60/s; CI under load: ~15/s; a slow day of this VM, alone: 7.7/s,
+    1,292 s), so the test fails on a stall (no job finishing for 120 s) or past 2,400 s,
+    not on a rate."""
     backend = FluxExecutionBackend()
     async with Session([backend]) as session:
         tasks = [ComputeTask(executable="true") for _ in range(10_000)]
@@ -354,7 +355,7 @@ async def test_ten_thousand_null_jobs_all_done(no_children):
                 pass
             now = sum(t.state in ("DONE", "FAILED", "CANCELED") for t in tasks)
             assert now > done, f"no Flux job finished in 120 s ({now}/10,000 finished)"
-            assert time.monotonic() - t0 < 1500, f"only {now}/10,000 finished in 1,500 s"
+            assert time.monotonic() - t0 < 2400, f"only {now}/10,000 finished in 2,400 s"
             done = now
         elapsed = time.monotonic() - t0
         states = {t.state for t in tasks}
