@@ -158,7 +158,7 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
         try:
             await asyncio.to_thread(self._connect)
         except BaseException:
-            await asyncio.to_thread(self._close, [], [])  # nothing we started stays up
+            await asyncio.to_thread(self._close, [])  # nothing we started stays up
             raise
         before_thread_joins(_kill_children_at_exit)
         _LIVE.add(self)
@@ -201,10 +201,13 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
         self._nthreads = sum(w.get("nthreads", 0) for w in workers)
         self._worker_resources = [dict(w.get("resources") or {}) for w in workers]
 
-    def _kill_running(self) -> None:
-        """Kill the children of this backend's running executables on the workers."""
+    def _kill_running(self, execs: list[str] | None = None) -> None:
+        """Kill the children of this backend's running executables (``execs``: their uids,
+        by default every live executable task's) on the workers."""
         client = self.client
-        execs = [uid for uid, t in list(self._live.items()) if t.get("executable") is not None]
+        if execs is None:
+            execs = [uid for uid, t in list(self._live.items())
+                     if t.get("executable") is not None]
         if execs and client is not None and not isinstance(client, str):
             with contextlib.suppress(Exception):
                 if client.status == "running":
@@ -218,24 +221,22 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
         client = self.client
         if client is not None:
             futs = list({id(f): f for f in self._futs.values()}.values())
-            execs = [uid for uid, t in self._live.items() if t.get("executable") is not None]
-            await asyncio.to_thread(self._close, futs, execs)
+            await asyncio.to_thread(self._close, futs)
         for t in self._threads:
             await asyncio.to_thread(t.join, 5)
         self._drain()
         self._held = []
 
-    def _close(self, futs: list, execs: list[str]) -> None:
+    def _close(self, futs: list) -> None:
         client = self.client
         if isinstance(client, str):
             client = None
         try:
             if futs and client.status == "running":
                 client.cancel(futs, force=True)
-            if execs and client.status == "running":
-                client.run(_kill_on_worker, execs)
         except Exception:
             pass
+        self._kill_running()
         if self._owns_client and client is not None:
             try:
                 client.close(timeout=10)
@@ -336,10 +337,9 @@ class DaskExecutionBackend(DaskThreads, BaseBackend):
     def _cancel_remote(self, futs: list, execs: list[str]) -> None:
         try:
             self.client.cancel(futs, force=True)
-            if execs:
-                self.client.run(_kill_on_worker, execs)
         except Exception:
-            pass  # the scheduler is gone; the watchdog reports it
+            return  # the scheduler is gone; the watchdog reports it
+        self._kill_running(execs)
 
     # -- completion (event loop): the one drain, with the scheduler-lost record -------
     def _on_record(self, record: tuple) -> None:
