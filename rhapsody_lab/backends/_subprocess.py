@@ -150,21 +150,21 @@ def _run(task: dict, opts: ExecOptions, register: Any, out: Any, err: Any,
     cwd, env, shell, timeout = opts
     exe = task["executable"]
     args = [str(a) for a in task["arguments"]]
+    merged = None if env is None else {**os.environ, **env}
     try:
-        if _spawn.usable(cwd, env):  # the lean path (see _spawn); Popen for the rest
-            argv = ["/bin/sh", "-c", " ".join([exe, *args])] if shell else [exe, *args]
-            merged = None if env is None else {**os.environ, **env}
-            files = [None if f is subprocess.PIPE else f.fileno() for f in (out, err)]
-            try:
+        try:
+            if _spawn.usable(cwd, env):  # the lean path (see _spawn); Popen for the rest
+                argv = ["/bin/sh", "-c", " ".join([exe, *args])] if shell else [exe, *args]
+                files = [None if f is subprocess.PIPE else f.fileno() for f in (out, err)]
                 out, err, code, timed_out = _spawn.run_child(
                     argv, merged, files[0], files[1], timeout, register, still_running,
                     RUNNING_NOTICE, _TERM_GRACE)
-            finally:
-                if register is not None:
-                    register(None)
-        else:
-            out, err, code, timed_out = _popen(exe, args, opts, register, out, err,
-                                               still_running)
+            else:
+                out, err, code, timed_out = _popen(exe, args, cwd, merged, shell, timeout,
+                                                   register, out, err, still_running)
+        finally:
+            if register is not None:
+                register(None)
     except FileNotFoundError as exc:
         missing = cwd if (cwd and not os.path.isdir(cwd)) else exe
         what = "working directory" if missing == cwd else "executable"
@@ -191,14 +191,13 @@ def _run(task: dict, opts: ExecOptions, register: Any, out: Any, err: Any,
     return "DONE" if code == 0 else "FAILED"
 
 
-def _popen(exe: str, args: list[str], opts: ExecOptions, register: Any, out: Any, err: Any,
+def _popen(exe: str, args: list[str], cwd: str | None, env: dict | None, shell: bool,
+           timeout: float | None, register: Any, out: Any, err: Any,
            still_running: Any) -> tuple[bytes | None, bytes | None, int, bool]:
-    """The child through ``subprocess.Popen`` (a ``cwd``, or an ``env`` setting ``PATH``):
-    ``(stdout, stderr, returncode, timed_out)``; OSError if it cannot start."""
-    cwd, env, shell, timeout = opts
+    """The child through ``subprocess.Popen`` (a ``cwd``, or an ``env`` setting ``PATH``;
+    ``env`` complete): ``(stdout, stderr, returncode, timed_out)``; OSError if it cannot
+    start."""
     cmd: Any = " ".join([exe, *args]) if shell else [exe, *args]
-    if env is not None:
-        env = {**os.environ, **env}
     proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                             stdout=out, stderr=err, start_new_session=True)
     if register is not None:
@@ -210,9 +209,6 @@ def _popen(exe: str, args: list[str], opts: ExecOptions, register: Any, out: Any
         timed_out = True
         _terminate(proc)
         out, err = proc.communicate()
-    finally:
-        if register is not None:
-            register(None)
     return out, err, proc.returncode, timed_out
 
 
