@@ -54,7 +54,8 @@ def _release_at_exit() -> None:
     """At interpreter exit, before ``concurrent.futures`` joins its executors' threads: the
     workers of a backend never shut down leave (else the join waits for workers in a
     ThreadPoolExecutor's threads forever, and the interpreter, a notebook kernel, never
-    exits); their executables' children are killed by ``ProcessTable``'s own hook."""
+    exits), their executables' children killed (``ProcessTable``'s own hook does the same
+    for every table, Dask workers' included)."""
     for backend in list(_LIVE):
         backend._release_workers()
 
